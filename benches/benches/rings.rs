@@ -1,0 +1,49 @@
+//! Criterion benches of every ring contender (see `backflow_benches::spsc` and `::mpmc`).
+//! For the same-run comparison table, run `cargo xtask bench` instead.
+
+use std::time::Duration;
+
+use backflow_benches::{mpmc, spsc};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Items moved per criterion iteration.
+const ITEMS_PER_ITER: u64 = 10_000;
+
+fn spsc_rings(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spsc");
+    group.throughput(Throughput::Elements(ITEMS_PER_ITER));
+    for contender in spsc::CONTENDERS {
+        group.bench_function(contender.name, |b| {
+            b.iter_custom(|iters| (contender.run)(iters * ITEMS_PER_ITER))
+        });
+    }
+    group.finish();
+}
+
+fn mpmc_rings(c: &mut Criterion) {
+    for &shape in mpmc::SHAPES {
+        let mut group =
+            c.benchmark_group(format!("mpmc {}p×{}c", shape.producers, shape.consumers));
+        group.throughput(Throughput::Elements(ITEMS_PER_ITER));
+        for contender in mpmc::CONTENDERS {
+            let run = mpmc::for_shape(contender, shape);
+            if run(ITEMS_PER_ITER).is_none() {
+                continue;
+            }
+            group.bench_function(contender.name, |b| {
+                b.iter_custom(|iters| run(iters * ITEMS_PER_ITER).unwrap_or(Duration::ZERO))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = spsc_rings, mpmc_rings
+}
+criterion_main!(benches);

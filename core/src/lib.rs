@@ -1,0 +1,42 @@
+//! The `no_std` core of backflow: everything a bounded, backpressure-aware pipeline must get
+//! exactly right, with no heap and no operating system.
+//!
+//! - [`ring`]: fixed-capacity lock-free rings, SPSC ([`ring::spsc`]) and MPMC
+//!   ([`ring::mpmc`]), with capacity fixed at compile time (usable in a `static`) or over a
+//!   buffer chosen at run time. A full ring hands the item back; nothing is lost silently.
+//!
+//! The std runtime (crate `backflow`) builds threads, worker pools and metrics on top of this
+//! crate; firmware uses it directly.
+//!
+//! # Features
+//!
+//! - `alloc` (off by default): heap-backed rings (`HeapRing`) and SPSC halves that share
+//!   ownership of their ring through `Arc` ([`ring::spsc::Ring::into_split`]).
+//!
+//! # Examples
+//!
+//! ```
+//! use backflow_core::ring::spsc::ArrayRing;
+//!
+//! let mut ring = ArrayRing::<u32, 8>::new();
+//! let (mut tx, mut rx) = ring.split();
+//! tx.try_push(42).unwrap();
+//! assert_eq!(rx.try_pop(), Ok(42));
+//! ```
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+// The rings are the only place `unsafe` is allowed; every block there carries a `SAFETY:`
+// comment and is covered by loom (loom-tests/) and miri (`cargo xtask miri`).
+#[allow(unsafe_code)]
+pub mod ring;
+mod sync;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,53 @@
+//! `cargo xtask ci`: every check, in order. All steps run even after a failure, so one run
+//! shows everything that is wrong; the exit code is non-zero if any failed.
+
+use crate::step::{Step, cargo, execute, summarize};
+use crate::{loom, miri};
+
+/// Bare-metal targets the core must build for: Cortex-M4F, and Cortex-M0 (no compare-and-swap:
+/// the SPSC ring works there, the MPMC ring is compiled out).
+pub const NO_STD_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv6m-none-eabi"];
+
+pub fn run() -> Result<(), String> {
+    let mut steps = vec![
+        Step { name: "fmt", command: cargo(["fmt", "--all", "--", "--check"]) },
+        Step {
+            name: "clippy",
+            command: cargo([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
+        Step {
+            name: "clippy-core",
+            command: cargo(["clippy", "-p", "backflow-core", "--", "-D", "warnings"]),
+        },
+        Step { name: "test", command: cargo(["test", "--workspace", "--all-features"]) },
+        Step { name: "doc", command: doc() },
+    ];
+    for target in NO_STD_TARGETS {
+        for features in ["", "alloc"] {
+            let mut command = cargo(["build", "-p", "backflow-core", "--target", target]);
+            if !features.is_empty() {
+                command.args(["--features", features]);
+            }
+            steps.push(Step { name: "no_std", command });
+        }
+    }
+    steps.push(loom::step());
+    steps.push(miri::step());
+
+    let outcomes: Vec<_> = steps.into_iter().map(execute).collect();
+    if summarize(&outcomes) { Ok(()) } else { Err("some checks failed".to_string()) }
+}
+
+fn doc() -> std::process::Command {
+    let mut command = cargo(["doc", "--workspace", "--no-deps", "--all-features"]);
+    command.env("RUSTDOCFLAGS", "-D warnings");
+    command
+}

@@ -1,0 +1,17 @@
+//! `cargo xtask loom`: the model checks in `loom-tests/`, with loom's atomics swapped in.
+
+use crate::step::{Step, cargo};
+
+/// Preemptions loom explores per execution; 2 catches the ordering bugs the tests target and
+/// finishes in seconds (tokio runs its CI the same way).
+const MAX_PREEMPTIONS: &str = "2";
+
+pub fn step() -> Step {
+    let mut command = cargo(["test", "--profile", "loom", "-p", "loom-tests"]);
+    command
+        // A separate target directory: `--cfg loom` rebuilds every crate.
+        .args(["--target-dir", "target/loom"])
+        .env("RUSTFLAGS", "--cfg loom")
+        .env("LOOM_MAX_PREEMPTIONS", MAX_PREEMPTIONS);
+    Step { name: "loom", command }
+}

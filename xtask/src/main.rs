@@ -1,0 +1,38 @@
+//! backflow's task runner: `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! - `ci`: every check, in order, with a pass/fail summary; exits non-zero on any failure.
+//! - `loom`: the model checks in `loom-tests/`.
+//! - `miri`: the core's tests under miri (nightly).
+//! - `bench [--criterion]`: the same-run ring comparison table (or the criterion benches).
+#![forbid(unsafe_code)]
+
+mod bench;
+mod ci;
+mod loom;
+mod miri;
+mod step;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <ci | loom | miri | bench [--criterion]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("loom") => step::run_alone(loom::step()),
+        Some("miri") => step::run_alone(miri::step()),
+        Some("bench") => bench::run(args.iter().any(|a| a == "--criterion")),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

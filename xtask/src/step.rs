@@ -1,0 +1,83 @@
+//! A check is a named command run from the workspace root; this module runs them and reports.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One named command.
+pub struct Step {
+    pub name: &'static str,
+    pub command: Command,
+}
+
+/// How a step ended.
+pub struct Outcome {
+    pub name: &'static str,
+    pub passed: bool,
+    pub elapsed: Duration,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().expect("xtask lives inside the workspace").to_path_buf()
+}
+
+/// `cargo` as the toolchain running xtask, from the workspace root.
+pub fn cargo<const N: usize>(args: [&str; N]) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command.args(args).current_dir(root());
+    command
+}
+
+/// Runs a step with inherited output and reports how it went.
+pub fn execute(mut step: Step) -> Outcome {
+    println!("\n==> {}: {}", step.name, describe(&step.command));
+    let start = Instant::now();
+    let passed = match step.command.status() {
+        Ok(status) => status.success(),
+        Err(error) => {
+            eprintln!("could not start {}: {error}", step.name);
+            false
+        }
+    };
+    Outcome { name: step.name, passed, elapsed: start.elapsed() }
+}
+
+/// Runs a single step, as `cargo xtask loom` and `cargo xtask miri` do.
+pub fn run_alone(step: Step) -> Result<(), String> {
+    let name = step.name;
+    if summarize(&[execute(step)]) { Ok(()) } else { Err(format!("{name} failed")) }
+}
+
+/// Prints the summary table and returns whether every step passed.
+pub fn summarize(outcomes: &[Outcome]) -> bool {
+    println!("\nsummary");
+    for o in outcomes {
+        let verdict = if o.passed { "PASS" } else { "FAIL" };
+        println!("  {verdict}  {:<10} {:>7.1}s", o.name, o.elapsed.as_secs_f64());
+    }
+    let passed = outcomes.iter().filter(|o| o.passed).count();
+    let failed = outcomes.len() - passed;
+    let total: Duration = outcomes.iter().map(|o| o.elapsed).sum();
+    println!("  total {:>18.1}s", total.as_secs_f64());
+    println!("steps: {passed} passed, {failed} failed");
+    failed == 0
+}
+
+fn describe(command: &Command) -> String {
+    let envs: Vec<String> = command
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?)))
+        .collect();
+    let program = PathBuf::from(command.get_program());
+    let program =
+        program.file_name().map_or_else(String::new, |p| p.to_string_lossy().into_owned());
+    let args: Vec<String> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    [envs.join(" "), program, args.join(" ")]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
