@@ -1,9 +1,10 @@
 //! The same-run comparison report: every ring contender, interleaved, several rounds, one
 //! Markdown table per workload on stdout. Run it with `cargo xtask bench`.
 //!
-//! Environment: `BACKFLOW_BENCH_ROUNDS` (default 7), `BACKFLOW_BENCH_SPSC_ITEMS` (default
+//! Environment: `BACKFLOW_BENCH_ROUNDS` (default 9), `BACKFLOW_BENCH_SPSC_ITEMS` (default
 //! 100 000 000), `BACKFLOW_BENCH_MPMC_ITEMS` (default 20 000 000), `BACKFLOW_BENCH_ONLY`
-//! (`spsc` or `mpmc`: run one half).
+//! (`spsc` or `mpmc`: run one half), `BACKFLOW_BENCH_FILTER` (comma-separated substrings:
+//! run only the contenders whose name contains one).
 
 use std::env;
 
@@ -12,6 +13,12 @@ use backflow_benches::{mpmc, spsc};
 
 fn env_or(name: &str, default: u64) -> u64 {
     env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Whether the contender is selected by `BACKFLOW_BENCH_FILTER` (all are when it is unset).
+fn selected(name: &str) -> bool {
+    env::var("BACKFLOW_BENCH_FILTER")
+        .map_or(true, |filter| filter.split(',').any(|part| name.contains(part.trim())))
 }
 
 fn main() {
@@ -38,9 +45,10 @@ fn main() {
 
 fn spsc_table(rounds: usize, spsc_items: u64) {
     println!("## SPSC: 1 producer, 1 consumer, {spsc_items} items per run\n");
-    let names: Vec<&str> = spsc::CONTENDERS.iter().map(|c| c.name).collect();
+    let contenders: Vec<_> = spsc::CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
     let samples = interleave(&names, rounds, |i| {
-        Some(per_second(spsc_items, (spsc::CONTENDERS[i].run)(spsc_items)))
+        Some(per_second(spsc_items, (contenders[i].run)(spsc_items)))
     });
     println!("{}", table(&samples, "rtrb"));
 }
@@ -57,9 +65,10 @@ fn mpmc_tables(rounds: usize, mpmc_items: u64, cores: usize) {
             "## MPMC: {} producers × {} consumers, {mpmc_items} items per run{flag}\n",
             shape.producers, shape.consumers
         );
-        let names: Vec<&str> = mpmc::CONTENDERS.iter().map(|c| c.name).collect();
+        let contenders: Vec<_> = mpmc::CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+        let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
         let samples = interleave(&names, rounds, |i| {
-            mpmc::for_shape(&mpmc::CONTENDERS[i], shape)(mpmc_items)
+            mpmc::for_shape(contenders[i], shape)(mpmc_items)
                 .map(|elapsed| per_second(mpmc_items, elapsed))
         });
         println!("{}", table(&samples, "crossbeam ArrayQueue"));

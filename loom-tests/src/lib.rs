@@ -1,5 +1,5 @@
 //! Model checks of backflow's lock-free rings, in `tests/`.
 //!
 //! They compile only with `RUSTFLAGS="--cfg loom"`, which swaps the core's atomics for loom's;
-//! `cargo xtask loom` runs them with `LOOM_MAX_PREEMPTIONS=2` in the `loom` profile.
+//! `cargo xtask loom` runs them with `LOOM_MAX_PREEMPTIONS=3` in the `loom` profile.
 #![forbid(unsafe_code)]

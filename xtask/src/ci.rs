@@ -10,9 +10,9 @@ pub const NO_STD_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv6m-none-e
 
 pub fn run() -> Result<(), String> {
     let mut steps = vec![
-        Step { name: "fmt", command: cargo(["fmt", "--all", "--", "--check"]) },
+        Step { name: "fmt".into(), command: cargo(["fmt", "--all", "--", "--check"]) },
         Step {
-            name: "clippy",
+            name: "clippy".into(),
             command: cargo([
                 "clippy",
                 "--workspace",
@@ -24,11 +24,11 @@ pub fn run() -> Result<(), String> {
             ]),
         },
         Step {
-            name: "clippy-core",
+            name: "clippy-core".into(),
             command: cargo(["clippy", "-p", "backflow-core", "--", "-D", "warnings"]),
         },
-        Step { name: "test", command: cargo(["test", "--workspace", "--all-features"]) },
-        Step { name: "doc", command: doc() },
+        Step { name: "test".into(), command: cargo(["test", "--workspace", "--all-features"]) },
+        Step { name: "doc".into(), command: doc() },
     ];
     for target in NO_STD_TARGETS {
         for features in ["", "alloc"] {
@@ -36,7 +36,8 @@ pub fn run() -> Result<(), String> {
             if !features.is_empty() {
                 command.args(["--features", features]);
             }
-            steps.push(Step { name: "no_std", command });
+            let name = format!("no_std {target} {features}").trim_end().to_string();
+            steps.push(Step { name, command });
         }
     }
     steps.push(loom::step());

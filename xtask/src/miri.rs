@@ -14,5 +14,5 @@ pub fn step() -> Step {
         .env_remove("RUSTUP_TOOLCHAIN")
         // Proptest reads the working directory to find its regression files.
         .env("MIRIFLAGS", "-Zmiri-disable-isolation");
-    Step { name: "miri", command }
+    Step { name: "miri".into(), command }
 }

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 /// One named command.
 pub struct Step {
-    pub name: &'static str,
+    pub name: String,
     pub command: Command,
 }
 
 /// How a step ended.
 pub struct Outcome {
-    pub name: &'static str,
+    pub name: String,
     pub passed: bool,
     pub elapsed: Duration,
 }
@@ -47,7 +47,7 @@ pub fn execute(mut step: Step) -> Outcome {
 
 /// Runs a single step, as `cargo xtask loom` and `cargo xtask miri` do.
 pub fn run_alone(step: Step) -> Result<(), String> {
-    let name = step.name;
+    let name = step.name.clone();
     if summarize(&[execute(step)]) { Ok(()) } else { Err(format!("{name} failed")) }
 }
 
@@ -56,12 +56,12 @@ pub fn summarize(outcomes: &[Outcome]) -> bool {
     println!("\nsummary");
     for o in outcomes {
         let verdict = if o.passed { "PASS" } else { "FAIL" };
-        println!("  {verdict}  {:<10} {:>7.1}s", o.name, o.elapsed.as_secs_f64());
+        println!("  {verdict}  {:<34} {:>7.1}s", o.name, o.elapsed.as_secs_f64());
     }
     let passed = outcomes.iter().filter(|o| o.passed).count();
     let failed = outcomes.len() - passed;
     let total: Duration = outcomes.iter().map(|o| o.elapsed).sum();
-    println!("  total {:>18.1}s", total.as_secs_f64());
+    println!("  total {:>42.1}s", total.as_secs_f64());
     println!("steps: {passed} passed, {failed} failed");
     failed == 0
 }
