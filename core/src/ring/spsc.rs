@@ -459,6 +459,13 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
         if next < wrap { next } else { next - wrap }
     }
 
+    /// Moves a position one slot forward, wrapping at `2 * capacity`.
+    #[inline(always)]
+    fn advance_one(&self, pos: usize) -> usize {
+        let next = pos + 1;
+        if next == 2 * self.capacity() { 0 } else { next }
+    }
+
     /// The number of items between a head and a tail position.
     #[inline(always)]
     fn distance(&self, head: usize, tail: usize) -> usize {
@@ -543,8 +550,9 @@ pub struct Producer<R> {
     ring: R,
     /// Our own position; the shared copy in the ring is only ever stored to.
     tail: usize,
-    /// The consumer's position when we last looked.
-    cached_head: usize,
+    /// The position one full ring ahead of the consumer's position when we last looked: the
+    /// ring looks full when `tail` reaches it.
+    limit: usize,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -555,8 +563,8 @@ where
 {
     fn new(ring: R) -> Self {
         let tail = ring.tail.load(Ordering::Relaxed);
-        let cached_head = ring.head.load(Ordering::Acquire);
-        Self { ring, tail, cached_head, _not_sync: PhantomData }
+        let limit = ring.advance(ring.head.load(Ordering::Acquire), ring.capacity());
+        Self { ring, tail, limit, _not_sync: PhantomData }
     }
 
     /// Pushes one item, or hands it back if the ring is full.
@@ -579,9 +587,9 @@ where
     pub fn try_push(&mut self, item: T) -> Result<(), PushError<T>> {
         let ring = &*self.ring;
         // Possibly full (by the cached head)? Look at the real head; really full? Give it back.
-        if ring.distance(self.cached_head, self.tail) == ring.capacity() {
-            self.cached_head = ring.head.load(Ordering::Acquire);
-            if ring.distance(self.cached_head, self.tail) == ring.capacity() {
+        if self.tail == self.limit {
+            self.limit = ring.advance(ring.head.load(Ordering::Acquire), ring.capacity());
+            if self.tail == self.limit {
                 return Err(PushError::Full(item));
             }
         }
@@ -590,7 +598,7 @@ where
         // it (the Acquire load of `head` above ordered the consumer's read of its last item
         // before our write).
         unsafe { ring.slot(self.tail).write(item) };
-        self.tail = ring.advance(self.tail, 1);
+        self.tail = ring.advance_one(self.tail);
         ring.tail.store(self.tail, Ordering::Release);
         Ok(())
     }
@@ -722,8 +730,9 @@ where
     /// Reloads the consumer's position and returns the number of free slots.
     #[inline(always)]
     fn refresh_free(&mut self) -> usize {
-        self.cached_head = self.ring.head.load(Ordering::Acquire);
-        self.ring.capacity() - self.ring.distance(self.cached_head, self.tail)
+        let ring = &*self.ring;
+        self.limit = ring.advance(ring.head.load(Ordering::Acquire), ring.capacity());
+        ring.distance(self.tail, self.limit)
     }
 }
 
@@ -802,7 +811,7 @@ where
         // that the producer published with Release (and we loaded `tail` with Acquire); the
         // producer does not reuse the slot until the Release store below.
         let item = unsafe { ring.slot(self.head).read() };
-        self.head = ring.advance(self.head, 1);
+        self.head = ring.advance_one(self.head);
         ring.head.store(self.head, Ordering::Release);
         Ok(item)
     }
