@@ -4,6 +4,16 @@
 //! - [`ring`]: fixed-capacity lock-free rings, SPSC ([`ring::spsc`]) and MPMC
 //!   ([`ring::mpmc`]), with capacity fixed at compile time (usable in a `static`) or over a
 //!   buffer chosen at run time. A full ring hands the item back; nothing is lost silently.
+//! - [`water_marks`]: high/low marks and the [`Pressure`] state machine (hysteresis).
+//! - [`overflow`]: what a push does when the queue is full ([`Overflow`]), as one function
+//!   whose every outcome accounts for the item.
+//! - [`stage`]: the [`Stage`] trait, combinators and fusion (`a.then(b)`, `a >> b`).
+//! - [`metrics`]: lock-free counters and a log-linear latency histogram (64-bit targets).
+//! - State machines with time passed in, so they need no clock: [`CircuitBreaker`],
+//!   [`TokenBucket`], [`RetrySchedule`], and [`ReorderWindow`] for re-sequencing.
+//!
+//! Every constructor that takes user input returns a [`ConfigError`] naming the field instead
+//! of panicking.
 //!
 //! The std runtime (crate `backflow`) builds threads, worker pools and metrics on top of this
 //! crate; firmware uses it directly.
@@ -34,7 +44,27 @@ extern crate alloc;
 // comment and is covered by loom (loom-tests/) and miri (`cargo xtask miri`).
 #[allow(unsafe_code)]
 pub mod ring;
+
+pub mod breaker;
+mod error;
+#[cfg(all(target_has_atomic = "64", not(loom)))]
+pub mod metrics;
+pub mod overflow;
+pub mod reorder;
+pub mod retry;
+pub mod stage;
 mod sync;
+pub mod token_bucket;
+pub mod water_marks;
+
+pub use breaker::CircuitBreaker;
+pub use error::ConfigError;
+pub use overflow::Overflow;
+pub use reorder::ReorderWindow;
+pub use retry::RetrySchedule;
+pub use stage::Stage;
+pub use token_bucket::TokenBucket;
+pub use water_marks::{Pressure, WaterMarks};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -61,6 +61,15 @@ pub trait Storage: sealed::Sealed {
     type Slot;
 
     /// The slots, always the same slice for a given storage value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::ring::{Storage, mpmc::Slot};
+    ///
+    /// let storage: Box<[Slot<u8>]> = (0..4).map(|_| Slot::new()).collect();
+    /// assert_eq!(storage.slots().len(), 4);
+    /// ```
     fn slots(&self) -> &[Self::Slot];
 }
 

@@ -9,6 +9,9 @@ pub(crate) use core::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(all(not(loom), target_has_atomic = "ptr"))]
 pub(crate) use {core::sync::atomic::fence, crossbeam_utils::Backoff};
 
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering, fence};
 
