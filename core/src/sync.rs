@@ -81,3 +81,16 @@ impl Backoff {
         loom::thread::yield_now();
     }
 }
+
+/// Defines a `const fn` normally and a plain `fn` under loom, whose atomics and cells cannot be
+/// built in a const context. The body is written once.
+macro_rules! const_fn {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])* $vis const fn $($rest)*
+
+        #[cfg(loom)]
+        $(#[$attr])* $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn;

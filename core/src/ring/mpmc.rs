@@ -49,7 +49,7 @@ use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 
 use super::{CapacityError, PopError, PushError, Storage, check_capacity};
-use crate::sync::{AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell, fence};
+use crate::sync::{AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell, const_fn, fence};
 
 /// One slot of an MPMC ring: a stamp and room for one item.
 ///
@@ -75,33 +75,24 @@ pub struct Slot<T> {
 }
 
 impl<T> Slot<T> {
-    /// Returns an empty slot.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let slots: [backflow_core::ring::mpmc::Slot<u8>; 4] = [const { backflow_core::ring::mpmc::Slot::new() }; 4];
-    /// # let _ = slots;
-    /// ```
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self::with_stamp(0)
+    const_fn! {
+        /// Returns an empty slot.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// let slots: [backflow_core::ring::mpmc::Slot<u8>; 4] = [const { backflow_core::ring::mpmc::Slot::new() }; 4];
+        /// # let _ = slots;
+        /// ```
+        pub fn new() -> Self {
+            Self::with_stamp(0)
+        }
     }
 
-    /// Returns an empty slot.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self::with_stamp(0)
-    }
-
-    #[cfg(not(loom))]
-    const fn with_stamp(stamp: usize) -> Self {
-        Self { stamp: AtomicUsize::new(stamp), value: UnsafeCell::new(MaybeUninit::uninit()) }
-    }
-
-    #[cfg(loom)]
-    fn with_stamp(stamp: usize) -> Self {
-        Self { stamp: AtomicUsize::new(stamp), value: UnsafeCell::new(MaybeUninit::uninit()) }
+    const_fn! {
+        fn with_stamp(stamp: usize) -> Self {
+            Self { stamp: AtomicUsize::new(stamp), value: UnsafeCell::new(MaybeUninit::uninit()) }
+        }
     }
 
     /// Moves `item` into the slot.
@@ -330,26 +321,16 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
         Ok(Self::from_parts(storage, capacity))
     }
 
-    #[cfg(not(loom))]
-    const fn from_parts(slots: S, capacity: usize) -> Self {
-        Self {
-            // Head and tail start at `{ lap: 0, index: 0 }`.
-            head: CachePadded::new(AtomicUsize::new(0)),
-            tail: CachePadded::new(AtomicUsize::new(0)),
-            one_lap: (capacity + 1).next_power_of_two(),
-            slots,
-            _items: PhantomData,
-        }
-    }
-
-    #[cfg(loom)]
-    fn from_parts(slots: S, capacity: usize) -> Self {
-        Self {
-            head: CachePadded::new(AtomicUsize::new(0)),
-            tail: CachePadded::new(AtomicUsize::new(0)),
-            one_lap: (capacity + 1).next_power_of_two(),
-            slots,
-            _items: PhantomData,
+    const_fn! {
+        fn from_parts(slots: S, capacity: usize) -> Self {
+            Self {
+                // Head and tail start at `{ lap: 0, index: 0 }`.
+                head: CachePadded::new(AtomicUsize::new(0)),
+                tail: CachePadded::new(AtomicUsize::new(0)),
+                one_lap: (capacity + 1).next_power_of_two(),
+                slots,
+                _items: PhantomData,
+            }
         }
     }
 

@@ -71,7 +71,7 @@ use core::mem::MaybeUninit;
 use core::ops::Deref;
 
 use super::{CapacityError, PopError, PushError, Storage, check_capacity};
-use crate::sync::{AtomicUsize, CachePadded, Ordering, UnsafeCell};
+use crate::sync::{AtomicUsize, CachePadded, Ordering, UnsafeCell, const_fn};
 
 /// One slot of an SPSC ring: room for one item, initially empty.
 ///
@@ -92,23 +92,18 @@ use crate::sync::{AtomicUsize, CachePadded, Ordering, UnsafeCell};
 pub struct Slot<T>(UnsafeCell<MaybeUninit<T>>);
 
 impl<T> Slot<T> {
-    /// Returns an empty slot.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let slots: [backflow_core::ring::spsc::Slot<u8>; 4] = [const { backflow_core::ring::spsc::Slot::new() }; 4];
-    /// # let _ = slots;
-    /// ```
-    #[cfg(not(loom))]
-    pub const fn new() -> Self {
-        Self(UnsafeCell::new(MaybeUninit::uninit()))
-    }
-
-    /// Returns an empty slot.
-    #[cfg(loom)]
-    pub fn new() -> Self {
-        Self(UnsafeCell::new(MaybeUninit::uninit()))
+    const_fn! {
+        /// Returns an empty slot.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// let slots: [backflow_core::ring::spsc::Slot<u8>; 4] = [const { backflow_core::ring::spsc::Slot::new() }; 4];
+        /// # let _ = slots;
+        /// ```
+        pub fn new() -> Self {
+            Self(UnsafeCell::new(MaybeUninit::uninit()))
+        }
     }
 
     /// Moves `item` into the slot.
