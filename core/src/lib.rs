@@ -9,6 +9,7 @@
 //!   whose every outcome accounts for the item.
 //! - [`stage`]: the [`Stage`] trait, combinators and fusion (`a.then(b)`, `a >> b`).
 //! - [`metrics`]: lock-free counters and a log-linear latency histogram (64-bit targets).
+//! - [`driver`]: a cooperative single-threaded loop that runs stages over rings (bare metal).
 //! - State machines with time passed in, so they need no clock: [`CircuitBreaker`],
 //!   [`TokenBucket`], [`RetrySchedule`], and [`ReorderWindow`] for re-sequencing.
 //!
@@ -46,6 +47,7 @@ extern crate alloc;
 pub mod ring;
 
 pub mod breaker;
+pub mod driver;
 mod error;
 #[cfg(all(target_has_atomic = "64", not(loom)))]
 pub mod metrics;

@@ -67,7 +67,8 @@ pub trait Storage: sealed::Sealed {
     /// ```
     /// use backflow_core::ring::{Storage, mpmc::Slot};
     ///
-    /// let storage: Box<[Slot<u8>]> = (0..4).map(|_| Slot::new()).collect();
+    /// let mut buffer: [Slot<u8>; 4] = Default::default();
+    /// let storage: &mut [Slot<u8>] = &mut buffer;
     /// assert_eq!(storage.slots().len(), 4);
     /// ```
     fn slots(&self) -> &[Self::Slot];

@@ -2,7 +2,7 @@
 //! shows everything that is wrong; the exit code is non-zero if any failed.
 
 use crate::step::{Step, cargo, execute, summarize};
-use crate::{loom, miri};
+use crate::{loom, miri, qemu};
 
 /// Bare-metal targets the core must build for: Cortex-M4F, and Cortex-M0 (no compare-and-swap:
 /// the SPSC ring works there, the MPMC ring is compiled out).
@@ -27,6 +27,29 @@ pub fn run() -> Result<(), String> {
             name: "clippy-core".into(),
             command: cargo(["clippy", "-p", "backflow-core", "--", "-D", "warnings"]),
         },
+        Step {
+            name: "fmt bare-metal".into(),
+            command: cargo([
+                "fmt",
+                "--manifest-path",
+                "core/bare-metal/Cargo.toml",
+                "--",
+                "--check",
+            ]),
+        },
+        Step {
+            name: "clippy bare-metal".into(),
+            command: cargo([
+                "clippy",
+                "--manifest-path",
+                "core/bare-metal/Cargo.toml",
+                "--target",
+                "thumbv7m-none-eabi",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        },
         Step { name: "test".into(), command: cargo(["test", "--workspace", "--all-features"]) },
         Step { name: "doc".into(), command: doc() },
     ];
@@ -40,6 +63,7 @@ pub fn run() -> Result<(), String> {
             steps.push(Step { name, command });
         }
     }
+    steps.push(qemu::step());
     steps.push(loom::step());
     steps.push(miri::step());
 

@@ -3,6 +3,7 @@
 //! - `ci`: every check, in order, with a pass/fail summary; exits non-zero on any failure.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
+//! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
 //! - `bench [--criterion]`: the same-run ring comparison table (or the criterion benches).
 #![forbid(unsafe_code)]
 
@@ -10,11 +11,12 @@ mod bench;
 mod ci;
 mod loom;
 mod miri;
+mod qemu;
 mod step;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <ci | loom | miri | bench [--criterion]>";
+const USAGE: &str = "usage: cargo xtask <ci | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
+        Some("qemu") => qemu::run(),
         Some("bench") => bench::run(args.iter().any(|a| a == "--criterion")),
         _ => {
             eprintln!("{USAGE}");

@@ -14,10 +14,10 @@
 //! # Examples
 //!
 //! ```
-//! use backflow_core::ring::mpmc::HeapRing;
+//! use backflow_core::ring::mpmc::ArrayRing;
 //! use std::sync::Arc;
 //!
-//! let ring = Arc::new(HeapRing::<u64>::with_capacity(64)?);
+//! let ring = Arc::new(ArrayRing::<u64, 64>::new());
 //! let producers: Vec<_> = (0..2u64)
 //!     .map(|p| {
 //!         let ring = Arc::clone(&ring);
@@ -39,7 +39,6 @@
 //!     p.join().unwrap();
 //! }
 //! assert!(ring.is_empty());
-//! # Ok::<(), backflow_core::ring::CapacityError>(())
 //! ```
 
 #[cfg(feature = "alloc")]
