@@ -16,8 +16,8 @@
 //! Every constructor that takes user input returns a [`ConfigError`] naming the field instead
 //! of panicking.
 //!
-//! The std runtime (crate `backflow`) builds threads, worker pools and metrics on top of this
-//! crate; firmware uses it directly.
+//! Firmware uses this crate directly; the std runtime (crate `backflow`, in progress) builds
+//! threads, worker pools and metrics on top of it.
 //!
 //! # Features
 //!
