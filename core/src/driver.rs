@@ -204,7 +204,8 @@ pub struct StageStats {
     pub rejected: u64,
     /// Outputs that found the hold buffer full.
     pub held_overflow: u64,
-    /// Pressure transitions of the output queue (on and off).
+    /// Pressure transitions of the output queue (on and off), as counted by its
+    /// [`Pressure`].
     pub pressure_transitions: u64,
 }
 
@@ -275,7 +276,7 @@ impl<St, Out, const H: usize> StageDriver<St, Out, H> {
         }
     }
 
-    /// Counts so far.
+    /// Counts so far (a copy; the pressure transitions come from [`pressure`](Self::pressure)).
     ///
     /// # Examples
     ///
@@ -287,8 +288,8 @@ impl<St, Out, const H: usize> StageDriver<St, Out, H> {
     /// assert_eq!(driver.stats().emitted, 0);
     /// # Ok::<(), backflow_core::ConfigError>(())
     /// ```
-    pub const fn stats(&self) -> &StageStats {
-        &self.stats
+    pub const fn stats(&self) -> StageStats {
+        StageStats { pressure_transitions: self.pressure.transitions(), ..self.stats }
     }
 
     /// Outputs held back, waiting for room downstream.
@@ -471,9 +472,7 @@ impl<Out, Q: Queue<Out>, D: FnMut(Out, Discard), const H: usize> Output<'_, Out,
 
     /// One push under the policy; `Err` hands back an item that must wait.
     fn push(&mut self, item: Out) -> Result<(), Out> {
-        if self.pressure.observe(self.queue.len()).is_some() {
-            self.stats.pressure_transitions += 1;
-        }
+        self.pressure.observe(self.queue.len());
         match self.overflow.push(self.queue, item, self.pressure.is_on()) {
             PushOutcome::Pushed => self.stats.delivered += 1,
             PushOutcome::Dropped { item, reason: DropReason::Oldest } => {

@@ -33,7 +33,7 @@ fn block_stops_taking_input_until_the_output_drains_to_the_low_mark() {
     // Pressure turned on at the high mark (8): the 9th output is held, input stops.
     assert_eq!((poll.taken, poll.blocked), (9, true));
     assert_eq!((output.len(), driver.held(), input.len()), (8, 1, 7));
-    assert_accounted(driver.stats(), driver.held());
+    assert_accounted(&driver.stats(), driver.held());
 
     // Drain to 5: still above the low mark, so the driver keeps holding.
     let (_, mut rx) = output.split();
@@ -47,7 +47,7 @@ fn block_stops_taking_input_until_the_output_drains_to_the_low_mark() {
     let poll = driver.poll(&mut input, &mut output, 100, &mut never, &mut |_| {});
     assert!(poll.taken > 0);
     assert_eq!(driver.stats().pressure_transitions, 3); // on, off, on again
-    assert_accounted(driver.stats(), driver.held());
+    assert_accounted(&driver.stats(), driver.held());
 
     // Everything arrives, in order.
     let mut seen = first;
@@ -63,7 +63,7 @@ fn block_stops_taking_input_until_the_output_drains_to_the_low_mark() {
         driver.poll(&mut input, &mut output, 100, &mut never, &mut |_| {});
     }
     assert_eq!(seen, (0..16).collect::<Vec<_>>());
-    assert_accounted(driver.stats(), 0);
+    assert_accounted(&driver.stats(), 0);
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn drop_and_fail_policies_discard_with_reasons() {
         assert_eq!(got, discarded, "{policy:?}");
         let (_, mut rx) = output.split();
         assert_eq!([rx.try_pop().unwrap(), rx.try_pop().unwrap()].to_vec(), left, "{policy:?}");
-        assert_accounted(driver.stats(), driver.held());
+        assert_accounted(&driver.stats(), driver.held());
     }
 }
 
@@ -118,7 +118,7 @@ fn fan_out_beyond_the_hold_buffer_is_counted_not_lost() {
     // One delivered, two held, one over the hold buffer.
     assert_eq!(discarded, [(10, Discard::HoldFull)]);
     assert_eq!(driver.held(), 2);
-    assert_accounted(driver.stats(), driver.held());
+    assert_accounted(&driver.stats(), driver.held());
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn errors_go_to_the_error_hook_and_flush_drains_the_stage() {
     assert_eq!(errors.len(), 2);
     let stats = driver.stats();
     assert_eq!((stats.received, stats.completed, stats.failed, stats.emitted), (5, 3, 2, 2));
-    assert_accounted(stats, 0);
+    assert_accounted(&stats, 0);
 }
 
 #[test]

@@ -144,8 +144,8 @@ fn run() -> bool {
 
     hprintln!("backflow bare-metal pipeline: {} readings, {} ticks", SAMPLES, ticks);
     hprintln!("sensor: produced {}, waited on a full ring {} times", produced, sensor_waits);
-    report("filter", filter.stats());
-    report("aggregate", aggregate.stats());
+    report("filter", &filter.stats());
+    report("aggregate", &aggregate.stats());
     hprintln!("sink: {} averages, sum {}", sink_count, sink_sum);
 
     let f = filter.stats();
@@ -161,7 +161,7 @@ fn run() -> bool {
         ("aggregate received all kept", a.received == f.delivered),
         ("sink got every average", sink_count == batch_count && a.delivered == batch_count),
         ("averages match the reference", sink_sum == batch_sum),
-        ("accounting identities hold", accounted(f) && accounted(a)),
+        ("accounting identities hold", accounted(&f) && accounted(&a)),
         ("backpressure engaged", f.pressure_transitions >= 2 && sensor_waits > 0),
         ("nothing discarded", discarded == 0),
     ];

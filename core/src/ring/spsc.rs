@@ -581,7 +581,7 @@ where
     #[inline]
     pub fn try_push(&mut self, item: T) -> Result<(), PushError<T>> {
         let ring = &*self.ring;
-        // Possibly full (by the cached head)? Look at the real head; really full? Give it back.
+        // Possibly full (by the cached limit)? Look at the real head; really full? Give it back.
         if self.tail == self.limit {
             self.limit = ring.advance(ring.head.load(Ordering::Acquire), ring.capacity());
             if self.tail == self.limit {
