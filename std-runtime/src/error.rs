@@ -1,0 +1,228 @@
+//! The runtime's errors, one enum per boundary: [`ConfigError`] from `build()`,
+//! [`PushError`] from an [`Input`](crate::Input), [`PipelineError`] from `drain()`.
+
+use std::fmt;
+
+use crate::Report;
+
+/// A pipeline definition that cannot run, naming the stage and the field at fault.
+/// `build()` returns it instead of panicking; nothing has been started when it does.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::{ConfigError, Pipeline};
+///
+/// let err = Pipeline::<u32>::builder()
+///     .stage("double", || |x: u32| x * 2)
+///     .capacity(0)
+///     .sink(|_| {})
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err, ConfigError::ZeroCapacity { stage: "double".into() });
+/// assert_eq!(err.to_string(), "stage `double`: capacity must be at least 1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A stage has an empty name (stages are numbered from 0 in `index`).
+    #[error("stage #{index}: name must not be empty")]
+    EmptyName {
+        /// The position of the stage in the pipeline.
+        index: usize,
+    },
+    /// A stage name contains a control character, which would garble logs, thread names and
+    /// metric labels.
+    #[error("stage {name:?}: name must not contain control characters")]
+    NameHasControl {
+        /// The name given.
+        name: String,
+    },
+    /// Two stages share a name, so stats and drop reports could not tell them apart.
+    #[error("stage `{stage}`: the name is used by more than one stage")]
+    DuplicateName {
+        /// The repeated name.
+        stage: String,
+    },
+    /// A stage's input capacity is zero: nothing could ever be queued.
+    #[error("stage `{stage}`: capacity must be at least 1")]
+    ZeroCapacity {
+        /// The stage.
+        stage: String,
+    },
+    /// A stage's input capacity is above what a ring can hold.
+    #[error("stage `{stage}`: capacity {capacity} exceeds the maximum of {max}")]
+    CapacityTooLarge {
+        /// The stage.
+        stage: String,
+        /// The capacity asked for.
+        capacity: usize,
+        /// The largest capacity a ring accepts.
+        max: usize,
+    },
+    /// A stage's water marks cannot work with its capacity (low not below high, high above
+    /// the capacity, a percentage above 100).
+    #[error("stage `{stage}`: {source}")]
+    WaterMarks {
+        /// The stage.
+        stage: String,
+        /// What is wrong with the marks.
+        source: backflow_core::ConfigError,
+    },
+    /// [`Overflow::Fail`](crate::Overflow::Fail) hands a full queue's item back to whoever
+    /// pushed it; only the first stage has such a caller (the [`Input`](crate::Input)).
+    #[error("stage `{stage}`: overflow `Fail` is only allowed on the first stage")]
+    FailNotFirst {
+        /// The stage.
+        stage: String,
+    },
+    /// A setting that must be positive is zero.
+    #[error("stage `{stage}`: `{field}` must be at least 1")]
+    Zero {
+        /// The stage.
+        stage: String,
+        /// The field, e.g. `"batch"`.
+        field: &'static str,
+    },
+    /// The operating system refused to start a worker thread. The threads already started
+    /// have been stopped and joined.
+    #[error("stage `{stage}`: could not start worker {worker}: {message}")]
+    Spawn {
+        /// The stage.
+        stage: String,
+        /// The worker's number within the stage.
+        worker: usize,
+        /// The operating system's error.
+        message: String,
+    },
+}
+
+/// A push into a pipeline that did not happen; the item is inside, so nothing is lost.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::{Pipeline, PushError};
+///
+/// let pipeline = Pipeline::<String>::builder().stage("id", || |s: String| s).sink(|_| {}).build()?;
+/// let input = pipeline.input();
+/// pipeline.drain()?;
+/// let err = input.push("late".to_string()).unwrap_err();
+/// assert_eq!(err.to_string(), "the pipeline is closed");
+/// assert_eq!(err.into_inner(), "late");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The first stage's queue is full (from `try_push`, or any push under
+    /// [`Overflow::Fail`](crate::Overflow::Fail)).
+    Full(T),
+    /// `push_timeout` waited for room until its deadline.
+    Timeout(T),
+    /// The pipeline is draining or drained: it takes no more items.
+    Closed(T),
+    /// The pipeline was cancelled.
+    Cancelled(T),
+}
+
+impl<T> PushError<T> {
+    /// Returns the item that was not pushed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(backflow::PushError::Closed(3).into_inner(), 3);
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Full(item) | Self::Timeout(item) | Self::Closed(item) | Self::Cancelled(item) => {
+                item
+            }
+        }
+    }
+}
+
+// NB: by hand, so that `PushError<T>` is `Debug` (and an `Error`) for any `T`.
+impl<T> fmt::Debug for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "Full(..)",
+            Self::Timeout(_) => "Timeout(..)",
+            Self::Closed(_) => "Closed(..)",
+            Self::Cancelled(_) => "Cancelled(..)",
+        })
+    }
+}
+
+impl<T> fmt::Display for PushError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "the first stage's queue is full",
+            Self::Timeout(_) => "timed out waiting for room in the first stage's queue",
+            Self::Closed(_) => "the pipeline is closed",
+            Self::Cancelled(_) => "the pipeline was cancelled",
+        })
+    }
+}
+
+impl<T> std::error::Error for PushError<T> {}
+
+/// Why a pipeline did not finish cleanly. Each variant carries the final [`Report`], so the
+/// accounting of every item is available either way.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::{Pipeline, PipelineError};
+///
+/// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// pipeline.cancel();
+/// let err = pipeline.drain().unwrap_err();
+/// assert!(matches!(err, PipelineError::Cancelled { .. }));
+/// assert!(err.report().is_balanced());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The pipeline was cancelled before it drained; unprocessed items are counted as
+    /// abandoned in the report.
+    #[error("the pipeline was cancelled; {} items abandoned", report.abandoned())]
+    Cancelled {
+        /// The final accounting.
+        report: Box<Report>,
+    },
+    /// A worker thread panicked outside its stage (in the sink, a drop hook, or the runtime
+    /// itself); the pipeline was cancelled.
+    #[error("stage `{stage}`: worker {worker} panicked: {message}")]
+    WorkerPanicked {
+        /// The stage (or `"sink"`).
+        stage: String,
+        /// The worker's number within the stage.
+        worker: usize,
+        /// The panic's message, when it was a string.
+        message: String,
+        /// The final accounting.
+        report: Box<Report>,
+    },
+}
+
+impl PipelineError {
+    /// The final accounting of the pipeline that failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Pipeline;
+    ///
+    /// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// pipeline.cancel();
+    /// assert_eq!(pipeline.drain().unwrap_err().report().stages().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn report(&self) -> &Report {
+        match self {
+            Self::Cancelled { report } | Self::WorkerPanicked { report, .. } => report,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! [`Input`]: the handle that puts items into a pipeline.
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::PushError;
+use crate::link::{Envelope, HandleState, Link, PushFailure};
+use crate::worker::BATCH;
+
+/// Puts items into a pipeline's first stage. Cloneable: give each producer thread its own
+/// clone (a handle is `Send` but not `Sync`, which keeps its bookkeeping free of atomics'
+/// read-modify-write costs).
+///
+/// What a push does when the first stage's queue is full depends on that stage's
+/// [`Overflow`](crate::Overflow) policy: `Block` waits (with pressure on, until the queue is
+/// back at its low water mark), `DropOldest` and `DropNewest` drop an item and count it, `Fail`
+/// returns [`PushError::Full`] with the item. After `drain()` or `cancel()` every push returns
+/// the item inside the error.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u64>::builder().stage("square", || |x: u64| x * x).sink(|_| {}).build()?;
+/// let producers: Vec<_> = (0..2)
+///     .map(|p| {
+///         let input = pipeline.input();
+///         std::thread::spawn(move || (0..100).try_for_each(|i| input.push(p * 100 + i)))
+///     })
+///     .collect();
+/// for producer in producers {
+///     producer.join().unwrap()?;
+/// }
+/// assert_eq!(pipeline.drain()?.sink().delivered, 200);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Input<In> {
+    link: Arc<Link<In>>,
+    state: Arc<CachePadded<HandleState>>,
+    /// Items until the next sampled one.
+    countdown: Cell<u32>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl<In> Input<In> {
+    pub(crate) fn new(link: Arc<Link<In>>) -> Self {
+        let handles = link.handles.as_ref().expect("the first link has handles");
+        let state = handles.register();
+        Self { link, state, countdown: Cell::new(0), _not_sync: PhantomData }
+    }
+
+    /// Pushes one item; under `Block`, waits for room.
+    ///
+    /// # Errors
+    ///
+    /// The item back: [`PushError::Full`] under `Fail` when the queue is full,
+    /// [`PushError::Closed`] after `drain()`, [`PushError::Cancelled`] after `cancel()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// pipeline.input().push(1)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push(&self, item: In) -> Result<(), PushError<In>> {
+        self.send(item, None)
+    }
+
+    /// Pushes one item if it can go in without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`push`](Self::push), and [`PushError::Full`] when the item would have to wait
+    /// (queue full, or pressure on under `Block`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Pipeline, PushError};
+    ///
+    /// let (pipeline, output) = Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .capacity(1)
+    ///     .output()
+    ///     .build()?;
+    /// let input = pipeline.input();
+    /// // Nobody reads the output, so the pipeline fills up and `try_push` gives the item back.
+    /// let mut refused = None;
+    /// for x in 0..10 {
+    ///     if let Err(PushError::Full(item)) = input.try_push(x) {
+    ///         refused = Some(item);
+    ///         break;
+    ///     }
+    /// }
+    /// assert!(refused.is_some());
+    /// drop(output);
+    /// # pipeline.cancel();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_push(&self, item: In) -> Result<(), PushError<In>> {
+        self.send(item, Some(Instant::now()))
+    }
+
+    /// Pushes one item, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// As [`push`](Self::push), and [`PushError::Timeout`] when the wait timed out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// pipeline.input().push_timeout(1, std::time::Duration::from_millis(10))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push_timeout(&self, item: In, timeout: Duration) -> Result<(), PushError<In>> {
+        self.send(item, Some(Instant::now() + timeout))
+    }
+
+    /// Pushes every item of `items` in order, as [`push`](Self::push) would, but with the
+    /// handle's bookkeeping and the wake-up of the first stage done once per batch rather than
+    /// once per item: the fastest way to feed a pipeline.
+    ///
+    /// # Errors
+    ///
+    /// The first item that could not be pushed (closed or cancelled); the rest of the iterator
+    /// is left unconsumed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u32>::builder().stage("id", || |x: u32| x).sink(|_| {}).build()?;
+    /// pipeline.input().push_iter(0..1000)?;
+    /// assert_eq!(pipeline.drain()?.sink().delivered, 1000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn push_iter<I: IntoIterator<Item = In>>(&self, items: I) -> Result<(), PushError<In>> {
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            self.begin();
+            let mut pushed = 0;
+            let mut result = Ok(());
+            if let Err(refuse) = self.refusal() {
+                result = items.next().map_or(Ok(()), |item| Err(refuse(item)));
+            } else {
+                for item in items.by_ref().take(BATCH) {
+                    match self.link.offer(self.envelope(item), None) {
+                        Ok(()) => pushed += 1,
+                        Err((envelope, failure)) => {
+                            result = Err(failure.into_error(envelope.item));
+                            break;
+                        }
+                    }
+                }
+            }
+            self.end(pushed);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Whether the pipeline no longer takes items (drained or cancelled).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let input = pipeline.input();
+    /// assert!(!input.is_closed());
+    /// pipeline.drain()?;
+    /// assert!(input.is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.refusal().is_err()
+    }
+
+    fn send(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
+        self.begin();
+        let result = match self.refusal() {
+            Err(refuse) => Err(refuse(item)),
+            Ok(()) => self
+                .link
+                .offer(self.envelope(item), deadline)
+                .map_err(|(envelope, failure)| failure.into_error(envelope.item)),
+        };
+        self.end(u64::from(result.is_ok()));
+        result
+    }
+
+    /// Marks a push in progress. The first stage does not finish while a handle is active.
+    fn begin(&self) {
+        self.state.active.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `Handles::all_done`: either this push sees `closed` below,
+        // or the first stage sees this handle active and waits for the push to land.
+        fence(Ordering::SeqCst);
+    }
+
+    /// Ends a push that put `received` items into the first stage.
+    fn end(&self, received: u64) {
+        let state = &self.state;
+        // Only this handle writes its counter (handles are not `Sync`).
+        state.received.store(state.received.load(Ordering::Relaxed) + received, Ordering::Relaxed);
+        state.active.store(false, Ordering::Release);
+        self.link.settle();
+    }
+
+    /// `Err` with the right error constructor if the pipeline takes no more items.
+    #[allow(clippy::type_complexity)]
+    fn refusal(&self) -> Result<(), fn(In) -> PushError<In>> {
+        let closed = self.link.handles.as_ref().is_some_and(|h| h.closed.load(Ordering::Relaxed));
+        if self.link.control.is_cancelled() {
+            Err(PushError::Cancelled)
+        } else if closed {
+            Err(PushError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wraps an item, stamping one in `sample_every` with the time.
+    #[inline]
+    fn envelope(&self, item: In) -> Envelope<In> {
+        let left = self.countdown.get();
+        if left == 0 {
+            self.countdown.set(self.link.control.sample_every.get() - 1);
+            let now = self.link.control.now();
+            Envelope { item, born: now, queued: now }
+        } else {
+            self.countdown.set(left - 1);
+            Envelope { item, born: 0, queued: 0 }
+        }
+    }
+}
+
+impl<In> Clone for Input<In> {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.link))
+    }
+}
+
+impl<In> fmt::Debug for Input<In> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Input").field("closed", &self.is_closed()).finish_non_exhaustive()
+    }
+}
+
+impl PushFailure {
+    fn into_error<T>(self, item: T) -> PushError<T> {
+        match self {
+            Self::Full => PushError::Full(item),
+            Self::Timeout => PushError::Timeout(item),
+            Self::Cancelled => PushError::Cancelled(item),
+        }
+    }
+}

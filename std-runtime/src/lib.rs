@@ -1,0 +1,144 @@
+//! Bounded, backpressure-aware, multi-stage pipelines on threads.
+//!
+//! A [`Pipeline`] is a chain of named stages. Each stage has its own bounded input queue
+//! (allocated once, when the pipeline is built) and one or more worker threads that share it;
+//! each worker runs its own instance of the stage, made by the stage's factory, so stages keep
+//! state without locks. Items go in through [`Input`] handles and come out in a sink closure or
+//! an [`Output`] iterator.
+//!
+//! - **Backpressure.** When a queue reaches its high water mark, pressure turns on and, under
+//!   the default [`Overflow::Block`], producers wait until it is back at the low mark. Other
+//!   policies drop the oldest or the newest item, or fail the push.
+//! - **Nothing lost silently.** Every item is delivered, dropped by a policy (counted with its
+//!   reason and handed to the stage's drop hook), errored, or abandoned when the pipeline is
+//!   cancelled. [`Accounting`] holds `received = emitted_inputs + dropped + errored +
+//!   dead_lettered + abandoned + in_flight` for every stage, always.
+//! - **Lifecycle.** [`Pipeline::drain`] finishes every item and joins every thread;
+//!   [`Pipeline::shutdown`] drains until a deadline, then cancels; dropping a pipeline cancels
+//!   it and joins its threads.
+//! - **Stats.** [`Pipeline::stats`] reports per stage: counts, queue fill, pressure and its
+//!   transitions, sampled processing time and queue wait, throughput; and end-to-end latency
+//!   at the sink. `Display` renders a table.
+//! - **Waiting.** Idle workers spin briefly, yield, then park until woken ([`WaitStrategy`]):
+//!   an idle pipeline uses no CPU.
+//!
+//! The flow-control decisions themselves (water marks, overflow outcomes, the rings) live in
+//! the `no_std` crate `backflow-core`, re-exported here in part ([`stage`], [`Overflow`],
+//! [`WaterMarks`]).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::num::NonZeroUsize;
+//! use backflow::{Overflow, Pipeline, stage};
+//!
+//! let pipeline = Pipeline::<&'static str>::builder()
+//!     .stage("parse", || stage::filter_map(|s: &str| s.parse::<u32>().ok()))
+//!     .capacity(256)
+//!     .stage("square", || |n: u32| u64::from(n) * u64::from(n))
+//!     .workers(NonZeroUsize::new(2).unwrap())
+//!     .overflow(Overflow::Block)
+//!     .sink(|n| println!("{n}"))
+//!     .build()?;
+//!
+//! let input = pipeline.input();
+//! for line in ["3", "x", "4"] {
+//!     input.push(line)?;
+//! }
+//! let report = pipeline.drain()?;
+//! assert_eq!(report.stage("parse").unwrap().accounting.received, 3);
+//! assert_eq!(report.sink().delivered, 2);
+//! assert!(report.is_balanced());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod builder;
+mod control;
+mod error;
+mod input;
+mod link;
+mod output;
+mod pipeline;
+mod stats;
+mod wait;
+mod worker;
+
+use std::fmt;
+
+pub use backflow_core::{Overflow, Stage, WaterMarks, stage};
+pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Source, WithOutput, WithSink};
+pub use error::{ConfigError, PipelineError, PushError};
+pub use input::Input;
+pub use output::Output;
+pub use pipeline::Pipeline;
+pub use stats::{Accounting, Latency, Report, SinkStats, StageStats, Stats};
+pub use wait::WaitStrategy;
+
+/// Why an item left the pipeline without being processed.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(backflow::DropReason::Abandoned.to_string(), "abandoned");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Evicted from a full queue under [`Overflow::DropOldest`].
+    Oldest,
+    /// Refused by a full queue under [`Overflow::DropNewest`].
+    Newest,
+    /// Never processed: the pipeline was cancelled or shut down first.
+    Abandoned,
+}
+
+impl From<backflow_core::overflow::DropReason> for DropReason {
+    fn from(reason: backflow_core::overflow::DropReason) -> Self {
+        match reason {
+            backflow_core::overflow::DropReason::Oldest => Self::Oldest,
+            backflow_core::overflow::DropReason::Newest => Self::Newest,
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Oldest => "evicted as oldest",
+            Self::Newest => "dropped as newest",
+            Self::Abandoned => "abandoned",
+        })
+    }
+}
+
+/// An item a stage dropped or abandoned, as its drop hook sees it.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use backflow::{DropReason, Overflow, Pipeline};
+///
+/// let dropped = Arc::new(Mutex::new(Vec::new()));
+/// let seen = Arc::clone(&dropped);
+/// let pipeline = Pipeline::<u32>::builder()
+///     .stage("id", || |x: u32| x)
+///     .on_drop(move |d| seen.lock().unwrap().push((d.stage.to_string(), d.reason, d.item)))
+///     .sink(|_| {})
+///     .build()?;
+/// pipeline.cancel();
+/// pipeline.drain().unwrap_err();
+/// assert!(dropped.lock().unwrap().iter().all(|(_, reason, _)| *reason == DropReason::Abandoned));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Dropped<'a, T> {
+    /// The stage whose queue the item was in (or was pushed to).
+    pub stage: &'a str,
+    /// Why it was dropped.
+    pub reason: DropReason,
+    /// The item itself, now the hook's.
+    pub item: T,
+}

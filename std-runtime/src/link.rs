@@ -1,0 +1,431 @@
+//! A link: the bounded queue in front of a stage (or of the output), with its water marks,
+//! overflow policy, wake-up signals and the accounting of every item that enters it.
+//!
+//! The decisions are the core's: [`Overflow::push`] says what a push does, [`Pressure`] turns
+//! pressure on and off with hysteresis. This module only adds threads to them: a lock around
+//! the `Pressure` machine (taken only when a transition is possible), an atomic flag that
+//! pushers read, and [`Signal`]s to park on.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use backflow_core::overflow::{self, Overflow, PushOutcome};
+use backflow_core::ring::mpmc::HeapRing;
+use backflow_core::{Pressure, WaterMarks};
+use crossbeam_utils::CachePadded;
+
+use crate::control::Control;
+use crate::stats::StageCounters;
+use crate::wait::{Signal, wait_until};
+use crate::{DropReason, Dropped};
+
+/// An item in flight with its timestamps (nanoseconds from [`Control::now`]); both are `0`
+/// unless the item is one of the sampled ones.
+#[derive(Debug)]
+pub(crate) struct Envelope<T> {
+    pub(crate) item: T,
+    /// When the item entered the pipeline (for end-to-end latency at the sink).
+    pub(crate) born: u64,
+    /// When the item was put in the queue it is in (for queue wait).
+    pub(crate) queued: u64,
+}
+
+/// A user's drop hook for one stage's input items.
+pub(crate) type DropHook<T> = Arc<dyn Fn(Dropped<'_, T>) + Send + Sync>;
+
+/// The per-handle state of an [`Input`](crate::Input): written only by that handle's thread.
+#[derive(Debug, Default)]
+pub(crate) struct HandleState {
+    /// Set while a push is in progress, so that the first stage does not finish under it.
+    pub(crate) active: AtomicBool,
+    /// Items this handle put into the pipeline (pushed, or dropped by the overflow policy).
+    pub(crate) received: AtomicU64,
+}
+
+/// The input handles of a pipeline: how the first link knows it has received its last item.
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    pub(crate) closed: AtomicBool,
+    pub(crate) list: Mutex<Vec<Arc<CachePadded<HandleState>>>>,
+}
+
+impl Handles {
+    /// Registers a new handle.
+    pub(crate) fn register(&self) -> Arc<CachePadded<HandleState>> {
+        let state = Arc::new(CachePadded::new(HandleState::default()));
+        self.list.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&state));
+        state
+    }
+
+    /// Closed, and no push in progress: every item that will ever arrive is in the ring.
+    fn all_done(&self) -> bool {
+        if !self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        // Pairs with the fence after `active = true` in `Input::push`: either that push sees
+        // `closed`, or this load sees it active (or finished, with its item in the ring).
+        fence(Ordering::SeqCst);
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter().all(|handle| !handle.active.load(Ordering::Acquire))
+    }
+
+    /// Items received through every handle.
+    pub(crate) fn received(&self) -> u64 {
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter().map(|handle| handle.received.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// How a blocking push ended without pushing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The pipeline was cancelled, or the consumer is gone.
+    Cancelled,
+    /// The deadline passed.
+    Timeout,
+}
+
+/// The queue in front of one stage (or of the output handle).
+pub(crate) struct Link<T> {
+    ring: HeapRing<Envelope<T>>,
+    overflow: Overflow,
+    marks: WaterMarks,
+    pressure: Mutex<Pressure>,
+    pressure_on: AtomicBool,
+    /// Consumers park here while the ring is empty.
+    items: Signal,
+    /// Blocked producers park here while pressure is on.
+    room: Signal,
+    /// Upstream workers that have not finished; `0` for the first link, which has `handles`.
+    upstream_left: AtomicUsize,
+    pub(crate) handles: Option<Handles>,
+    /// Set when the consumer will never pop again (the output handle was dropped).
+    consumer_gone: AtomicBool,
+    /// The stage this link feeds, for hooks and accounting.
+    stage: Arc<str>,
+    counters: Arc<StageCounters>,
+    on_drop: Option<DropHook<T>>,
+    pub(crate) control: Arc<Control>,
+}
+
+/// How a link is set up.
+pub(crate) struct LinkSpec<T> {
+    pub(crate) capacity: usize,
+    pub(crate) marks: WaterMarks,
+    pub(crate) overflow: Overflow,
+    pub(crate) upstream: usize,
+    pub(crate) handles: bool,
+    pub(crate) stage: Arc<str>,
+    pub(crate) counters: Arc<StageCounters>,
+    pub(crate) on_drop: Option<DropHook<T>>,
+}
+
+impl<T> Link<T> {
+    /// A link as specified; the capacity has been validated by the builder.
+    pub(crate) fn new(spec: LinkSpec<T>, control: Arc<Control>) -> Self {
+        let ring = HeapRing::with_capacity(spec.capacity)
+            .expect("the builder validated the capacity before building links");
+        Self {
+            ring,
+            overflow: spec.overflow,
+            marks: spec.marks,
+            pressure: Mutex::new(Pressure::new(spec.marks)),
+            pressure_on: AtomicBool::new(false),
+            items: Signal::new(),
+            room: Signal::new(),
+            upstream_left: AtomicUsize::new(spec.upstream),
+            handles: spec.handles.then(Handles::default),
+            consumer_gone: AtomicBool::new(false),
+            stage: spec.stage,
+            counters: spec.counters,
+            on_drop: spec.on_drop,
+            control,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Whether pressure is on, and the number of transitions so far.
+    pub(crate) fn pressure(&self) -> (bool, u64) {
+        let pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+        (pressure.is_on(), pressure.transitions())
+    }
+
+    /// Whether producers should stop waiting: cancelled, or nobody will ever pop.
+    #[inline]
+    fn stopping(&self) -> bool {
+        self.control.is_cancelled() || self.consumer_gone.load(Ordering::Relaxed)
+    }
+
+    /// Every item that will ever arrive has arrived.
+    pub(crate) fn finished(&self) -> bool {
+        if self.upstream_left.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        self.handles.as_ref().is_none_or(Handles::all_done)
+    }
+
+    /// One upstream worker has finished pushing; the last one finishes the link.
+    pub(crate) fn upstream_done(&self) {
+        if self.upstream_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.items.notify();
+        }
+    }
+
+    /// The consumer will never pop again: producers stop waiting and abandon what they push.
+    pub(crate) fn consumer_gone(&self) {
+        self.consumer_gone.store(true, Ordering::SeqCst);
+        self.room.notify();
+    }
+
+    pub(crate) fn is_orphaned(&self) -> bool {
+        self.consumer_gone.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every waiter on this link (after a cancel).
+    pub(crate) fn wake_all(&self) {
+        self.items.notify();
+        self.room.notify();
+    }
+
+    /// Turns pressure on if the fill reached the high mark.
+    fn raise(&self) {
+        if !self.pressure_on.load(Ordering::Relaxed) && self.ring.len() >= self.marks.high() {
+            let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+            pressure.observe(self.ring.len());
+            self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
+        }
+    }
+
+    /// Turns pressure off if the fill fell to the low mark; returns whether it did. Does not
+    /// notify (it runs inside `park_until` of the `room` signal).
+    fn relieve(&self) -> bool {
+        if !self.pressure_on.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
+        let turned_off = pressure.observe(self.ring.len()).is_some() && !pressure.is_on();
+        self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
+        turned_off
+    }
+
+    /// Pops up to `max` items into `buf`; returns how many.
+    pub(crate) fn pop_into(&self, buf: &mut VecDeque<Envelope<T>>, max: usize) -> usize {
+        let mut popped = 0;
+        while popped < max {
+            match self.ring.try_pop() {
+                Ok(envelope) => buf.push_back(envelope),
+                Err(_) => break,
+            }
+            popped += 1;
+        }
+        if popped > 0 {
+            // Pairs with the fence a blocked producer issues after raising pressure: either
+            // it sees this pop's fill, or this load sees pressure on.
+            fence(Ordering::SeqCst);
+            if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
+                self.room.notify();
+            }
+        }
+        popped
+    }
+
+    /// Waits until the ring has an item, the link is finished or the pipeline is cancelled.
+    pub(crate) fn wait_for_items(&self) {
+        let control = &self.control;
+        wait_until(
+            &self.items,
+            control.strategy,
+            || !self.ring.is_empty() || control.is_cancelled() || self.finished(),
+            None,
+        );
+    }
+
+    /// Waits until pressure is off (the fill is back at the low mark), or `deadline`.
+    fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Stop> {
+        self.raise();
+        let ready = || {
+            self.stopping() || {
+                self.relieve();
+                !self.pressure_on.load(Ordering::Acquire)
+            }
+        };
+        let woke = wait_until(&self.room, self.control.strategy, ready, deadline);
+        // Pass the news on: other producers may be parked on the same condition.
+        self.room.notify();
+        if self.stopping() {
+            Err(Stop::Cancelled)
+        } else if woke {
+            Ok(())
+        } else {
+            Err(Stop::Timeout)
+        }
+    }
+
+    /// Hands a dropped or abandoned item to the drop hook.
+    fn discard(&self, item: T, reason: DropReason) {
+        if let Some(hook) = &self.on_drop {
+            hook(Dropped { stage: &self.stage, reason, item });
+        }
+    }
+
+    /// Counts `item` as received and abandoned (it reached this link after a cancel).
+    pub(crate) fn abandon(&self, item: T) {
+        self.counters.received.increment();
+        self.counters.abandoned.increment();
+        self.discard(item, DropReason::Abandoned);
+    }
+
+    /// Pushes one item for an input handle under the link's policy, waiting for room under
+    /// `Block` until `deadline` (`Some(now)`: do not wait). Does not wake the consumers unless
+    /// it has to wait; call [`settle`](Self::settle) after a push or a run of them.
+    ///
+    /// # Errors
+    ///
+    /// The item back, with why: the queue is full (under `Fail`, or with no time to wait), the
+    /// wait timed out, or the pipeline stopped.
+    pub(crate) fn offer(
+        &self,
+        mut envelope: Envelope<T>,
+        deadline: Option<Instant>,
+    ) -> Result<(), (Envelope<T>, PushFailure)> {
+        let mut queue = &self.ring;
+        loop {
+            let pressure_on = self.pressure_on.load(Ordering::Relaxed);
+            match self.overflow.push(&mut queue, envelope, pressure_on) {
+                PushOutcome::Pushed => return Ok(()),
+                PushOutcome::Dropped { item, reason } => {
+                    self.count_drop(reason);
+                    self.discard(item.item, reason.into());
+                    return Ok(());
+                }
+                PushOutcome::Rejected(back) => return Err((back, PushFailure::Full)),
+                PushOutcome::MustWait(back) => {
+                    envelope = back;
+                    self.settle();
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err((envelope, PushFailure::Full));
+                    }
+                    match self.wait_for_room(deadline) {
+                        Ok(()) => {}
+                        Err(Stop::Timeout) => return Err((envelope, PushFailure::Timeout)),
+                        Err(Stop::Cancelled) => return Err((envelope, PushFailure::Cancelled)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// After pushes: turns pressure on if the fill reached the high mark, and wakes parked
+    /// consumers.
+    pub(crate) fn settle(&self) {
+        self.raise();
+        self.items.notify();
+    }
+
+    fn count_drop(&self, reason: overflow::DropReason) {
+        match reason {
+            overflow::DropReason::Oldest => self.counters.dropped_oldest.increment(),
+            overflow::DropReason::Newest => self.counters.dropped_newest.increment(),
+        }
+    }
+
+    /// Delivers a worker's batch of outputs under the link's policy, waiting under `Block`.
+    /// Every item is received (pushed, or dropped by the policy); if the pipeline stops while
+    /// waiting, the rest are received and abandoned. Returns `false` in that case.
+    pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        let mut queue = &self.ring;
+        let mut received = 0;
+        let mut stopped = false;
+        while let Some(mut envelope) = batch.pop_front() {
+            loop {
+                let pressure_on = self.pressure_on.load(Ordering::Relaxed);
+                match self.overflow.push(&mut queue, envelope, pressure_on) {
+                    PushOutcome::Pushed => break,
+                    PushOutcome::Dropped { item, reason } => {
+                        self.count_drop(reason);
+                        self.discard(item.item, reason.into());
+                        break;
+                    }
+                    // `Fail` is only allowed on the first stage, fed by handles, not workers.
+                    PushOutcome::Rejected(back) | PushOutcome::MustWait(back) => {
+                        envelope = back;
+                        // Consumers may be parked although this batch already filled the ring.
+                        self.items.notify();
+                        if self.wait_for_room(None).is_err() {
+                            batch.push_front(envelope);
+                            stopped = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if stopped {
+                break;
+            }
+            received += 1;
+        }
+        self.counters.received.add(received);
+        self.settle();
+        for envelope in batch.drain(..) {
+            self.abandon(envelope.item);
+        }
+        !stopped
+    }
+
+    /// Abandons an item this link already received (taken by a worker that then stopped).
+    pub(crate) fn give_up(&self, item: T) {
+        self.counters.abandoned.increment();
+        self.discard(item, DropReason::Abandoned);
+    }
+
+    /// Pops every item left in the ring (after the consumers stopped) and abandons it: counted,
+    /// and handed to the drop hook.
+    pub(crate) fn sweep(&self) {
+        while let Ok(envelope) = self.ring.try_pop() {
+            self.give_up(envelope.item);
+        }
+    }
+
+    /// Pops one item for the output handle, waiting for it; `None` once the link is finished
+    /// and empty, or cancelled.
+    pub(crate) fn pop_blocking(&self) -> Option<Envelope<T>> {
+        loop {
+            if let Ok(envelope) = self.ring.try_pop() {
+                fence(Ordering::SeqCst);
+                if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
+                    self.room.notify();
+                }
+                return Some(envelope);
+            }
+            if self.control.is_cancelled() || (self.finished() && self.ring.is_empty()) {
+                return None;
+            }
+            self.wait_for_items();
+        }
+    }
+}
+
+/// Nothing is dropped silently: items still queued when the last owner lets go are
+/// abandoned through the drop hook.
+impl<T> Drop for Link<T> {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}
+
+/// Why [`Link::offer`] handed the item back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushFailure {
+    Full,
+    Timeout,
+    Cancelled,
+}

@@ -1,0 +1,658 @@
+//! Live statistics: the counters the workers keep, the snapshot [`Stats`] that
+//! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`].
+//!
+//! Workers add to the counters once per batch, never once per item; timings are taken for
+//! one item in `sample_every` (see [`Source::sample_every`](crate::Source::sample_every)).
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use backflow_core::metrics::{Counter, Histogram, Percentiles};
+
+/// The atomic counters of one stage.
+#[derive(Debug, Default)]
+pub(crate) struct StageCounters {
+    /// Items that entered the stage's queue (or were dropped trying to).
+    pub(crate) received: Counter,
+    /// Inputs the stage processed successfully.
+    pub(crate) emitted_inputs: Counter,
+    /// Outputs the stage emitted.
+    pub(crate) emitted_outputs: Counter,
+    pub(crate) dropped_oldest: Counter,
+    pub(crate) dropped_newest: Counter,
+    /// Inputs whose processing returned an error or panicked.
+    pub(crate) errored: Counter,
+    /// Of `errored`, the panics.
+    pub(crate) panicked: Counter,
+    /// Inputs never processed because the pipeline stopped first.
+    pub(crate) abandoned: Counter,
+}
+
+/// Everything one stage shares with its workers and with `stats()`.
+#[derive(Debug)]
+pub(crate) struct StageShared {
+    pub(crate) name: std::sync::Arc<str>,
+    pub(crate) workers: usize,
+    pub(crate) counters: std::sync::Arc<StageCounters>,
+    pub(crate) process_time: Histogram,
+    pub(crate) queue_wait: Histogram,
+    window: Mutex<Window>,
+}
+
+impl StageShared {
+    pub(crate) fn new(name: std::sync::Arc<str>, workers: usize, start: Instant) -> Self {
+        Self {
+            name,
+            workers,
+            counters: std::sync::Arc::default(),
+            process_time: Histogram::new(),
+            queue_wait: Histogram::new(),
+            window: Mutex::new(Window::new(start)),
+        }
+    }
+}
+
+/// The sink's counters: items handed to the sink closure or the output handle.
+#[derive(Debug)]
+pub(crate) struct SinkShared {
+    pub(crate) counters: std::sync::Arc<StageCounters>,
+    /// Items the sink closure took, or the output handle yielded.
+    pub(crate) delivered: Counter,
+    pub(crate) latency: Histogram,
+    window: Mutex<Window>,
+}
+
+impl SinkShared {
+    pub(crate) fn new(start: Instant) -> Self {
+        Self {
+            counters: std::sync::Arc::default(),
+            delivered: Counter::new(),
+            latency: Histogram::new(),
+            window: Mutex::new(Window::new(start)),
+        }
+    }
+}
+
+/// The shortest window for the recent throughput: snapshots closer together than this report
+/// the previous window's rate instead of a noisy one.
+const MIN_WINDOW: Duration = Duration::from_millis(200);
+
+/// The recent-throughput window of one counter: the rate between the last two snapshots at
+/// least [`MIN_WINDOW`] apart.
+#[derive(Debug)]
+struct Window {
+    mark: Instant,
+    count_at_mark: u64,
+    rate: Option<f64>,
+}
+
+impl Window {
+    fn new(start: Instant) -> Self {
+        Self { mark: start, count_at_mark: 0, rate: None }
+    }
+
+    /// The recent rate of a counter now at `count`.
+    fn rate(&mut self, now: Instant, count: u64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.mark);
+        match self.rate {
+            Some(rate) if elapsed < MIN_WINDOW => rate,
+            _ => {
+                let rate = per_second(count.saturating_sub(self.count_at_mark), elapsed);
+                *self = Self { mark: now, count_at_mark: count, rate: Some(rate) };
+                rate
+            }
+        }
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    if elapsed.is_zero() { 0.0 } else { count as f64 / elapsed.as_secs_f64() }
+}
+
+/// Where every item a stage received has gone. The identity
+/// `received = emitted_inputs + dropped + errored + dead_lettered + abandoned + in_flight`
+/// always holds (`in_flight` is what is left), and after `drain()` `in_flight` is zero.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u32>::builder()
+///     .stage("evens", || backflow::stage::filter(|x: &u32| x % 2 == 0))
+///     .sink(|_| {})
+///     .build()?;
+/// let input = pipeline.input();
+/// for x in 0..10 {
+///     input.push(x)?;
+/// }
+/// let report = pipeline.drain()?;
+/// let evens = report.stage("evens").unwrap().accounting;
+/// assert_eq!((evens.received, evens.emitted_inputs, evens.in_flight), (10, 10, 0));
+/// assert!(evens.is_balanced());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Items that entered the stage (queued, or dropped by its overflow policy).
+    pub received: u64,
+    /// Inputs processed successfully (whatever number of outputs they produced).
+    pub emitted_inputs: u64,
+    /// Inputs dropped by the overflow policy (see [`StageStats::dropped_oldest`] and
+    /// [`StageStats::dropped_newest`]).
+    pub dropped: u64,
+    /// Inputs whose processing failed (an error or a panic).
+    pub errored: u64,
+    /// Inputs handed to a dead-letter handler (none yet: no error policy dead-letters).
+    pub dead_lettered: u64,
+    /// Inputs never processed because the pipeline was cancelled or shut down first.
+    pub abandoned: u64,
+    /// Inputs queued or being processed: received and not yet anything else.
+    pub in_flight: u64,
+}
+
+impl Accounting {
+    /// Whether the counts add up: everything but `in_flight` is at most `received`, and
+    /// `in_flight` is exactly the rest.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Accounting;
+    ///
+    /// let ok = Accounting { received: 5, emitted_inputs: 3, dropped: 1, in_flight: 1, ..Default::default() };
+    /// assert!(ok.is_balanced());
+    /// assert!(!Accounting { received: 1, emitted_inputs: 2, ..Default::default() }.is_balanced());
+    /// ```
+    pub fn is_balanced(&self) -> bool {
+        let settled = self.emitted_inputs
+            + self.dropped
+            + self.errored
+            + self.dead_lettered
+            + self.abandoned;
+        settled <= self.received && self.received - settled == self.in_flight
+    }
+
+    fn from_counters(counters: &StageCounters) -> Self {
+        // Read the settled counts before `received`: every settled item was received first,
+        // so a snapshot taken while workers run never shows more settled than received.
+        let emitted_inputs = counters.emitted_inputs.get();
+        let dropped = counters.dropped_oldest.get() + counters.dropped_newest.get();
+        let errored = counters.errored.get();
+        let abandoned = counters.abandoned.get();
+        Self { emitted_inputs, dropped, errored, dead_lettered: 0, abandoned, ..Self::default() }
+    }
+
+    fn with_received(mut self, received: u64) -> Self {
+        let settled =
+            self.emitted_inputs + self.dropped + self.errored + self.dead_lettered + self.abandoned;
+        // A snapshot races with the workers; never report a negative number in flight.
+        self.received = received.max(settled);
+        self.in_flight = self.received - settled;
+        self
+    }
+}
+
+/// A histogram's quantiles, in nanoseconds.
+pub type Latency = Percentiles;
+
+/// A snapshot of one stage.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).capacity(8).sink(|_| {}).build()?;
+/// let stats = pipeline.stats();
+/// let id = stats.stage("id").unwrap();
+/// assert_eq!((id.queue_capacity, id.workers, id.pressure_on), (8, 1, false));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StageStats {
+    /// The stage's name.
+    pub name: String,
+    /// Its worker threads.
+    pub workers: usize,
+    /// Where its items have gone.
+    pub accounting: Accounting,
+    /// Outputs emitted (a stage may emit any number per input).
+    pub emitted_outputs: u64,
+    /// Items evicted from its full queue under `DropOldest`.
+    pub dropped_oldest: u64,
+    /// Items refused by its full queue under `DropNewest`.
+    pub dropped_newest: u64,
+    /// Of the errors, the panics (each also recreated the worker's stage).
+    pub panics: u64,
+    /// Items in its input queue.
+    pub queue_len: usize,
+    /// Its input queue's capacity.
+    pub queue_capacity: usize,
+    /// Whether pressure is on in front of it.
+    pub pressure_on: bool,
+    /// Pressure transitions (on and off) so far.
+    pub pressure_transitions: u64,
+    /// Time to process one input (sampled), nanoseconds.
+    pub process_time: Latency,
+    /// Time an input waited in the queue (sampled), nanoseconds.
+    pub queue_wait: Latency,
+    /// Inputs processed per second over the recent window (at least 200 ms, between calls to
+    /// `stats()`).
+    pub throughput_recent: f64,
+    /// Inputs processed per second since the pipeline started.
+    pub throughput_total: f64,
+}
+
+impl StageStats {
+    /// Queue fill as a fraction of capacity, `0.0..=1.0`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Pipeline;
+    ///
+    /// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.stats().stages()[0].utilization(), 0.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn utilization(&self) -> f64 {
+        self.queue_len as f64 / self.queue_capacity.max(1) as f64
+    }
+}
+
+/// A snapshot of the sink: the end of the pipeline.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// let input = pipeline.input();
+/// input.push(1)?;
+/// let report = pipeline.drain()?;
+/// assert_eq!(report.sink().delivered, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SinkStats {
+    /// Items that reached the sink.
+    pub received: u64,
+    /// Items the sink closure took (or the output handle yielded).
+    pub delivered: u64,
+    /// Items that reached the sink after a cancel, or were left in a dropped output handle.
+    pub abandoned: u64,
+    /// Items waiting in the output handle's queue.
+    pub in_flight: u64,
+    /// End-to-end latency from `push` to the sink (sampled), nanoseconds.
+    pub latency: Latency,
+    /// Items delivered per second over the recent window.
+    pub throughput_recent: f64,
+    /// Items delivered per second since the pipeline started.
+    pub throughput_total: f64,
+}
+
+/// A snapshot of a whole pipeline: one [`StageStats`] per stage, in order, and the sink.
+/// `Display` renders an aligned table.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u8>::builder().stage("parse", || |x: u8| x).sink(|_| {}).build()?;
+/// let table = pipeline.stats().to_string();
+/// assert!(table.contains("parse"));
+/// assert!(table.contains("sink"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    stages: Vec<StageStats>,
+    sink: SinkStats,
+    elapsed: Duration,
+}
+
+impl Stats {
+    /// Every stage, in pipeline order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.stats().stages()[0].name, "a");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stages(&self) -> &[StageStats] {
+        &self.stages
+    }
+
+    /// The stage with this name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert!(pipeline.stats().stage("a").is_some());
+    /// assert!(pipeline.stats().stage("b").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+        self.stages.iter().find(|stage| stage.name == name)
+    }
+
+    /// The sink.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.stats().sink().delivered, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sink(&self) -> &SinkStats {
+        &self.sink
+    }
+
+    /// Time since the pipeline started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert!(pipeline.stats().elapsed() < std::time::Duration::from_secs(60));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+/// Collects a snapshot from the shared state.
+pub(crate) struct Collector<'a> {
+    pub(crate) now: Instant,
+    pub(crate) start: Instant,
+    pub(crate) stages: Vec<StageSource<'a>>,
+    pub(crate) sink: &'a SinkShared,
+    pub(crate) output_len: u64,
+}
+
+/// One stage's shared state and the live facts about its queue.
+pub(crate) struct StageSource<'a> {
+    pub(crate) shared: &'a StageShared,
+    /// Items received through input handles (first stage) on top of the counter.
+    pub(crate) handle_received: u64,
+    pub(crate) queue_len: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) pressure: (bool, u64),
+}
+
+impl Collector<'_> {
+    pub(crate) fn collect(self) -> Stats {
+        let elapsed = self.now.saturating_duration_since(self.start);
+        let stages = self
+            .stages
+            .iter()
+            .map(|source| {
+                let shared = source.shared;
+                let c = &shared.counters;
+                let accounting = Accounting::from_counters(c)
+                    .with_received(c.received.get() + source.handle_received);
+                let done = accounting.emitted_inputs;
+                let mut window = shared.window.lock().unwrap_or_else(PoisonError::into_inner);
+                StageStats {
+                    name: shared.name.to_string(),
+                    workers: shared.workers,
+                    accounting,
+                    emitted_outputs: c.emitted_outputs.get(),
+                    dropped_oldest: c.dropped_oldest.get(),
+                    dropped_newest: c.dropped_newest.get(),
+                    panics: c.panicked.get(),
+                    queue_len: source.queue_len,
+                    queue_capacity: source.queue_capacity,
+                    pressure_on: source.pressure.0,
+                    pressure_transitions: source.pressure.1,
+                    process_time: shared.process_time.snapshot().percentiles(),
+                    queue_wait: shared.queue_wait.snapshot().percentiles(),
+                    throughput_recent: window.rate(self.now, done),
+                    throughput_total: per_second(done, elapsed),
+                }
+            })
+            .collect();
+        let sink = self.sink;
+        let delivered = sink.delivered.get();
+        let abandoned = sink.counters.abandoned.get();
+        let received = sink.counters.received.get().max(delivered + abandoned);
+        let mut window = sink.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let sink = SinkStats {
+            received,
+            delivered,
+            abandoned,
+            in_flight: self.output_len,
+            latency: sink.latency.snapshot().percentiles(),
+            throughput_recent: window.rate(self.now, delivered),
+            throughput_total: per_second(delivered, elapsed),
+        };
+        Stats { stages, sink, elapsed }
+    }
+}
+
+/// Nanoseconds as a short human string: `850ns`, `12.5µs`, `3.2ms`, `1.5s`.
+fn nanos(ns: u64) -> String {
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.1}s", ns as f64 / 1e9),
+    }
+}
+
+/// A count per second as a short human string: `950/s`, `12.3k/s`, `4.5M/s`.
+fn rate(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.1}M/s", per_second / 1e6)
+    } else if per_second >= 1e3 {
+        format!("{:.1}k/s", per_second / 1e3)
+    } else {
+        format!("{per_second:.0}/s")
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header = [
+            "stage", "workers", "received", "emitted", "dropped", "errors", "abandoned", "queue",
+            "pressure", "proc p50", "proc p99", "wait p99", "items/s",
+        ];
+        let mut rows: Vec<[String; 13]> = Vec::with_capacity(self.stages.len() + 1);
+        for s in &self.stages {
+            let a = &s.accounting;
+            rows.push([
+                s.name.clone(),
+                s.workers.to_string(),
+                a.received.to_string(),
+                a.emitted_inputs.to_string(),
+                a.dropped.to_string(),
+                a.errored.to_string(),
+                a.abandoned.to_string(),
+                format!("{}/{}", s.queue_len, s.queue_capacity),
+                format!("{} ({})", if s.pressure_on { "on" } else { "off" }, s.pressure_transitions),
+                nanos(s.process_time.p50),
+                nanos(s.process_time.p99),
+                nanos(s.queue_wait.p99),
+                rate(s.throughput_recent),
+            ]);
+        }
+        let k = &self.sink;
+        rows.push([
+            "sink".into(),
+            String::new(),
+            k.received.to_string(),
+            k.delivered.to_string(),
+            String::new(),
+            String::new(),
+            k.abandoned.to_string(),
+            k.in_flight.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            rate(k.throughput_recent),
+        ]);
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |f: &mut fmt::Formatter<'_>, cells: &[&str]| -> fmt::Result {
+            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                let pad = width - cell.chars().count();
+                if i == 0 {
+                    write!(f, "{cell}{}", " ".repeat(pad))?;
+                } else {
+                    write!(f, "  {}{cell}", " ".repeat(pad))?;
+                }
+            }
+            writeln!(f)
+        };
+        line(f, &header)?;
+        for row in &rows {
+            line(f, &row.each_ref().map(String::as_str))?;
+        }
+        write!(
+            f,
+            "end-to-end latency p50 {} p99 {} max {}; {:.1}s elapsed",
+            nanos(k.latency.p50),
+            nanos(k.latency.p99),
+            nanos(k.latency.max),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// What `drain()` (or `shutdown`) returns: the final stats, in which every stage's
+/// [`Accounting`] is balanced and nothing is in flight.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// let input = pipeline.input();
+/// input.push(7)?;
+/// let report = pipeline.drain()?;
+/// assert!(report.is_balanced());
+/// assert_eq!(report.stage("id").unwrap().accounting.emitted_inputs, 1);
+/// println!("{report}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    stats: Stats,
+}
+
+impl Report {
+    pub(crate) fn new(stats: Stats) -> Self {
+        Self { stats }
+    }
+
+    /// The final stats.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// let report = pipeline.drain()?;
+    /// assert_eq!(report.stats().stages().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Every stage's final stats, in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.drain()?.stages()[0].name, "a");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stages(&self) -> &[StageStats] {
+        self.stats.stages()
+    }
+
+    /// The stage with this name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert!(pipeline.drain()?.stage("a").is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stage(&self, name: &str) -> Option<&StageStats> {
+        self.stats.stage(name)
+    }
+
+    /// The sink's final stats.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.drain()?.sink().abandoned, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sink(&self) -> &SinkStats {
+        self.stats.sink()
+    }
+
+    /// Items abandoned across all stages and the sink.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.drain()?.abandoned(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn abandoned(&self) -> u64 {
+        self.stages().iter().map(|s| s.accounting.abandoned).sum::<u64>() + self.sink().abandoned
+    }
+
+    /// Whether every stage's accounting is balanced, each stage received exactly what the one
+    /// before it emitted, and the sink received what the last stage emitted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert!(pipeline.drain()?.is_balanced());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_balanced(&self) -> bool {
+        let stages = self.stages();
+        let balanced = stages.iter().all(|s| s.accounting.is_balanced());
+        let linked = stages.windows(2).all(|w| w[0].emitted_outputs == w[1].accounting.received);
+        let sink = self.sink();
+        let last = stages.last().map_or(0, |s| s.emitted_outputs);
+        balanced
+            && linked
+            && last == sink.received
+            && sink.received == sink.delivered + sink.abandoned + sink.in_flight
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.stats.fmt(f)
+    }
+}

@@ -1,0 +1,168 @@
+//! Waiting without losing wake-ups: spin, then yield, then park on a [`Signal`] that the other
+//! side notifies.
+//!
+//! The protocol is the classic event count. A waiter takes the signal's lock, registers itself
+//! as a sleeper, issues a `SeqCst` fence and checks its condition again before it sleeps on the
+//! condition variable. A notifier first makes the condition true (pushes an item, turns
+//! pressure off, sets a flag), issues a `SeqCst` fence and only then reads the sleeper count;
+//! if it is non-zero it takes the lock and wakes everyone.
+//!
+//! The two fences are ordered one way or the other. If the notifier's comes first, the
+//! waiter's re-check sees the condition true and it does not sleep. If the waiter's comes
+//! first, the notifier sees a sleeper and takes the lock, which the waiter holds from its
+//! re-check until the condition variable has queued it, so the wake-up cannot fall between the
+//! two. `loom-tests/tests/wait.rs` model-checks exactly this file.
+//!
+//! The fast path of [`Signal::notify`] (nobody asleep) is one fence and one load; the runtime
+//! notifies once per batch of items, not once per item.
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicUsize, Ordering, fence};
+#[cfg(loom)]
+use loom::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
+#[cfg(not(loom))]
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use std::fmt;
+use std::sync::PoisonError;
+use std::time::Instant;
+
+/// How an idle worker or a blocked producer waits.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::WaitStrategy;
+///
+/// assert_eq!(WaitStrategy::default(), WaitStrategy::Park);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WaitStrategy {
+    /// Spin briefly, then yield, then park the thread until the other side wakes it. An idle
+    /// pipeline uses no CPU. The default.
+    #[default]
+    Park,
+    /// Never sleep: spin (with `spin_loop` hints) until there is work. Lowest latency, but every
+    /// waiting thread keeps a core busy; use it only with a core per thread.
+    BusySpin,
+}
+
+/// One condition that threads wait for and other threads announce; see the [module
+/// docs](self) for the protocol.
+pub(crate) struct Signal {
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Signal {
+    /// A signal nobody waits on yet.
+    pub(crate) fn new() -> Self {
+        Self { sleepers: AtomicUsize::new(0), lock: Mutex::new(()), wake: Condvar::new() }
+    }
+
+    /// Wakes every parked waiter. Call it after making their condition true.
+    #[inline]
+    pub(crate) fn notify(&self) {
+        // Orders the caller's write of the condition before the read of `sleepers`; pairs with
+        // the fence in `park_until`.
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) != 0 {
+            drop(self.locked());
+            self.wake.notify_all();
+        }
+    }
+
+    /// Parks until `ready()` returns true (checked under the signal's lock, so it must not
+    /// notify this same signal) or, with a deadline, until the deadline passes. Returns the
+    /// last answer of `ready()`.
+    pub(crate) fn park_until(
+        &self,
+        mut ready: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let mut guard = self.locked();
+        self.sleepers.fetch_add(1, Ordering::Relaxed);
+        // Orders the registration before the re-check of the condition; pairs with the fence
+        // in `notify`.
+        fence(Ordering::SeqCst);
+        let ready = loop {
+            if ready() {
+                break true;
+            }
+            guard = match deadline {
+                None => self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner),
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => {
+                        self.wait_timeout(guard, left)
+                    }
+                    _ => break false,
+                },
+            };
+        };
+        self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+        ready
+    }
+
+    #[cfg(not(loom))]
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, ()>,
+        left: std::time::Duration,
+    ) -> MutexGuard<'a, ()> {
+        self.wake.wait_timeout(guard, left).unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Loom has no clock: a timed wait is a wait that may wake spuriously.
+    #[cfg(loom)]
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, ()>,
+        _left: std::time::Duration,
+    ) -> MutexGuard<'a, ()> {
+        self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn locked(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signal").field("sleepers", &self.sleepers).finish_non_exhaustive()
+    }
+}
+
+/// Waits until `ready()` under `strategy`: spin, yield, then park on `signal` ([`Park`]), or
+/// spin throughout ([`BusySpin`]). Returns `false` only if `deadline` passed first.
+///
+/// [`Park`]: WaitStrategy::Park
+/// [`BusySpin`]: WaitStrategy::BusySpin
+#[cfg(not(loom))]
+pub(crate) fn wait_until(
+    signal: &Signal,
+    strategy: WaitStrategy,
+    mut ready: impl FnMut() -> bool,
+    deadline: Option<Instant>,
+) -> bool {
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        if ready() {
+            return true;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return false;
+        }
+        match strategy {
+            WaitStrategy::BusySpin => std::hint::spin_loop(),
+            WaitStrategy::Park if backoff.is_completed() => {
+                return signal.park_until(ready, deadline);
+            }
+            WaitStrategy::Park => backoff.snooze(),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! One worker thread of a stage: pop a batch from the stage's queue, run the stage over it,
+//! deliver the outputs downstream in batches, and account for every item.
+//!
+//! A panic inside the stage is caught per batch: the item being processed counts as errored,
+//! the worker builds a fresh stage from the factory and carries on with the rest of the batch.
+//! A panic anywhere else (the sink, a drop hook) is fatal: the pipeline is cancelled and
+//! `drain()` reports it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use backflow_core::stage::{Emit, Stage};
+
+use crate::control::{Control, Fatal};
+use crate::link::{Envelope, Link};
+use crate::stats::{SinkShared, StageShared};
+
+/// Items a worker pops, and outputs it collects, before touching a shared queue again.
+// NB: one pop/push of the shared indices, one counter update and one wake-up check per batch
+// instead of per item is what lets a 3-stage pipeline move tens of millions of items per
+// second (benches/README.md, "Pipelines").
+pub(crate) const BATCH: usize = 128;
+
+/// Where a stage's outputs go.
+pub(crate) enum Downstream<T> {
+    /// The next stage's queue, or the output handle's.
+    Link(Arc<Link<T>>),
+    /// The sink closure, called by the last stage's workers.
+    Sink(Arc<Sink<T>>),
+}
+
+impl<T> Clone for Downstream<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Link(link) => Self::Link(Arc::clone(link)),
+            Self::Sink(sink) => Self::Sink(Arc::clone(sink)),
+        }
+    }
+}
+
+impl<T> Downstream<T> {
+    /// Delivers a batch; `false` if the pipeline stopped and some items were abandoned.
+    fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        match self {
+            Self::Link(link) => link.deliver(batch),
+            Self::Sink(sink) => sink.deliver(batch),
+        }
+    }
+
+    /// This worker will deliver nothing more.
+    fn upstream_done(&self) {
+        if let Self::Link(link) = self {
+            link.upstream_done();
+        }
+    }
+}
+
+/// The sink closure, shared by the last stage's workers.
+pub(crate) struct Sink<T> {
+    pub(crate) call: Mutex<Box<dyn FnMut(T) + Send>>,
+    pub(crate) shared: Arc<SinkShared>,
+    pub(crate) control: Arc<Control>,
+}
+
+impl<T> Sink<T> {
+    fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        let n = batch.len() as u64;
+        let counters = &self.shared.counters;
+        counters.received.add(n);
+        if self.control.is_cancelled() {
+            counters.abandoned.add(n);
+            batch.clear();
+            return false;
+        }
+        let mut call = self.call.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(envelope) = batch.pop_front() {
+            if envelope.born != 0 {
+                self.shared.latency.record(self.control.now().saturating_sub(envelope.born));
+            }
+            call(envelope.item);
+            // Counted per item, so a panicking sink leaves exact counts behind.
+            self.shared.delivered.increment();
+        }
+        true
+    }
+}
+
+/// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
+/// have piled up.
+struct Outputs<'a, T> {
+    buf: &'a mut VecDeque<Envelope<T>>,
+    downstream: &'a Downstream<T>,
+    /// The timestamps of the input being processed, inherited by its outputs.
+    born: u64,
+    queued: u64,
+    emitted: u64,
+    /// Set while delivering, so that a panic there is not mistaken for the stage's.
+    delivering: bool,
+    stopped: bool,
+}
+
+impl<T> Outputs<'_, T> {
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.delivering = true;
+            self.stopped |= !self.downstream.deliver(self.buf);
+            self.delivering = false;
+        }
+    }
+}
+
+impl<T> Emit<T> for Outputs<'_, T> {
+    #[inline]
+    fn emit(&mut self, item: T) {
+        if self.buf.len() >= BATCH {
+            self.flush();
+        }
+        self.emitted += 1;
+        self.buf.push_back(Envelope { item, born: self.born, queued: self.queued });
+    }
+}
+
+/// One worker's identity, for thread names and fatal-error reports.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerId {
+    pub(crate) stage: Arc<str>,
+    pub(crate) index: usize,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backflow:{}:{}", self.stage, self.index)
+    }
+}
+
+/// Runs one worker to the end: until its input is finished and empty (then it flushes its
+/// stage), or until the pipeline is cancelled.
+pub(crate) fn run<In, S, F>(
+    id: &WorkerId,
+    factory: &F,
+    input: &Link<In>,
+    downstream: &Downstream<S::Out>,
+    shared: &StageShared,
+) where
+    F: Fn() -> S,
+    S: Stage<In>,
+{
+    let control = Arc::clone(&input.control);
+    let mut inputs: VecDeque<Envelope<In>> = VecDeque::with_capacity(BATCH);
+    let mut outputs: VecDeque<Envelope<S::Out>> = VecDeque::with_capacity(BATCH);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        work(factory, input, downstream, shared, &mut inputs, &mut outputs);
+    }));
+    if let Err(panic) = result {
+        // Not the stage's panic (those are caught in `work`): the sink or a drop hook.
+        for envelope in inputs.drain(..) {
+            input.give_up(envelope.item);
+        }
+        control.fail(Fatal {
+            stage: id.stage.to_string(),
+            worker: id.index,
+            message: panic_message(&*panic),
+        });
+    }
+    downstream.upstream_done();
+}
+
+fn work<In, S, F>(
+    factory: &F,
+    input: &Link<In>,
+    downstream: &Downstream<S::Out>,
+    shared: &StageShared,
+    inputs: &mut VecDeque<Envelope<In>>,
+    outputs: &mut VecDeque<Envelope<S::Out>>,
+) where
+    F: Fn() -> S,
+    S: Stage<In>,
+{
+    let control = &*input.control;
+    let counters = &*shared.counters;
+    let mut stage = factory();
+    loop {
+        if control.is_cancelled() {
+            return;
+        }
+        if input.pop_into(inputs, BATCH) == 0 {
+            if input.finished() && input.len() == 0 {
+                break;
+            }
+            input.wait_for_items();
+            continue;
+        }
+        let mut out = Outputs {
+            buf: outputs,
+            downstream,
+            born: 0,
+            queued: 0,
+            emitted: 0,
+            delivering: false,
+            stopped: false,
+        };
+        let (mut ok, mut failed, mut panicked) = (0, 0, 0);
+        while !inputs.is_empty() && !out.stopped {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                while let Some(envelope) = inputs.pop_front() {
+                    let sampled = envelope.born != 0;
+                    let popped_at = if sampled { control.now() } else { 0 };
+                    out.born = envelope.born;
+                    out.queued = popped_at;
+                    let result = stage.process(envelope.item, &mut out);
+                    if sampled {
+                        let done_at = control.now();
+                        shared.queue_wait.record(popped_at.saturating_sub(envelope.queued));
+                        shared.process_time.record(done_at - popped_at);
+                    }
+                    match result {
+                        Ok(()) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    if out.stopped {
+                        break;
+                    }
+                }
+            }));
+            if let Err(panic) = result {
+                if out.delivering {
+                    resume_unwind(panic);
+                }
+                failed += 1;
+                panicked += 1;
+                stage = factory();
+            }
+        }
+        out.flush();
+        counters.emitted_outputs.add(out.emitted);
+        counters.emitted_inputs.add(ok);
+        counters.errored.add(failed);
+        counters.panicked.add(panicked);
+        if out.stopped {
+            // Cancelled while delivering: what was not processed is abandoned.
+            for envelope in inputs.drain(..) {
+                input.give_up(envelope.item);
+            }
+            return;
+        }
+    }
+    // End of stream: let the stage emit what it holds back.
+    let mut out = Outputs {
+        buf: outputs,
+        downstream,
+        born: 0,
+        queued: control.now(),
+        emitted: 0,
+        delivering: false,
+        stopped: false,
+    };
+    let flushed = catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out)));
+    if let Err(panic) = flushed {
+        if out.delivering {
+            resume_unwind(panic);
+        }
+        counters.panicked.increment();
+    }
+    out.flush();
+    counters.emitted_outputs.add(out.emitted);
+}
+
+/// The message of a panic payload, when it is a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(not a string)".to_string())
+}
