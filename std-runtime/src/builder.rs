@@ -161,9 +161,8 @@ impl<In: Send + 'static> Source<In> {
         S::Out: Send + 'static,
     {
         let factory = Arc::new(factory);
-        let attach: Attach<In, S::Out> = Box::new(move |downstream, wiring| {
-            attach_stage(0, &factory, downstream, wiring)
-        });
+        let attach: Attach<In, S::Out> =
+            Box::new(move |downstream, wiring| attach_stage(0, &factory, downstream, wiring));
         Builder {
             settings: self.settings,
             stages: vec![StageSettings::new(name.into())],
@@ -436,8 +435,9 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             .map(|(index, stage)| stage.resolve(index, &mut names))
             .collect::<Result<Vec<_>, _>>()?;
         let start = control.started_at();
-        let shared =
-            stages.iter().map(|s| Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start)));
+        let shared = stages
+            .iter()
+            .map(|s| Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start)));
         let mut wiring = Wiring {
             control: Arc::clone(&control),
             shared: shared.collect(),

@@ -76,14 +76,6 @@ pub enum ConfigError {
         /// The stage.
         stage: String,
     },
-    /// A setting that must be positive is zero.
-    #[error("stage `{stage}`: `{field}` must be at least 1")]
-    Zero {
-        /// The stage.
-        stage: String,
-        /// The field, e.g. `"batch"`.
-        field: &'static str,
-    },
     /// The operating system refused to start a worker thread. The threads already started
     /// have been stopped and joined.
     #[error("stage `{stage}`: could not start worker {worker}: {message}")]

@@ -180,10 +180,12 @@ impl<T> Link<T> {
         }
     }
 
-    /// The consumer will never pop again: producers stop waiting and abandon what they push.
+    /// The consumer will never pop again: producers stop waiting, what is queued is abandoned,
+    /// and so is everything pushed from now on.
     pub(crate) fn consumer_gone(&self) {
         self.consumer_gone.store(true, Ordering::SeqCst);
         self.room.notify();
+        self.sweep();
     }
 
     pub(crate) fn is_orphaned(&self) -> bool {
@@ -339,13 +341,17 @@ impl<T> Link<T> {
     }
 
     /// Delivers a worker's batch of outputs under the link's policy, waiting under `Block`.
-    /// Every item is received (pushed, or dropped by the policy); if the pipeline stops while
-    /// waiting, the rest are received and abandoned. Returns `false` in that case.
+    /// Every item is received (pushed, or dropped by the policy). If the pipeline stops while
+    /// waiting, the rest are received and abandoned and this returns `false`; if the consumer
+    /// is gone, everything is received and abandoned and the worker may go on.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
         let mut queue = &self.ring;
         let mut received = 0;
-        let mut stopped = false;
-        while let Some(mut envelope) = batch.pop_front() {
+        'items: while let Some(mut envelope) = batch.pop_front() {
+            if self.consumer_gone.load(Ordering::Relaxed) {
+                batch.push_front(envelope);
+                break;
+            }
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
                 match self.overflow.push(&mut queue, envelope, pressure_on) {
@@ -362,19 +368,22 @@ impl<T> Link<T> {
                         self.items.notify();
                         if self.wait_for_room(None).is_err() {
                             batch.push_front(envelope);
-                            stopped = true;
-                            break;
+                            break 'items;
                         }
                     }
                 }
             }
-            if stopped {
-                break;
-            }
             received += 1;
         }
         self.counters.received.add(received);
+        // `settle` issues a SeqCst fence: either the consumer's `sweep` (after it set
+        // `consumer_gone`) sees the items just pushed, or the load below sees it gone.
         self.settle();
+        let gone = self.consumer_gone.load(Ordering::Relaxed);
+        if gone {
+            self.sweep();
+        }
+        let stopped = !batch.is_empty() && !gone;
         for envelope in batch.drain(..) {
             self.abandon(envelope.item);
         }

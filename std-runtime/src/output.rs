@@ -57,7 +57,6 @@ impl<Out> Iterator for Output<Out> {
 impl<Out> Drop for Output<Out> {
     fn drop(&mut self) {
         self.link.consumer_gone();
-        self.link.sweep();
     }
 }
 

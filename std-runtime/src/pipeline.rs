@@ -85,7 +85,8 @@ impl<In> Running<In> {
 
     /// Joins every worker thread.
     fn join(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for thread in threads {
             // Workers catch every panic themselves (see `worker::run`).
             let _ = thread.join();

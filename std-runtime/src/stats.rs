@@ -166,11 +166,8 @@ impl Accounting {
     /// assert!(!Accounting { received: 1, emitted_inputs: 2, ..Default::default() }.is_balanced());
     /// ```
     pub fn is_balanced(&self) -> bool {
-        let settled = self.emitted_inputs
-            + self.dropped
-            + self.errored
-            + self.dead_lettered
-            + self.abandoned;
+        let settled =
+            self.emitted_inputs + self.dropped + self.errored + self.dead_lettered + self.abandoned;
         settled <= self.received && self.received - settled == self.in_flight
     }
 
@@ -465,8 +462,19 @@ fn rate(per_second: f64) -> String {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header = [
-            "stage", "workers", "received", "emitted", "dropped", "errors", "abandoned", "queue",
-            "pressure", "proc p50", "proc p99", "wait p99", "items/s",
+            "stage",
+            "workers",
+            "received",
+            "emitted",
+            "dropped",
+            "errors",
+            "abandoned",
+            "queue",
+            "pressure",
+            "proc p50",
+            "proc p99",
+            "wait p99",
+            "items/s",
         ];
         let mut rows: Vec<[String; 13]> = Vec::with_capacity(self.stages.len() + 1);
         for s in &self.stages {
@@ -480,7 +488,11 @@ impl fmt::Display for Stats {
                 a.errored.to_string(),
                 a.abandoned.to_string(),
                 format!("{}/{}", s.queue_len, s.queue_capacity),
-                format!("{} ({})", if s.pressure_on { "on" } else { "off" }, s.pressure_transitions),
+                format!(
+                    "{} ({})",
+                    if s.pressure_on { "on" } else { "off" },
+                    s.pressure_transitions
+                ),
                 nanos(s.process_time.p50),
                 nanos(s.process_time.p99),
                 nanos(s.queue_wait.p99),

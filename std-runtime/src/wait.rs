@@ -95,9 +95,7 @@ impl Signal {
             guard = match deadline {
                 None => self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner),
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => {
-                        self.wait_timeout(guard, left)
-                    }
+                    Some(left) if !left.is_zero() => self.wait_timeout(guard, left),
                     _ => break false,
                 },
             };
