@@ -405,7 +405,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     /// # drop(builder);
     /// ```
     pub fn sink<F: FnMut(Out) + Send + 'static>(self, sink: F) -> WithSink<In, Last, Out> {
-        WithSink { builder: self, sink: Box::new(sink) }
+        WithSink { builder: self, sink: Box::new(sink), on_drop: None }
     }
 
     /// Ends the pipeline in an [`Output`] iterator, which `build()` returns with the pipeline.
@@ -417,7 +417,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     /// # drop(builder);
     /// ```
     pub fn output(self) -> WithOutput<In, Last, Out> {
-        WithOutput { builder: self }
+        WithOutput { builder: self, on_drop: None }
     }
 
     /// Validates every setting and starts the threads, ending in `downstream`.
@@ -490,9 +490,31 @@ impl<In, Last, Out> fmt::Debug for Builder<In, Last, Out> {
 pub struct WithSink<In, Last, Out> {
     builder: Builder<In, Last, Out>,
     sink: Box<dyn FnMut(Out) + Send>,
+    on_drop: Option<DropHook<Out>>,
 }
 
 impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithSink<In, Last, Out> {
+    /// Calls `hook` with every output that reaches the sink after a cancel and is therefore
+    /// not delivered (stage `"sink"`, reason [`Abandoned`](crate::DropReason::Abandoned)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .sink(|_| {})
+    ///     .on_drop(|dropped| eprintln!("{} never reached the sink", dropped.item));
+    /// # drop(builder);
+    /// ```
+    #[must_use]
+    pub fn on_drop<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(Dropped<'_, Out>) + Send + Sync + 'static,
+    {
+        self.on_drop = Some(Arc::new(hook));
+        self
+    }
+
     /// Validates every setting and starts the pipeline's threads.
     ///
     /// # Errors
@@ -519,6 +541,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithSink<In,
             call: Mutex::new(self.sink),
             shared: Arc::clone(&shared),
             control: Arc::clone(&control),
+            on_drop: self.on_drop,
         });
         let running = self.builder.start(shared, control, |_| Downstream::Sink(sink))?;
         Ok(Pipeline::new(running))
@@ -541,9 +564,32 @@ impl<In, Last, Out> fmt::Debug for WithSink<In, Last, Out> {
 /// ```
 pub struct WithOutput<In, Last, Out> {
     builder: Builder<In, Last, Out>,
+    on_drop: Option<DropHook<Out>>,
 }
 
 impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<In, Last, Out> {
+    /// Calls `hook` with every output that is never yielded: left in the output's queue when
+    /// the [`Output`] is dropped or the pipeline cancelled (stage `"sink"`, reason
+    /// [`Abandoned`](crate::DropReason::Abandoned)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .output()
+    ///     .on_drop(|dropped| eprintln!("{} was never read", dropped.item));
+    /// # drop(builder);
+    /// ```
+    #[must_use]
+    pub fn on_drop<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(Dropped<'_, Out>) + Send + Sync + 'static,
+    {
+        self.on_drop = Some(Arc::new(hook));
+        self
+    }
+
     /// Validates every setting and starts the pipeline's threads. The output's queue has the
     /// last stage's capacity and water marks, with `Block`.
     ///
@@ -563,7 +609,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
     pub fn build(self) -> Result<(Pipeline<In>, Output<Out>), ConfigError> {
         let control = self.builder.control();
         let shared = Arc::new(SinkShared::new(control.started_at()));
-        let mut link = None;
+        let (mut link, on_drop) = (None, self.on_drop);
         let mut running = self.builder.start(Arc::clone(&shared), control, |wiring| {
             let last = wiring.stages.last().expect("a builder always has a stage");
             let output = Arc::new(Link::new(
@@ -575,7 +621,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
                     handles: false,
                     stage: "sink".into(),
                     counters: Arc::clone(&shared.counters),
-                    on_drop: None,
+                    on_drop,
                 },
                 Arc::clone(&wiring.control),
             ));
@@ -590,7 +636,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
 
 impl<In, Last, Out> fmt::Debug for WithOutput<In, Last, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WithOutput").field("builder", &self.builder).finish()
+        f.debug_struct("WithOutput").field("builder", &self.builder).finish_non_exhaustive()
     }
 }
 

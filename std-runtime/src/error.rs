@@ -188,7 +188,7 @@ pub enum PipelineError {
     /// itself); the pipeline was cancelled.
     #[error("stage `{stage}`: worker {worker} panicked: {message}")]
     WorkerPanicked {
-        /// The stage (or `"sink"`).
+        /// The stage whose worker panicked (the last stage, when the sink did).
         stage: String,
         /// The worker's number within the stage.
         worker: usize,

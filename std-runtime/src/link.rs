@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use backflow_core::metrics::Counter;
 use backflow_core::overflow::{self, Overflow, PushOutcome};
 use backflow_core::ring::mpmc::HeapRing;
 use backflow_core::{Pressure, WaterMarks};
@@ -346,7 +347,8 @@ impl<T> Link<T> {
     /// is gone, everything is received and abandoned and the worker may go on.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
         let mut queue = &self.ring;
-        let mut received = 0;
+        // Counted once per batch, and also if a drop hook panics on the way.
+        let mut received = Tally { counter: &self.counters.received, n: 0 };
         'items: while let Some(mut envelope) = batch.pop_front() {
             if self.consumer_gone.load(Ordering::Relaxed) {
                 batch.push_front(envelope);
@@ -355,8 +357,12 @@ impl<T> Link<T> {
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
                 match self.overflow.push(&mut queue, envelope, pressure_on) {
-                    PushOutcome::Pushed => break,
+                    PushOutcome::Pushed => {
+                        received.n += 1;
+                        break;
+                    }
                     PushOutcome::Dropped { item, reason } => {
+                        received.n += 1;
                         self.count_drop(reason);
                         self.discard(item.item, reason.into());
                         break;
@@ -373,9 +379,8 @@ impl<T> Link<T> {
                     }
                 }
             }
-            received += 1;
         }
-        self.counters.received.add(received);
+        drop(received);
         // `settle` issues a SeqCst fence: either the consumer's `sweep` (after it set
         // `consumer_gone`) sees the items just pushed, or the load below sees it gone.
         self.settle();
@@ -428,6 +433,18 @@ impl<T> Link<T> {
 impl<T> Drop for Link<T> {
     fn drop(&mut self) {
         self.sweep();
+    }
+}
+
+/// A count added to a counter when it goes out of scope, even by a panic.
+struct Tally<'a> {
+    counter: &'a Counter,
+    n: u64,
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.counter.add(self.n);
     }
 }
 

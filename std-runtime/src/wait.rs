@@ -44,8 +44,10 @@ pub enum WaitStrategy {
     /// pipeline uses no CPU. The default.
     #[default]
     Park,
-    /// Never sleep: spin (with `spin_loop` hints) until there is work. Lowest latency, but every
-    /// waiting thread keeps a core busy; use it only with a core per thread.
+    /// Never sleep: spin (with `spin_loop` hints) until there is work, offering the core to
+    /// other threads (`yield_now`) every few hundred spins so that a pipeline with more threads
+    /// than cores still moves. Lowest latency, but every waiting thread keeps a core busy; use
+    /// it with a core per thread.
     BusySpin,
 }
 
@@ -135,6 +137,12 @@ impl fmt::Debug for Signal {
     }
 }
 
+/// How often a busy-spinning waiter yields its core. With a core per thread `yield_now`
+/// returns at once (well under a microsecond); with more threads than cores it is what lets
+/// the thread holding the work run, instead of a spinner burning its whole time slice.
+#[cfg(not(loom))]
+const BUSY_SPINS_PER_YIELD: u32 = 256;
+
 /// Waits until `ready()` under `strategy`: spin, yield, then park on `signal` ([`Park`]), or
 /// spin throughout ([`BusySpin`]). Returns `false` only if `deadline` passed first.
 ///
@@ -148,6 +156,7 @@ pub(crate) fn wait_until(
     deadline: Option<Instant>,
 ) -> bool {
     let backoff = crossbeam_utils::Backoff::new();
+    let mut spins = 0u32;
     loop {
         if ready() {
             return true;
@@ -156,7 +165,14 @@ pub(crate) fn wait_until(
             return false;
         }
         match strategy {
-            WaitStrategy::BusySpin => std::hint::spin_loop(),
+            WaitStrategy::BusySpin => {
+                spins = spins.wrapping_add(1);
+                if spins % BUSY_SPINS_PER_YIELD == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
             WaitStrategy::Park if backoff.is_completed() => {
                 return signal.park_until(ready, deadline);
             }

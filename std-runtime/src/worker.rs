@@ -6,6 +6,7 @@
 //! A panic anywhere else (the sink, a drop hook) is fatal: the pipeline is cancelled and
 //! `drain()` reports it.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -14,8 +15,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use backflow_core::stage::{Emit, Stage};
 
 use crate::control::{Control, Fatal};
-use crate::link::{Envelope, Link};
+use crate::link::{DropHook, Envelope, Link};
 use crate::stats::{SinkShared, StageShared};
+use crate::{DropReason, Dropped};
 
 /// Items a worker pops, and outputs it collects, before touching a shared queue again.
 // NB: one pop/push of the shared indices, one counter update and one wake-up check per batch
@@ -49,6 +51,17 @@ impl<T> Downstream<T> {
         }
     }
 
+    /// Receives and abandons outputs that will never be delivered (left behind by a panic).
+    fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
+        match self {
+            Self::Link(link) => batch.drain(..).for_each(|envelope| link.abandon(envelope.item)),
+            Self::Sink(sink) => {
+                sink.shared.counters.received.add(batch.len() as u64);
+                sink.abandon(batch);
+            }
+        }
+    }
+
     /// This worker will deliver nothing more.
     fn upstream_done(&self) {
         if let Self::Link(link) = self {
@@ -62,6 +75,7 @@ pub(crate) struct Sink<T> {
     pub(crate) call: Mutex<Box<dyn FnMut(T) + Send>>,
     pub(crate) shared: Arc<SinkShared>,
     pub(crate) control: Arc<Control>,
+    pub(crate) on_drop: Option<DropHook<T>>,
 }
 
 impl<T> Sink<T> {
@@ -70,20 +84,37 @@ impl<T> Sink<T> {
         let counters = &self.shared.counters;
         counters.received.add(n);
         if self.control.is_cancelled() {
-            counters.abandoned.add(n);
-            batch.clear();
+            self.abandon(batch);
             return false;
         }
         let mut call = self.call.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(envelope) = batch.pop_front() {
-            if envelope.born != 0 {
-                self.shared.latency.record(self.control.now().saturating_sub(envelope.born));
+        let delivered = catch_unwind(AssertUnwindSafe(|| {
+            while let Some(envelope) = batch.pop_front() {
+                if envelope.born != 0 {
+                    self.shared.latency.record(self.control.now().saturating_sub(envelope.born));
+                }
+                call(envelope.item);
+                self.shared.delivered.increment();
             }
-            call(envelope.item);
-            // Counted per item, so a panicking sink leaves exact counts behind.
-            self.shared.delivered.increment();
+        }));
+        drop(call);
+        if let Err(panic) = delivered {
+            // The item in the sink's hands is gone with the panic; the rest never got there.
+            counters.abandoned.increment();
+            self.abandon(batch);
+            resume_unwind(panic);
         }
         true
+    }
+
+    /// Abandons items this sink received but will not deliver.
+    fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
+        for envelope in batch.drain(..) {
+            self.shared.counters.abandoned.increment();
+            if let Some(hook) = &self.on_drop {
+                hook(Dropped { stage: "sink", reason: DropReason::Abandoned, item: envelope.item });
+            }
+        }
     }
 }
 
@@ -96,17 +127,37 @@ struct Outputs<'a, T> {
     born: u64,
     queued: u64,
     emitted: u64,
-    /// Set while delivering, so that a panic there is not mistaken for the stage's.
-    delivering: bool,
+    /// Set when the pipeline stopped while delivering.
     stopped: bool,
+    /// A panic while delivering (in the sink or a drop hook), which is fatal; kept here so
+    /// that it is not mistaken for the stage's, and re-raised once the batch is accounted for.
+    fatal: Option<Box<dyn Any + Send>>,
 }
 
-impl<T> Outputs<'_, T> {
+impl<'a, T> Outputs<'a, T> {
+    fn new(buf: &'a mut VecDeque<Envelope<T>>, downstream: &'a Downstream<T>) -> Self {
+        Self { buf, downstream, born: 0, queued: 0, emitted: 0, stopped: false, fatal: None }
+    }
+
     fn flush(&mut self) {
-        if !self.buf.is_empty() {
-            self.delivering = true;
-            self.stopped |= !self.downstream.deliver(self.buf);
-            self.delivering = false;
+        if self.buf.is_empty() || self.fatal.is_some() {
+            return;
+        }
+        let (downstream, buf) = (self.downstream, &mut *self.buf);
+        match catch_unwind(AssertUnwindSafe(|| downstream.deliver(buf))) {
+            Ok(delivered) => self.stopped |= !delivered,
+            Err(panic) => {
+                self.fatal = Some(panic);
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Abandons what could not be delivered and re-raises a delivery panic, if there was one.
+    fn finish(&mut self) {
+        if let Some(panic) = self.fatal.take() {
+            self.downstream.abandon(self.buf);
+            resume_unwind(panic);
         }
     }
 }
@@ -158,6 +209,7 @@ pub(crate) fn run<In, S, F>(
         for envelope in inputs.drain(..) {
             input.give_up(envelope.item);
         }
+        downstream.abandon(&mut outputs);
         control.fail(Fatal {
             stage: id.stage.to_string(),
             worker: id.index,
@@ -192,15 +244,7 @@ fn work<In, S, F>(
             input.wait_for_items();
             continue;
         }
-        let mut out = Outputs {
-            buf: outputs,
-            downstream,
-            born: 0,
-            queued: 0,
-            emitted: 0,
-            delivering: false,
-            stopped: false,
-        };
+        let mut out = Outputs::new(outputs, downstream);
         let (mut ok, mut failed, mut panicked) = (0, 0, 0);
         while !inputs.is_empty() && !out.stopped {
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -224,10 +268,8 @@ fn work<In, S, F>(
                     }
                 }
             }));
-            if let Err(panic) = result {
-                if out.delivering {
-                    resume_unwind(panic);
-                }
+            if result.is_err() {
+                // Delivery panics are caught in `flush`: this one is the stage's.
                 failed += 1;
                 panicked += 1;
                 stage = factory();
@@ -239,32 +281,23 @@ fn work<In, S, F>(
         counters.errored.add(failed);
         counters.panicked.add(panicked);
         if out.stopped {
-            // Cancelled while delivering: what was not processed is abandoned.
+            // Stopped while delivering: what was not processed is abandoned.
             for envelope in inputs.drain(..) {
                 input.give_up(envelope.item);
             }
+            out.finish();
             return;
         }
     }
     // End of stream: let the stage emit what it holds back.
-    let mut out = Outputs {
-        buf: outputs,
-        downstream,
-        born: 0,
-        queued: control.now(),
-        emitted: 0,
-        delivering: false,
-        stopped: false,
-    };
-    let flushed = catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out)));
-    if let Err(panic) = flushed {
-        if out.delivering {
-            resume_unwind(panic);
-        }
+    let mut out = Outputs::new(outputs, downstream);
+    out.queued = control.now();
+    if catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))).is_err() {
         counters.panicked.increment();
     }
     out.flush();
     counters.emitted_outputs.add(out.emitted);
+    out.finish();
 }
 
 /// The message of a panic payload, when it is a string.

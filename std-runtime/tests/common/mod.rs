@@ -28,6 +28,17 @@ pub fn threads(prefix: &str) -> Vec<(String, char)> {
     found
 }
 
+/// How many times thread `tid` of this process has been switched out, voluntarily or not.
+pub fn switches(tid: &str) -> u64 {
+    let status =
+        fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("the thread is alive");
+    status
+        .lines()
+        .filter(|line| line.contains("ctxt_switches:"))
+        .map(|line| line.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// Waits (polling, up to a minute) until `condition` holds; panics with `what` otherwise.
 pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,0 +1,266 @@
+//! How pipelines end: `drain`, `shutdown`, `cancel` and drop leave no thread behind and account
+//! for every item; an idle pipeline sleeps; panics in a stage and in the sink.
+//!
+//! Thread checks look for `backflow:<stage>:<n>` names in `/proc/self/task`. Tests run in
+//! parallel in one process, so every test names its stages differently (and briefly: Linux
+//! keeps 15 bytes of a thread name).
+
+mod common;
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use backflow::{DropReason, Pipeline, PipelineError, PushError, Stage, stage};
+use common::{Flag, Gate};
+
+fn two() -> NonZeroUsize {
+    NonZeroUsize::new(2).unwrap()
+}
+
+/// A 2-stage pipeline, `<a>` with 2 workers and `<b>` with 1, counting deliveries.
+fn two_stages(a: &str, b: &str, delivered: &Arc<AtomicU64>) -> Pipeline<u64> {
+    let delivered = Arc::clone(delivered);
+    Pipeline::<u64>::builder()
+        .stage(a, || |x: u64| x + 1)
+        .workers(two())
+        .stage(b, || |x: u64| x * 2)
+        .sink(move |_| {
+            delivered.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap()
+}
+
+fn count(prefix: &str) -> usize {
+    common::threads(prefix).len()
+}
+
+#[test]
+fn drain_joins_every_thread_and_delivers_everything() {
+    let delivered = Arc::default();
+    let pipeline = two_stages("dra", "drb", &delivered);
+    // A new thread names itself, so the names show up a moment after `build()`.
+    common::eventually("the workers are up", || {
+        (count("backflow:dra:"), count("backflow:drb:")) == (2, 1)
+    });
+    pipeline.input().push_iter(0..10_000).unwrap();
+    let report = pipeline.drain().unwrap();
+    assert_eq!((count("backflow:dra:"), count("backflow:drb:")), (0, 0));
+    assert_eq!(delivered.load(Ordering::Relaxed), 10_000);
+    assert_eq!(report.sink().delivered, 10_000);
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[test]
+fn shutdown_within_its_deadline_is_a_drain() {
+    let delivered = Arc::default();
+    let pipeline = two_stages("sha", "shb", &delivered);
+    pipeline.input().push_iter(0..1_000).unwrap();
+    let report = pipeline.shutdown(Duration::from_secs(60)).unwrap();
+    assert_eq!((count("backflow:sha:"), count("backflow:shb:")), (0, 0));
+    assert_eq!((report.sink().delivered, report.abandoned()), (1_000, 0));
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[test]
+fn cancel_stops_every_thread_on_its_own() {
+    let delivered = Arc::default();
+    let pipeline = two_stages("cna", "cnb", &delivered);
+    let input = pipeline.input();
+    input.push_iter(0..1_000).unwrap();
+    pipeline.cancel();
+    // The workers exit without being joined.
+    common::eventually("the cancelled workers exit", || {
+        count("backflow:cna:") + count("backflow:cnb:") == 0
+    });
+    assert_eq!(input.push(7), Err(PushError::Cancelled(7)));
+    let Err(PipelineError::Cancelled { report }) = pipeline.drain() else {
+        panic!("drain after cancel reports the cancel");
+    };
+    assert_eq!(report.sink().delivered, delivered.load(Ordering::Relaxed));
+    assert_eq!(report.sink().delivered + report.abandoned(), 1_000, "{report}");
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[test]
+fn dropping_a_running_pipeline_cancels_and_joins() {
+    let (gate, entered) = (Gate::default(), Flag::default());
+    let sink_gate = gate.clone();
+    let sink_entered = entered.clone();
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("dpa", || |x: u64| x)
+        .capacity(16)
+        .sink(move |_| {
+            sink_entered.raise();
+            sink_gate.wait();
+        })
+        .build()
+        .unwrap();
+    let input = pipeline.input();
+    let producer = thread::spawn(move || input.push_iter(0..1_000));
+    entered.wait();
+    common::eventually("the worker is up", || count("backflow:dpa:") == 1);
+    // The sink is held, so the producer blocks on the full queue; let the sink go as the
+    // pipeline is dropped (drop joins, so it cannot wait for a sink that never returns).
+    let opener = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(10));
+        gate.open();
+    });
+    drop(pipeline);
+    assert_eq!(count("backflow:dpa:"), 0, "drop joined the workers");
+    let pushed = producer.join().unwrap();
+    assert!(matches!(pushed, Err(PushError::Cancelled(_))), "{pushed:?}");
+    opener.join().unwrap();
+}
+
+#[test]
+fn an_idle_pipeline_sleeps() {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sink_count = Arc::clone(&delivered);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("ida", || |x: u64| x)
+        .workers(two())
+        .stage("idb", || |x: u64| x)
+        .stage("idc", || |x: u64| x)
+        .sink(move |_| {
+            sink_count.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..1_000).unwrap();
+    common::eventually("everything is delivered", || delivered.load(Ordering::Relaxed) == 1_000);
+    let idle = || {
+        let mut threads = common::threads("backflow:id");
+        threads.sort();
+        threads
+    };
+    assert_eq!(idle().len(), 4);
+    common::eventually("every worker is asleep", || idle().iter().all(|&(_, state)| state == 'S'));
+    // A parked thread is not scheduled at all: its context-switch count stands still.
+    // (A thread that spins or yields would be switched in and out meanwhile.)
+    let before: Vec<u64> = idle().iter().map(|(tid, _)| common::switches(tid)).collect();
+    thread::sleep(Duration::from_millis(50));
+    let after: Vec<u64> = idle().iter().map(|(tid, _)| common::switches(tid)).collect();
+    assert_eq!(before, after, "idle workers were scheduled");
+    pipeline.drain().unwrap();
+}
+
+/// A stage that takes a millisecond per item.
+fn slow(x: u64) -> u64 {
+    thread::sleep(Duration::from_millis(1));
+    x
+}
+
+#[test]
+fn shutdown_past_its_deadline_abandons_the_rest_through_the_hooks() {
+    let stage_drops = Arc::new(Mutex::new(Vec::new()));
+    let sink_drops = Arc::new(AtomicU64::new(0));
+    let (hook, sink_hook) = (Arc::clone(&stage_drops), Arc::clone(&sink_drops));
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("sdl", || slow)
+        .capacity(256)
+        .on_drop(move |d| hook.lock().unwrap().push((d.stage.to_string(), d.reason, d.item)))
+        .sink(|_| {})
+        .on_drop(move |d| {
+            assert_eq!((d.stage, d.reason), ("sink", DropReason::Abandoned));
+            sink_hook.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..200).unwrap();
+    let report = pipeline.shutdown(Duration::from_millis(20)).unwrap();
+    assert_eq!(count("backflow:sdl:"), 0);
+    assert!(report.is_balanced(), "{report}");
+    let abandoned = report.abandoned();
+    assert!(abandoned > 0, "200 ms of work cannot finish in 20 ms:\n{report}");
+    assert_eq!(report.sink().delivered + abandoned, 200, "{report}");
+    // Every abandoned item went to a hook, once.
+    let stage_drops = stage_drops.lock().unwrap();
+    assert_eq!(stage_drops.len() as u64 + sink_drops.load(Ordering::Relaxed), abandoned);
+    assert!(stage_drops.iter().all(|(s, r, _)| s == "sdl" && *r == DropReason::Abandoned));
+    let mut items: Vec<u64> = stage_drops.iter().map(|&(_, _, x)| x).collect();
+    items.dedup();
+    assert_eq!(items.len(), stage_drops.len(), "an item was abandoned twice");
+}
+
+/// Panics on every item divisible by 10.
+struct Picky;
+
+impl Stage<u64> for Picky {
+    type Out = u64;
+    type Error = core::convert::Infallible;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), Self::Error> {
+        assert!(x % 10 != 0, "no multiples of ten");
+        out.emit(x);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_stage_counts_the_item_as_errored_and_is_rebuilt() {
+    let built = Arc::new(AtomicU64::new(0));
+    let factory_count = Arc::clone(&built);
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let sink_delivered = Arc::clone(&delivered);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("pk", move || {
+            factory_count.fetch_add(1, Ordering::Relaxed);
+            Picky
+        })
+        .sink(move |x| sink_delivered.lock().unwrap().push(x))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..100).unwrap();
+    let report = pipeline.drain().unwrap();
+    let pk = report.stage("pk").unwrap();
+    assert_eq!((pk.accounting.errored, pk.panics, pk.accounting.emitted_inputs), (10, 10, 90));
+    assert_eq!(built.load(Ordering::Relaxed), 11, "one stage to start, one per panic");
+    let expected: Vec<u64> = (0..100).filter(|x| x % 10 != 0).collect();
+    assert_eq!(*delivered.lock().unwrap(), expected);
+    assert!(report.is_balanced(), "{report}");
+}
+
+#[test]
+fn a_panicking_sink_fails_the_pipeline_with_a_balanced_report() {
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("psk", || |x: u64| x)
+        .sink(|x| assert!(x != 500, "the sink refuses 500"))
+        .build()
+        .unwrap();
+    let pushed = pipeline.input().push_iter(0..1_000);
+    // The pipeline may have been cancelled under the producer's feet.
+    if let Err(err) = pushed {
+        assert!(matches!(err, PushError::Cancelled(_)), "{err:?}");
+    }
+    let Err(PipelineError::WorkerPanicked { stage, worker, message, report }) = pipeline.drain()
+    else {
+        panic!("a panicking sink fails the pipeline");
+    };
+    assert_eq!((stage.as_str(), worker, message.as_str()), ("psk", 0, "the sink refuses 500"));
+    assert_eq!(report.sink().delivered, 500);
+    assert!(report.is_balanced(), "{report}");
+    assert_eq!(count("backflow:psk:"), 0);
+}
+
+#[test]
+fn stats_render_as_an_aligned_table() {
+    let delivered = Arc::default();
+    let pipeline = two_stages("parse", "enrich", &delivered);
+    pipeline.input().push_iter(0..5_000).unwrap();
+    let report = pipeline.drain().unwrap();
+    let table = report.to_string();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines.len() >= 4, "{table}");
+    for name in ["parse", "enrich", "sink"] {
+        assert!(lines.iter().any(|l| l.starts_with(name)), "{name} row in\n{table}");
+    }
+    // Aligned: every row of the table is as wide as the header.
+    let width = lines[0].chars().count();
+    let rows: Vec<&&str> = lines.iter().filter(|l| !l.is_empty()).take(4).collect();
+    assert!(rows.iter().all(|l| l.chars().count() == width), "ragged table:\n{table}");
+    assert!(table.contains("5000"), "{table}");
+}
