@@ -1,15 +1,26 @@
-//! The same-run comparison report: every ring contender, interleaved, several rounds, one
-//! Markdown table per workload on stdout. Run it with `cargo xtask bench`.
+//! The same-run comparison report: every ring and pipeline contender, interleaved, several
+//! rounds, one Markdown table per workload on stdout. Run it with `cargo xtask bench`.
 //!
 //! Environment: `BACKFLOW_BENCH_ROUNDS` (default 9), `BACKFLOW_BENCH_SPSC_ITEMS` (default
-//! 100 000 000), `BACKFLOW_BENCH_MPMC_ITEMS` (default 20 000 000), `BACKFLOW_BENCH_ONLY`
-//! (`spsc` or `mpmc`: run one half), `BACKFLOW_BENCH_FILTER` (comma-separated substrings:
-//! run only the contenders whose name contains one).
+//! 100 000 000), `BACKFLOW_BENCH_MPMC_ITEMS` (default 20 000 000),
+//! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`
+//! or `pipeline`: run one part), `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only
+//! the contenders whose name contains one).
 
 use std::env;
 
-use backflow_benches::report::{interleave, per_second, table};
+use backflow_benches::pipeline::{self, SinkDelay, Workload};
+use backflow_benches::report::{
+    Baseline, MILLIONS, THOUSANDS, interleave, interleave_runs, latency_table, per_second, table,
+    table_in,
+};
 use backflow_benches::{mpmc, spsc};
+
+/// Items per paced-latency run: half a second at [`pipeline::RATE`].
+const LATENCY_ITEMS: u64 = pipeline::RATE / 2;
+
+/// Items per slow-consumer run: half a second at the sink's limit.
+const SLOW_ITEMS: u64 = 5_000;
 
 fn env_or(name: &str, default: u64) -> u64 {
     env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -26,20 +37,25 @@ fn main() {
     let rounds = env_or("BACKFLOW_BENCH_ROUNDS", 9) as usize;
     let spsc_items = env_or("BACKFLOW_BENCH_SPSC_ITEMS", 100_000_000);
     let mpmc_items = env_or("BACKFLOW_BENCH_MPMC_ITEMS", 20_000_000);
+    let pipeline_items = env_or("BACKFLOW_BENCH_PIPELINE_ITEMS", 10_000_000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let only = env::var("BACKFLOW_BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only == name;
 
-    println!("# Ring throughput, same run\n");
+    println!("# Same-run comparison\n");
     println!(
         "{rounds} interleaved rounds, capacity {}, u64 items, {cores} cores.\n",
         backflow_benches::CAPACITY
     );
 
-    if only != "mpmc" {
+    if part("spsc") {
         spsc_table(rounds, spsc_items);
     }
-    if only != "spsc" {
+    if part("mpmc") {
         mpmc_tables(rounds, mpmc_items, cores);
+    }
+    if part("pipeline") {
+        pipeline_tables(rounds, pipeline_items, cores);
     }
 }
 
@@ -72,5 +88,60 @@ fn mpmc_tables(rounds: usize, mpmc_items: u64, cores: usize) {
                 .map(|elapsed| per_second(mpmc_items, elapsed))
         });
         println!("{}", table(&samples, "crossbeam ArrayQueue"));
+    }
+}
+
+fn pipeline_tables(rounds: usize, items: u64, cores: usize) {
+    let contenders: Vec<_> = pipeline::THROUGHPUT.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    for &stages in pipeline::STAGES {
+        let workload = Workload { items, stages, sink_delay: SinkDelay::None };
+        let threads = workload.threads();
+        let flag = if threads > cores {
+            format!(" ({threads} threads on {cores} cores)")
+        } else {
+            String::new()
+        };
+        println!(
+            "## Pipeline, {stages} stage(s): producer → stages → sink, {items} items per run{flag}\n"
+        );
+        let samples = interleave(&names, rounds, |i| {
+            (contenders[i].run)(workload).map(|elapsed| per_second(items, elapsed))
+        });
+        let baselines = [Baseline::Row(pipeline::CHANNEL), Baseline::Row(pipeline::ARRAY_QUEUE)];
+        println!("{}", table_in(&samples, &baselines, MILLIONS));
+    }
+
+    let rate = pipeline::RATE;
+    println!(
+        "## Pipeline latency, 1 stage: {LATENCY_ITEMS} items paced at {} k items/s, end to end\n",
+        rate / 1000
+    );
+    let contenders: Vec<_> = pipeline::LATENCY.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let runs = interleave_runs(&names, rounds, |i| Some((contenders[i].run)(LATENCY_ITEMS, rate)));
+    println!("{}", latency_table(&runs, pipeline::CHANNEL));
+
+    let delay = pipeline::SINK_DELAY;
+    let limit = 1e9 / delay.as_nanos() as f64;
+    let label = format!("{} k/s limit", limit / 1e3);
+    let contenders: Vec<_> = pipeline::SLOW_CONSUMER.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    for (how, sink_delay) in
+        [("sleeps", SinkDelay::Sleep(delay)), ("busy-waits", SinkDelay::Spin(delay))]
+    {
+        println!(
+            "## Slow consumer, 1 stage: the sink {how} {} µs per item, {SLOW_ITEMS} items per run\n",
+            delay.as_micros()
+        );
+        let workload = Workload { items: SLOW_ITEMS, stages: 1, sink_delay };
+        let samples = interleave(&names, rounds, |i| {
+            (contenders[i].run)(workload).map(|elapsed| per_second(SLOW_ITEMS, elapsed))
+        });
+        let baselines = [
+            Baseline::Rate { label: &label, per_second: limit },
+            Baseline::Row(pipeline::DELAY_ALONE),
+        ];
+        println!("{}", table_in(&samples, &baselines, THOUSANDS));
     }
 }

@@ -1,8 +1,10 @@
-//! Criterion benches of every ring contender (see `backflow_benches::spsc` and `::mpmc`).
+//! Criterion benches of every ring and pipeline contender (see `backflow_benches::spsc`,
+//! `::mpmc` and `::pipeline`).
 //! For the same-run comparison table, run `cargo xtask bench` instead.
 
 use std::time::Duration;
 
+use backflow_benches::pipeline::{self, SinkDelay, Workload};
 use backflow_benches::{mpmc, spsc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -38,12 +40,29 @@ fn mpmc_rings(c: &mut Criterion) {
     }
 }
 
+fn pipelines(c: &mut Criterion) {
+    for &stages in pipeline::STAGES {
+        let mut group = c.benchmark_group(format!("pipeline {stages} stage(s)"));
+        group.throughput(Throughput::Elements(ITEMS_PER_ITER));
+        for contender in pipeline::THROUGHPUT {
+            group.bench_function(contender.name, |b| {
+                b.iter_custom(|iters| {
+                    let items = iters * ITEMS_PER_ITER;
+                    let workload = Workload { items, stages, sink_delay: SinkDelay::None };
+                    (contender.run)(workload).unwrap_or(Duration::ZERO)
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = spsc_rings, mpmc_rings
+    targets = spsc_rings, mpmc_rings, pipelines
 }
 criterion_main!(benches);

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mpmc;
+pub mod pipeline;
 pub mod report;
 pub mod spsc;
 
@@ -48,6 +49,20 @@ where
     P: FnOnce() + Send,
     C: FnOnce() -> u64 + Send,
 {
+    timed_sum(items * items.saturating_sub(1) / 2, producers, consumers)
+}
+
+/// [`timed`] for workloads that transform the items on the way: the consumers' sums must add
+/// up to `expected`. Threads that return nothing (producers, middle stages) go in `producers`.
+///
+/// # Panics
+///
+/// If the consumers' sums do not add up to `expected`.
+pub fn timed_sum<P, C>(expected: u64, producers: Vec<P>, consumers: Vec<C>) -> Duration
+where
+    P: FnOnce() + Send,
+    C: FnOnce() -> u64 + Send,
+{
     let barrier = Barrier::new(producers.len() + consumers.len() + 1);
     let (elapsed, sum) = thread::scope(|s| {
         let producer_threads: Vec<_> = producers
@@ -77,7 +92,7 @@ where
         producer_threads.into_iter().for_each(|t| t.join().unwrap());
         (elapsed, sum)
     });
-    assert_eq!(sum, items * items.saturating_sub(1) / 2, "items lost or duplicated");
+    assert_eq!(sum, expected, "items lost or duplicated");
     elapsed
 }
 

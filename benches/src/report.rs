@@ -62,12 +62,23 @@ pub fn per_second(items: u64, elapsed: Duration) -> f64 {
 pub fn interleave(
     names: &[&str],
     rounds: usize,
-    mut run: impl FnMut(usize) -> Option<f64>,
+    run: impl FnMut(usize) -> Option<f64>,
 ) -> Vec<Samples> {
-    let mut samples: Vec<Samples> = names
-        .iter()
-        .map(|name| Samples { name: (*name).to_string(), per_second: Vec::new() })
-        .collect();
+    interleave_runs(names, rounds, run)
+        .into_iter()
+        .map(|(name, per_second)| Samples { name, per_second })
+        .collect()
+}
+
+/// [`interleave`] for any kind of measurement (a latency distribution, say): the same turns
+/// and warm-up, returning each applicable contender's name with one result per round.
+pub fn interleave_runs<T>(
+    names: &[&str],
+    rounds: usize,
+    mut run: impl FnMut(usize) -> Option<T>,
+) -> Vec<(String, Vec<T>)> {
+    let mut samples: Vec<(String, Vec<T>)> =
+        names.iter().map(|name| ((*name).to_string(), Vec::new())).collect();
     // One untimed warm-up run each (page faults, thread creation, CPU frequency).
     let applicable: Vec<bool> = (0..names.len()).map(|i| run(i).is_some()).collect();
     for round in 0..rounds {
@@ -75,14 +86,43 @@ pub fn interleave(
             let i = (round + turn) % names.len();
             if applicable[i] {
                 if let Some(sample) = run(i) {
-                    samples[i].per_second.push(sample);
+                    samples[i].1.push(sample);
                 }
             }
         }
     }
-    samples.retain(|s| !s.per_second.is_empty());
+    samples.retain(|(_, runs)| !runs.is_empty());
     samples
 }
+
+/// What a table's ratio column divides by.
+#[derive(Debug, Clone, Copy)]
+pub enum Baseline<'a> {
+    /// The median of the row with this name.
+    Row(&'a str),
+    /// A fixed rate in items per second, such as the limit a workload cannot exceed.
+    Rate {
+        /// The column's label, after "vs".
+        label: &'a str,
+        /// The rate itself.
+        per_second: f64,
+    },
+}
+
+/// The unit a table shows rates in.
+#[derive(Debug, Clone, Copy)]
+pub struct Unit {
+    /// The column heading, e.g. `"M items/s"`.
+    pub label: &'static str,
+    /// Items per second per unit, e.g. `1e6`.
+    pub scale: f64,
+}
+
+/// Millions of items per second.
+pub const MILLIONS: Unit = Unit { label: "M items/s", scale: 1e6 };
+
+/// Thousands of items per second.
+pub const THOUSANDS: Unit = Unit { label: "k items/s", scale: 1e3 };
 
 /// Renders a Markdown table of the samples in millions of items per second, with each median's
 /// ratio to the median of the contender named `baseline`.
@@ -100,25 +140,122 @@ pub fn interleave(
 /// assert!(out.contains("| a | 3.0 | 2.0 – 4.0 | 2.00× |"));
 /// ```
 pub fn table(rows: &[Samples], baseline: &str) -> String {
-    let base = rows
+    table_in(rows, &[Baseline::Row(baseline)], MILLIONS)
+}
+
+/// Renders a Markdown table of the samples in `unit`, with one ratio column per baseline.
+///
+/// # Examples
+///
+/// ```
+/// use backflow_benches::report::{Baseline, Samples, THOUSANDS, table_in};
+///
+/// let rows = [
+///     Samples { name: "a".into(), per_second: vec![6e3, 8e3, 7e3] },
+///     Samples { name: "b".into(), per_second: vec![3.5e3] },
+/// ];
+/// let limit = Baseline::Rate { label: "10 k/s", per_second: 1e4 };
+/// let out = table_in(&rows, &[limit, Baseline::Row("b")], THOUSANDS);
+/// assert!(out.contains("| contender | median k items/s | min – max | vs 10 k/s | vs b |"));
+/// assert!(out.contains("| a | 7.0 | 6.0 – 8.0 | 0.70× | 2.00× |"));
+/// ```
+pub fn table_in(rows: &[Samples], baselines: &[Baseline<'_>], unit: Unit) -> String {
+    let bases: Vec<(&str, Option<f64>)> = baselines
         .iter()
-        .find(|r| r.name == baseline)
-        .and_then(|r| Summary::of(&r.per_second))
-        .map(|s| s.median);
+        .map(|baseline| match *baseline {
+            Baseline::Row(name) => (
+                name,
+                rows.iter()
+                    .find(|r| r.name == name)
+                    .and_then(|r| Summary::of(&r.per_second))
+                    .map(|s| s.median),
+            ),
+            Baseline::Rate { label, per_second } => (label, Some(per_second)),
+        })
+        .collect();
     let mut out = String::new();
-    let _ = writeln!(out, "| contender | median M items/s | min – max | vs {baseline} |");
-    let _ = writeln!(out, "|---|---:|---:|---:|");
+    let _ = write!(out, "| contender | median {} | min – max |", unit.label);
+    for (label, _) in &bases {
+        let _ = write!(out, " vs {label} |");
+    }
+    let _ = writeln!(out, "\n|---|---:|---:|{}", "---:|".repeat(bases.len()));
     for row in rows {
         let Some(s) = Summary::of(&row.per_second) else { continue };
-        let ratio = base.map_or_else(|| "–".to_string(), |b| format!("{:.2}×", s.median / b));
+        let _ = write!(
+            out,
+            "| {} | {:.1} | {:.1} – {:.1} |",
+            row.name,
+            s.median / unit.scale,
+            s.min / unit.scale,
+            s.max / unit.scale,
+        );
+        for (_, base) in &bases {
+            let ratio = base.map_or_else(|| "–".to_string(), |b| format!("{:.2}×", s.median / b));
+            let _ = write!(out, " {ratio} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One latency run: the median and 99th percentile, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+}
+
+/// Renders a Markdown table of latency runs in microseconds: for p50 and for p99, the median
+/// over the runs and its min – max, with the p50 and p99 medians' ratios to those of the row
+/// named `baseline`.
+///
+/// # Examples
+///
+/// ```
+/// use backflow_benches::report::{Latency, latency_table};
+///
+/// let rows = [
+///     ("a".to_string(), vec![Latency { p50: 2_000, p99: 9_000 }, Latency { p50: 4_000, p99: 11_000 }, Latency { p50: 3_000, p99: 10_000 }]),
+///     ("b".to_string(), vec![Latency { p50: 6_000, p99: 20_000 }]),
+/// ];
+/// let out = latency_table(&rows, "b");
+/// assert!(out.contains("| a | 3.0 | 2.0 – 4.0 | 10.0 | 9.0 – 11.0 | 0.50× | 0.50× |"));
+/// ```
+pub fn latency_table(rows: &[(String, Vec<Latency>)], baseline: &str) -> String {
+    let micros = |runs: &[Latency], pick: fn(&Latency) -> u64| {
+        let values: Vec<f64> = runs.iter().map(|run| pick(run) as f64 / 1e3).collect();
+        Summary::of(&values)
+    };
+    let p50 = |run: &Latency| run.p50;
+    let p99 = |run: &Latency| run.p99;
+    let base = rows
+        .iter()
+        .find(|(name, _)| name == baseline)
+        .and_then(|(_, runs)| Some((micros(runs, p50)?.median, micros(runs, p99)?.median)));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| contender | p50 µs | min – max | p99 µs | min – max | p50 vs {baseline} | p99 vs {baseline} |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for (name, runs) in rows {
+        let (Some(a), Some(b)) = (micros(runs, p50), micros(runs, p99)) else { continue };
+        let ratio = |mine: f64, theirs: Option<f64>| {
+            theirs.map_or_else(|| "–".to_string(), |t| format!("{:.2}×", mine / t))
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} – {:.1} | {} |",
-            row.name,
-            s.median / 1e6,
-            s.min / 1e6,
-            s.max / 1e6,
-            ratio
+            "| {name} | {:.1} | {:.1} – {:.1} | {:.1} | {:.1} – {:.1} | {} | {} |",
+            a.median,
+            a.min,
+            a.max,
+            b.median,
+            b.min,
+            b.max,
+            ratio(a.median, base.map(|(x, _)| x)),
+            ratio(b.median, base.map(|(_, y)| y)),
         );
     }
     out

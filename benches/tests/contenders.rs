@@ -37,3 +37,26 @@ fn interleave_takes_turns_and_skips_what_does_not_apply() {
     assert_eq!(names, ["a", "c"]);
     assert_eq!(samples[1].per_second, [2.0, 2.0]);
 }
+
+#[test]
+fn every_pipeline_contender_delivers_every_item() {
+    use backflow_benches::pipeline::{self, SinkDelay, Workload};
+    use std::time::Duration;
+
+    for &stages in pipeline::STAGES {
+        let workload = Workload { items: ITEMS, stages, sink_delay: SinkDelay::None };
+        for contender in pipeline::THROUGHPUT {
+            assert!((contender.run)(workload).is_some(), "{} {stages}", contender.name);
+        }
+    }
+    let slow =
+        Workload { items: 20, stages: 1, sink_delay: SinkDelay::Spin(Duration::from_micros(100)) };
+    for contender in pipeline::SLOW_CONSUMER {
+        let elapsed = (contender.run)(slow).expect("applies");
+        assert!(elapsed >= Duration::from_millis(2), "{}: 20 × 100 µs", contender.name);
+    }
+    for contender in pipeline::LATENCY {
+        let latency = (contender.run)(1_000, pipeline::RATE);
+        assert!(latency.p50 <= latency.p99, "{}", contender.name);
+    }
+}
