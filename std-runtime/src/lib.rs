@@ -23,8 +23,8 @@
 //!   an idle pipeline uses no CPU.
 //!
 //! The flow-control decisions themselves (water marks, overflow outcomes, the rings) live in
-//! the `no_std` crate `backflow-core`, re-exported here in part ([`stage`], [`Overflow`],
-//! [`WaterMarks`]).
+//! the `no_std` crate `backflow-core`, re-exported whole as [`backflow::core`](crate::core) and
+//! in part at the root ([`stage`], [`Overflow`], [`WaterMarks`]).
 //!
 //! # Examples
 //!
@@ -66,6 +66,18 @@ mod worker;
 
 use std::fmt;
 
+/// The `no_std` core: rings, water marks, overflow policies, stage traits.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::core::WaterMarks;
+///
+/// let marks = WaterMarks::for_capacity(10)?;
+/// assert!(marks.low() < marks.high());
+/// # Ok::<(), backflow::core::ConfigError>(())
+/// ```
+pub use backflow_core as core;
 pub use backflow_core::{Overflow, Stage, WaterMarks, stage};
 pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Source, WithOutput, WithSink};
 pub use error::{ConfigError, PipelineError, PushError};
