@@ -618,6 +618,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
                     marks: last.marks,
                     overflow: Overflow::Block,
                     upstream: last.workers,
+                    single: last.workers == 1,
                     handles: false,
                     stage: "sink".into(),
                     counters: Arc::clone(&shared.counters),
@@ -664,6 +665,8 @@ where
             marks: stage.marks,
             overflow: stage.overflow,
             upstream,
+            // The first link is fed by the input handles: any number of threads.
+            single: index > 0 && upstream == 1 && stage.workers == 1,
             handles: index == 0,
             stage: Arc::clone(&stage.name),
             counters: Arc::clone(&wiring.shared[index].counters),

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::iter;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
@@ -147,22 +148,15 @@ impl<In> Input<In> {
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             self.begin();
-            let mut pushed = 0;
-            let mut result = Ok(());
-            if let Err(refuse) = self.refusal() {
-                result = items.next().map_or(Ok(()), |item| Err(refuse(item)));
-            } else {
-                for item in items.by_ref().take(BATCH) {
-                    match self.link.offer(self.envelope(item), None) {
-                        Ok(()) => pushed += 1,
-                        Err((envelope, failure)) => {
-                            result = Err(failure.into_error(envelope.item));
-                            break;
-                        }
-                    }
+            let (received, result) = match self.refusal() {
+                Err(refuse) => (0, items.next().map_or(Ok(()), |item| Err(refuse(item)))),
+                Ok(()) => {
+                    let batch = items.by_ref().take(BATCH).map(|item| self.envelope(item));
+                    let (received, result) = self.link.offer(batch, None);
+                    (received, result.map_err(|(envelope, why)| why.into_error(envelope.item)))
                 }
-            }
-            self.end(pushed);
+            };
+            self.end(received);
             result?;
         }
         Ok(())
@@ -186,14 +180,14 @@ impl<In> Input<In> {
 
     fn send(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
         self.begin();
-        let result = match self.refusal() {
-            Err(refuse) => Err(refuse(item)),
-            Ok(()) => self
-                .link
-                .offer(self.envelope(item), deadline)
-                .map_err(|(envelope, failure)| failure.into_error(envelope.item)),
+        let (received, result) = match self.refusal() {
+            Err(refuse) => (0, Err(refuse(item))),
+            Ok(()) => {
+                let (received, result) = self.link.offer(iter::once(self.envelope(item)), deadline);
+                (received, result.map_err(|(envelope, why)| why.into_error(envelope.item)))
+            }
         };
-        self.end(u64::from(result.is_ok()));
+        self.end(received);
         result
     }
 

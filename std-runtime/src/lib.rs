@@ -60,6 +60,7 @@ mod input;
 mod link;
 mod output;
 mod pipeline;
+mod slots;
 mod stats;
 mod wait;
 mod worker;

@@ -7,17 +7,18 @@
 //! pushers read, and [`Signal`]s to park on.
 
 use std::collections::VecDeque;
+use std::iter;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use backflow_core::metrics::Counter;
 use backflow_core::overflow::{self, Overflow, PushOutcome};
-use backflow_core::ring::mpmc::HeapRing;
 use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
 use crate::control::Control;
+use crate::slots::Slots;
 use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
 use crate::{DropReason, Dropped};
@@ -90,7 +91,7 @@ pub(crate) enum Stop {
 
 /// The queue in front of one stage (or of the output handle).
 pub(crate) struct Link<T> {
-    ring: HeapRing<Envelope<T>>,
+    ring: Slots<Envelope<T>>,
     overflow: Overflow,
     marks: WaterMarks,
     pressure: Mutex<Pressure>,
@@ -117,6 +118,9 @@ pub(crate) struct LinkSpec<T> {
     pub(crate) marks: WaterMarks,
     pub(crate) overflow: Overflow,
     pub(crate) upstream: usize,
+    /// Exactly one thread pops, and one worker pushes (or the input handles, one run at a
+    /// time): an SPSC ring will do.
+    pub(crate) single: bool,
     pub(crate) handles: bool,
     pub(crate) stage: Arc<str>,
     pub(crate) counters: Arc<StageCounters>,
@@ -126,10 +130,8 @@ pub(crate) struct LinkSpec<T> {
 impl<T> Link<T> {
     /// A link as specified; the capacity has been validated by the builder.
     pub(crate) fn new(spec: LinkSpec<T>, control: Arc<Control>) -> Self {
-        let ring = HeapRing::with_capacity(spec.capacity)
-            .expect("the builder validated the capacity before building links");
         Self {
-            ring,
+            ring: Slots::new(spec.capacity, spec.single),
             overflow: spec.overflow,
             marks: spec.marks,
             pressure: Mutex::new(Pressure::new(spec.marks)),
@@ -222,14 +224,7 @@ impl<T> Link<T> {
 
     /// Pops up to `max` items into `buf`; returns how many.
     pub(crate) fn pop_into(&self, buf: &mut VecDeque<Envelope<T>>, max: usize) -> usize {
-        let mut popped = 0;
-        while popped < max {
-            match self.ring.try_pop() {
-                Ok(envelope) => buf.push_back(envelope),
-                Err(_) => break,
-            }
-            popped += 1;
-        }
+        let popped = self.ring.pop_each(max, |envelope| buf.push_back(envelope));
         if popped > 0 {
             // Pairs with the fence a blocked producer issues after raising pressure: either
             // it sees this pop's fill, or this load sees pressure on.
@@ -287,44 +282,74 @@ impl<T> Link<T> {
         self.discard(item, DropReason::Abandoned);
     }
 
-    /// Pushes one item for an input handle under the link's policy, waiting for room under
-    /// `Block` until `deadline` (`Some(now)`: do not wait). Does not wake the consumers unless
-    /// it has to wait; call [`settle`](Self::settle) after a push or a run of them.
+    /// Whether a run of items may go into the ring without consulting the overflow policy
+    /// item by item, for as long as there is room: every policy pushes while there is room,
+    /// except `Block` while pressure is on.
+    #[inline]
+    fn may_run(&self) -> bool {
+        self.overflow != Overflow::Block || !self.pressure_on.load(Ordering::Relaxed)
+    }
+
+    /// Pushes items for an input handle under the link's policy, in order, waiting for room
+    /// under `Block` until `deadline` (`Some(now)`: do not wait). Does not wake the consumers
+    /// unless it has to wait; call [`settle`](Self::settle) after a push or a run of them.
+    /// Returns how many items the link received (pushed, or dropped by the policy), and
+    /// stops at the first item it could not take.
     ///
     /// # Errors
     ///
-    /// The item back, with why: the queue is full (under `Fail`, or with no time to wait), the
-    /// wait timed out, or the pipeline stopped.
+    /// That item back, with why: the queue is full (under `Fail`, or with no time to wait),
+    /// the wait timed out, or the pipeline stopped.
     pub(crate) fn offer(
         &self,
-        mut envelope: Envelope<T>,
+        envelopes: impl Iterator<Item = Envelope<T>>,
         deadline: Option<Instant>,
-    ) -> Result<(), (Envelope<T>, PushFailure)> {
-        let mut queue = &self.ring;
-        loop {
-            let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-            match self.overflow.push(&mut queue, envelope, pressure_on) {
-                PushOutcome::Pushed => return Ok(()),
-                PushOutcome::Dropped { item, reason } => {
-                    self.count_drop(reason);
-                    self.discard(item.item, reason.into());
-                    return Ok(());
-                }
-                PushOutcome::Rejected(back) => return Err((back, PushFailure::Full)),
-                PushOutcome::MustWait(back) => {
-                    envelope = back;
-                    self.settle();
-                    if deadline.is_some_and(|d| d <= Instant::now()) {
-                        return Err((envelope, PushFailure::Full));
+    ) -> (u64, Result<(), (Envelope<T>, PushFailure)>) {
+        let mut received = 0;
+        // With an SPSC ring this holds the producer's lock; it is let go while waiting and
+        // around drop hooks (which may push into the pipeline themselves).
+        let mut queue = self.ring.pusher();
+        let mut envelopes = envelopes;
+        if self.may_run() {
+            received += queue.push_run(&mut envelopes) as u64;
+        }
+        for mut envelope in envelopes {
+            loop {
+                let pressure_on = self.pressure_on.load(Ordering::Relaxed);
+                match self.overflow.push(&mut queue, envelope, pressure_on) {
+                    PushOutcome::Pushed => break,
+                    PushOutcome::Dropped { item, reason } => {
+                        drop(queue);
+                        self.count_drop(reason);
+                        self.discard(item.item, reason.into());
+                        queue = self.ring.pusher();
+                        break;
                     }
-                    match self.wait_for_room(deadline) {
-                        Ok(()) => {}
-                        Err(Stop::Timeout) => return Err((envelope, PushFailure::Timeout)),
-                        Err(Stop::Cancelled) => return Err((envelope, PushFailure::Cancelled)),
+                    PushOutcome::Rejected(back) => {
+                        return (received, Err((back, PushFailure::Full)));
+                    }
+                    PushOutcome::MustWait(back) => {
+                        envelope = back;
+                        drop(queue);
+                        self.settle();
+                        if deadline.is_some_and(|d| d <= Instant::now()) {
+                            return (received, Err((envelope, PushFailure::Full)));
+                        }
+                        let failure = match self.wait_for_room(deadline) {
+                            Ok(()) => None,
+                            Err(Stop::Timeout) => Some(PushFailure::Timeout),
+                            Err(Stop::Cancelled) => Some(PushFailure::Cancelled),
+                        };
+                        if let Some(failure) = failure {
+                            return (received, Err((envelope, failure)));
+                        }
+                        queue = self.ring.pusher();
                     }
                 }
             }
+            received += 1;
         }
+        (received, Ok(()))
     }
 
     /// After pushes: turns pressure on if the fill reached the high mark, and wakes parked
@@ -346,9 +371,12 @@ impl<T> Link<T> {
     /// waiting, the rest are received and abandoned and this returns `false`; if the consumer
     /// is gone, everything is received and abandoned and the worker may go on.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
-        let mut queue = &self.ring;
+        let mut queue = self.ring.pusher();
         // Counted once per batch, and also if a drop hook panics on the way.
         let mut received = Tally { counter: &self.counters.received, n: 0 };
+        if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
+            received.n += queue.push_run(&mut iter::from_fn(|| batch.pop_front())) as u64;
+        }
         'items: while let Some(mut envelope) = batch.pop_front() {
             if self.consumer_gone.load(Ordering::Relaxed) {
                 batch.push_front(envelope);
@@ -363,8 +391,10 @@ impl<T> Link<T> {
                     }
                     PushOutcome::Dropped { item, reason } => {
                         received.n += 1;
+                        drop(queue);
                         self.count_drop(reason);
                         self.discard(item.item, reason.into());
+                        queue = self.ring.pusher();
                         break;
                     }
                     // `Fail` is only allowed on the first stage, fed by handles, not workers.
@@ -404,7 +434,7 @@ impl<T> Link<T> {
     /// Pops every item left in the ring (after the consumers stopped) and abandons it: counted,
     /// and handed to the drop hook.
     pub(crate) fn sweep(&self) {
-        while let Ok(envelope) = self.ring.try_pop() {
+        while let Some(envelope) = self.ring.try_pop() {
             self.give_up(envelope.item);
         }
     }
@@ -413,7 +443,7 @@ impl<T> Link<T> {
     /// and empty, or cancelled.
     pub(crate) fn pop_blocking(&self) -> Option<Envelope<T>> {
         loop {
-            if let Ok(envelope) = self.ring.try_pop() {
+            if let Some(envelope) = self.ring.try_pop() {
                 fence(Ordering::SeqCst);
                 if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
                     self.room.notify();

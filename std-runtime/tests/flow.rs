@@ -327,3 +327,50 @@ fn a_dropped_output_abandons_what_it_holds_and_the_pipeline_still_drains() {
     assert_eq!(report.sink().abandoned, 1000);
     assert_accounted(&report, 1000);
 }
+
+#[test]
+fn drop_policies_between_single_worker_stages_drop_exactly_the_expected_items() {
+    for (overflow, reason) in
+        [(Overflow::DropOldest, DropReason::Oldest), (Overflow::DropNewest, DropReason::Newest)]
+    {
+        let (gate, entered) = (Gate::default(), Flag::default());
+        let dropped = Arc::new(Mutex::new(Vec::new()));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let (sink_gate, sink_entered) = (gate.clone(), entered.clone());
+        let (hook, sink) = (Arc::clone(&dropped), Arc::clone(&delivered));
+        // One worker feeding one worker: the link between them is single-producer.
+        let pipeline = Pipeline::<u32>::builder()
+            .stage("first", || |x: u32| x)
+            .stage("second", || |x: u32| x)
+            .capacity(4)
+            .overflow(overflow)
+            .on_drop(move |d| hook.lock().unwrap().push((d.item, d.reason)))
+            .sink(move |x| {
+                sink_entered.raise();
+                sink_gate.wait();
+                sink.lock().unwrap().push(x);
+            })
+            .build()
+            .unwrap();
+        let input = pipeline.input();
+        input.push(0).unwrap();
+        entered.wait();
+        input.push_iter(1..=20).unwrap();
+        // `first` passes everything on; `second`'s queue ends up holding 4 of them.
+        common::eventually("the items reach the second stage", || {
+            pipeline.stats().stage("first").unwrap().accounting.emitted_inputs == 21
+        });
+        gate.open();
+        let report = pipeline.drain().unwrap();
+
+        let (expected_drops, expected_delivered): (Vec<u32>, Vec<u32>) = match reason {
+            DropReason::Oldest => ((1..=16).collect(), [0].into_iter().chain(17..=20).collect()),
+            _ => ((5..=20).collect(), (0..=4).collect()),
+        };
+        let expected_drops: Vec<_> = expected_drops.into_iter().map(|x| (x, reason)).collect();
+        assert_eq!(*dropped.lock().unwrap(), expected_drops, "{overflow:?}");
+        assert_eq!(*delivered.lock().unwrap(), expected_delivered, "{overflow:?}");
+        assert_eq!(report.stage("second").unwrap().accounting.dropped, 16);
+        assert_accounted(&report, 21);
+    }
+}

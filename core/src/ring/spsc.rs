@@ -722,6 +722,25 @@ where
         self.ring.capacity()
     }
 
+    /// The ring this half pushes into, as the half holds it (`&Ring`, or `Arc<Ring>` after
+    /// [`Ring::into_split`]): a third party, such as a monitor, can keep a clone of an `Arc` to
+    /// read the ring's [`len`](Ring::len) while both halves are in use.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::ring::spsc::ArrayRing;
+    ///
+    /// let mut ring = ArrayRing::<u8, 4>::new();
+    /// let (mut tx, _rx) = ring.split();
+    /// let monitor: &ArrayRing<u8, 4> = *tx.ring();
+    /// tx.try_push(1).unwrap();
+    /// assert_eq!(monitor.len(), 1);
+    /// ```
+    pub fn ring(&self) -> &R {
+        &self.ring
+    }
+
     /// Reloads the consumer's position and returns the number of free slots.
     #[inline(always)]
     fn refresh_free(&mut self) -> usize {

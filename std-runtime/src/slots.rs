@@ -1,0 +1,155 @@
+//! The ring inside a link. Where several threads may push or pop (the input handles, a stage
+//! with several workers) it is the core's MPMC ring, which claims every slot with a CAS.
+//! Where one worker pushes and one thread pops (a stage with one worker behind a stage with
+//! one worker, or the output handle) it is the core's SPSC ring, whose halves move a run of
+//! items with plain loads and stores and publish it once: each half sits behind a lock that
+//! its user takes once per batch (uncontended), and that a sweep or a `DropOldest` eviction
+//! takes too.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use backflow_core::overflow::Queue;
+use backflow_core::ring::{PushError, mpmc, spsc};
+
+type SpscRing<T> = Arc<spsc::HeapRing<T>>;
+
+/// A link's ring; see the [module docs](self).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per link; boxing the MPMC ring (its indices are cache-padded) would add an \
+              indirection to every push and pop"
+)]
+pub(crate) enum Slots<T> {
+    /// Several producers or several consumers.
+    Shared(mpmc::HeapRing<T>),
+    /// One producing thread, one consuming thread.
+    Single {
+        /// For the length, read by anyone without taking a lock.
+        ring: SpscRing<T>,
+        tx: Mutex<spsc::Producer<SpscRing<T>>>,
+        rx: Mutex<spsc::Consumer<SpscRing<T>>>,
+    },
+}
+
+fn locked<G>(mutex: &Mutex<G>) -> MutexGuard<'_, G> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T> Slots<T> {
+    /// A ring of `capacity` slots (validated by the builder), SPSC if `single`.
+    pub(crate) fn new(capacity: usize, single: bool) -> Self {
+        const VALIDATED: &str = "the builder validated the capacity before building links";
+        if single {
+            let (tx, rx) = spsc::HeapRing::with_capacity(capacity).expect(VALIDATED).into_split();
+            Self::Single { ring: Arc::clone(tx.ring()), tx: Mutex::new(tx), rx: Mutex::new(rx) }
+        } else {
+            Self::Shared(mpmc::HeapRing::with_capacity(capacity).expect(VALIDATED))
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Shared(ring) => ring.len(),
+            Self::Single { ring, .. } => ring.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        match self {
+            Self::Shared(ring) => ring.capacity(),
+            Self::Single { ring, .. } => ring.capacity(),
+        }
+    }
+
+    /// Pops one item.
+    pub(crate) fn try_pop(&self) -> Option<T> {
+        match self {
+            Self::Shared(ring) => ring.try_pop().ok(),
+            Self::Single { rx, .. } => locked(rx).try_pop().ok(),
+        }
+    }
+
+    /// Pops up to `max` items, oldest first, into `f`; returns how many.
+    pub(crate) fn pop_each(&self, max: usize, mut f: impl FnMut(T)) -> usize {
+        match self {
+            Self::Shared(ring) => {
+                let mut popped = 0;
+                while popped < max {
+                    let Ok(item) = ring.try_pop() else { break };
+                    f(item);
+                    popped += 1;
+                }
+                popped
+            }
+            Self::Single { rx, .. } => locked(rx).pop_each(max, f),
+        }
+    }
+
+    /// The pushing side, for a run of pushes by one thread. With an SPSC ring it holds the
+    /// producer's lock until dropped.
+    pub(crate) fn pusher(&self) -> Pusher<'_, T> {
+        match self {
+            Self::Shared(ring) => Pusher::Shared(ring),
+            Self::Single { tx, rx, .. } => Pusher::Single { tx: locked(tx), rx },
+        }
+    }
+}
+
+/// The pushing side of [`Slots`], a [`Queue`] for the core's overflow policies.
+pub(crate) enum Pusher<'a, T> {
+    Shared(&'a mpmc::HeapRing<T>),
+    Single {
+        tx: MutexGuard<'a, spsc::Producer<SpscRing<T>>>,
+        /// Taken only to evict the oldest item from a full ring.
+        rx: &'a Mutex<spsc::Consumer<SpscRing<T>>>,
+    },
+}
+
+impl<T> Pusher<'_, T> {
+    /// Pushes items from `items` while there is room, publishing them once, and returns how
+    /// many; takes an item from `items` only when it has a slot for it. An MPMC ring takes
+    /// none this way (0): its pushes go one by one through the overflow policy.
+    pub(crate) fn push_run(&mut self, items: &mut impl Iterator<Item = T>) -> usize {
+        match self {
+            Self::Shared(_) => 0,
+            Self::Single { tx, .. } => tx.push_iter(items),
+        }
+    }
+}
+
+impl<T> Queue<T> for Pusher<'_, T> {
+    #[inline]
+    fn try_push(&mut self, item: T) -> Result<(), PushError<T>> {
+        match self {
+            Self::Shared(ring) => ring.try_push(item),
+            Self::Single { tx, .. } => tx.try_push(item),
+        }
+    }
+
+    fn force_push(&mut self, item: T) -> Option<T> {
+        match self {
+            Self::Shared(ring) => ring.force_push(item),
+            Self::Single { tx, rx } => {
+                let Err(PushError::Full(item)) = tx.try_push(item) else { return None };
+                // Only this thread pushes (it holds `tx`), so the slot freed by the eviction
+                // (or by the consumer meanwhile) is still free for the push.
+                let oldest = locked(rx).try_pop().ok();
+                match tx.try_push(item) {
+                    Ok(()) => oldest,
+                    Err(_) => unreachable!("a slot was just freed and only this thread pushes"),
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Shared(ring) => ring.len(),
+            Self::Single { tx, .. } => tx.len(),
+        }
+    }
+}
