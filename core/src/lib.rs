@@ -16,8 +16,8 @@
 //! Every constructor that takes user input returns a [`ConfigError`] naming the field instead
 //! of panicking.
 //!
-//! Firmware uses this crate directly; the std runtime (crate `backflow`, in progress) builds
-//! threads, worker pools and metrics on top of it.
+//! Firmware uses this crate directly; the std runtime (crate `backflow`) builds threads,
+//! worker pools and stats on top of it.
 //!
 //! # Features
 //!
@@ -68,7 +68,3 @@ pub use stage::Stage;
 pub use token_bucket::TokenBucket;
 pub use water_marks::{Pressure, WaterMarks};
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
