@@ -67,4 +67,3 @@ pub use retry::RetrySchedule;
 pub use stage::Stage;
 pub use token_bucket::TokenBucket;
 pub use water_marks::{Pressure, WaterMarks};
-

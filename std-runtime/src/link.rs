@@ -118,8 +118,7 @@ pub(crate) struct LinkSpec<T> {
     pub(crate) marks: WaterMarks,
     pub(crate) overflow: Overflow,
     pub(crate) upstream: usize,
-    /// Exactly one thread pops, and one worker pushes (or the input handles, one run at a
-    /// time): an SPSC ring will do.
+    /// Exactly one worker pushes and exactly one thread pops: an SPSC ring will do.
     pub(crate) single: bool,
     pub(crate) handles: bool,
     pub(crate) stage: Arc<str>,

@@ -57,40 +57,38 @@ fn fill(pipeline: &Pipeline<u32>, entered: &Flag, n: u32) -> Vec<u32> {
     (1..=n).filter_map(|x| input.try_push(x).err().map(PushError::into_inner)).collect()
 }
 
-#[test]
-fn drop_newest_drops_exactly_the_items_that_did_not_fit() {
+/// Stalls a 1-stage pipeline under a dropping `overflow`, offers items `1..=20` with
+/// `try_push` (item 0 sits in the sink), then lets it drain: the items dropped (with their
+/// reasons) and delivered, in order, and the report.
+fn drops_under(overflow: Overflow) -> (Vec<(u32, DropReason)>, Vec<u32>, Report) {
     let (gate, entered) = (Gate::default(), Flag::default());
     let (dropped, delivered) = (Arc::default(), Arc::default());
-    let pipeline = stalled(Overflow::DropNewest, &gate, &entered, &dropped, &delivered);
-    assert!(fill(&pipeline, &entered, 20).is_empty(), "DropNewest never hands items back");
+    let pipeline = stalled(overflow, &gate, &entered, &dropped, &delivered);
+    assert!(fill(&pipeline, &entered, 20).is_empty(), "{overflow:?} never hands items back");
     gate.open();
     let report = pipeline.drain().unwrap();
+    assert_accounted(&report, 21);
+    let dropped = dropped.lock().unwrap().clone();
+    let delivered = delivered.lock().unwrap().clone();
+    (dropped, delivered, report)
+}
 
-    let expected_drops: Vec<_> = (9..=20).map(|x| (x, DropReason::Newest)).collect();
-    assert_eq!(*dropped.lock().unwrap(), expected_drops);
-    assert_eq!(*delivered.lock().unwrap(), (0..=8).collect::<Vec<_>>());
+#[test]
+fn drop_newest_drops_exactly_the_items_that_did_not_fit() {
+    let (dropped, delivered, report) = drops_under(Overflow::DropNewest);
+    assert_eq!(dropped, (9..=20).map(|x| (x, DropReason::Newest)).collect::<Vec<_>>());
+    assert_eq!(delivered, (0..=8).collect::<Vec<_>>());
     let pass = report.stage("pass").unwrap();
     assert_eq!((pass.dropped_newest, pass.dropped_oldest), (12, 0));
-    assert_accounted(&report, 21);
 }
 
 #[test]
 fn drop_oldest_evicts_exactly_the_oldest_items() {
-    let (gate, entered) = (Gate::default(), Flag::default());
-    let (dropped, delivered) = (Arc::default(), Arc::default());
-    let pipeline = stalled(Overflow::DropOldest, &gate, &entered, &dropped, &delivered);
-    assert!(fill(&pipeline, &entered, 20).is_empty(), "DropOldest never hands items back");
-    gate.open();
-    let report = pipeline.drain().unwrap();
-
-    let expected_drops: Vec<_> = (1..=12).map(|x| (x, DropReason::Oldest)).collect();
-    assert_eq!(*dropped.lock().unwrap(), expected_drops);
-    let mut expected_delivered = vec![0];
-    expected_delivered.extend(13..=20);
-    assert_eq!(*delivered.lock().unwrap(), expected_delivered);
+    let (dropped, delivered, report) = drops_under(Overflow::DropOldest);
+    assert_eq!(dropped, (1..=12).map(|x| (x, DropReason::Oldest)).collect::<Vec<_>>());
+    assert_eq!(delivered, [0].into_iter().chain(13..=20).collect::<Vec<_>>());
     let pass = report.stage("pass").unwrap();
     assert_eq!((pass.dropped_oldest, pass.dropped_newest), (12, 0));
-    assert_accounted(&report, 21);
 }
 
 #[test]
