@@ -136,6 +136,52 @@ pub trait Stage<In> {
         Ok(())
     }
 
+    /// Whether a runtime should hand this stage whole runs of items through
+    /// [`process_run`](Self::process_run) instead of one item at a time through
+    /// [`process`](Self::process). `false` unless the stage overrides `process_run` to do
+    /// better with a run than item by item (spread it over a thread pool, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::stage::{self, Stage};
+    ///
+    /// fn runs<S: Stage<u8>>(_: &S) -> bool {
+    ///     S::RUNS
+    /// }
+    /// assert!(!runs(&stage::map(|x: u8| x)));
+    /// ```
+    const RUNS: bool = false;
+
+    /// Processes a run of items in order: for each item, its outputs go to `out` and then its
+    /// result to `done`, so the n-th call of `done` reports the n-th item taken from `items`.
+    /// A stage may take several items before it emits anything (to process them at once), but
+    /// must report every item it took, in order, before it returns. The default calls
+    /// [`process`](Self::process) for each item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::stage::{self, Stage};
+    ///
+    /// let mut parse = stage::filter_map(|s: &str| s.parse::<u8>().ok());
+    /// let (mut out, mut results) = (Vec::new(), Vec::new());
+    /// parse.process_run(&mut ["1", "x", "3"].into_iter(), &mut |n| out.push(n), &mut |r| results.push(r));
+    /// assert_eq!(out, [1, 3]);
+    /// assert_eq!(results, [Ok(()), Ok(()), Ok(())]);
+    /// ```
+    fn process_run(
+        &mut self,
+        items: &mut impl Iterator<Item = In>,
+        out: &mut impl Emit<Self::Out>,
+        done: &mut impl FnMut(Result<(), Self::Error>),
+    ) {
+        for item in items {
+            let result = self.process(item, out);
+            done(result);
+        }
+    }
+
     /// Fuses `self` and `next` into one stage: each output of `self` goes straight into `next`,
     /// in the same thread, with no queue between them.
     ///

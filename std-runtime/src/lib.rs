@@ -155,8 +155,3 @@ pub struct Dropped<'a, T> {
     /// The item itself, now the hook's.
     pub item: T,
 }
-
-/// The README's examples (the runtime's and the core's), compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

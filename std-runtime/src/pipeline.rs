@@ -124,7 +124,6 @@ impl<In> Running<In> {
             start: self.control.started_at(),
             stages,
             sink: &self.sink,
-            output_len: self.output.as_ref().map_or(0, |o| o.len() as u64),
         }
         .collect()
     }

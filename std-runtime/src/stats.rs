@@ -375,7 +375,6 @@ pub(crate) struct Collector<'a> {
     pub(crate) start: Instant,
     pub(crate) stages: Vec<StageSource<'a>>,
     pub(crate) sink: &'a SinkShared,
-    pub(crate) output_len: u64,
 }
 
 /// One stage's shared state and the live facts about its queue.
@@ -421,6 +420,8 @@ impl Collector<'_> {
             })
             .collect();
         let sink = self.sink;
+        // As for the stages: settled counts first, then `received`, and in flight is the rest
+        // (an output handle may be taking items while this runs).
         let delivered = sink.delivered.get();
         let abandoned = sink.counters.abandoned.get();
         let received = sink.counters.received.get().max(delivered + abandoned);
@@ -429,7 +430,7 @@ impl Collector<'_> {
             received,
             delivered,
             abandoned,
-            in_flight: self.output_len,
+            in_flight: received - delivered - abandoned,
             latency: sink.latency.snapshot().percentiles(),
             throughput_recent: window.rate(self.now, delivered),
             throughput_total: per_second(delivered, elapsed),

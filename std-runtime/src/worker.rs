@@ -7,8 +7,10 @@
 //! `drain()` reports it.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::iter;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -233,6 +235,7 @@ fn work<In, S, F>(
     let control = &*input.control;
     let counters = &*shared.counters;
     let mut stage = factory();
+    let mut taken = VecDeque::with_capacity(if S::RUNS { BATCH } else { 0 });
     loop {
         if control.is_cancelled() {
             return;
@@ -245,43 +248,34 @@ fn work<In, S, F>(
             continue;
         }
         let mut out = Outputs::new(outputs, downstream);
-        let (mut ok, mut failed, mut panicked) = (0, 0, 0);
-        while !inputs.is_empty() && !out.stopped {
+        let mut tally = Tally::default();
+        // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
+        let run_cancelled = || S::RUNS && control.is_cancelled();
+        while !inputs.is_empty() && !out.stopped && !run_cancelled() {
             let result = catch_unwind(AssertUnwindSafe(|| {
-                while let Some(envelope) = inputs.pop_front() {
-                    let sampled = envelope.born != 0;
-                    let popped_at = if sampled { control.now() } else { 0 };
-                    out.born = envelope.born;
-                    out.queued = popped_at;
-                    let result = stage.process(envelope.item, &mut out);
-                    if sampled {
-                        let done_at = control.now();
-                        shared.queue_wait.record(popped_at.saturating_sub(envelope.queued));
-                        shared.process_time.record(done_at - popped_at);
-                    }
-                    match result {
-                        Ok(()) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
-                    if out.stopped {
-                        break;
-                    }
+                if S::RUNS {
+                    in_runs(&mut stage, inputs, &mut out, &mut taken, control, shared, &mut tally);
+                } else {
+                    one_by_one(&mut stage, inputs, &mut out, control, shared, &mut tally);
                 }
             }));
             if result.is_err() {
-                // Delivery panics are caught in `flush`: this one is the stage's.
-                failed += 1;
-                panicked += 1;
+                // Delivery panics are caught in `flush`: this one is the stage's. The item
+                // it was processing (every item of a run not yet reported) failed with it.
+                tally.failed += if S::RUNS { taken.len() as u64 } else { 1 };
+                taken.clear();
+                tally.panicked += 1;
                 stage = factory();
             }
         }
+        let Tally { ok, failed, panicked } = tally;
         out.flush();
         counters.emitted_outputs.add(out.emitted);
         counters.emitted_inputs.add(ok);
         counters.errored.add(failed);
         counters.panicked.add(panicked);
-        if out.stopped {
-            // Stopped while delivering: what was not processed is abandoned.
+        if out.stopped || !inputs.is_empty() {
+            // Stopped while delivering, or cancelled: what was not processed is abandoned.
             for envelope in inputs.drain(..) {
                 input.give_up(envelope.item);
             }
@@ -298,6 +292,113 @@ fn work<In, S, F>(
     out.flush();
     counters.emitted_outputs.add(out.emitted);
     out.finish();
+}
+
+/// How the items of one batch ended.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    panicked: u64,
+}
+
+impl Tally {
+    fn count<E>(&mut self, result: &Result<(), E>) {
+        match result {
+            Ok(()) => self.ok += 1,
+            Err(_) => self.failed += 1,
+        }
+    }
+}
+
+/// Runs the stage over `inputs` item by item, until they are done or delivery stopped.
+fn one_by_one<In, S: Stage<In>>(
+    stage: &mut S,
+    inputs: &mut VecDeque<Envelope<In>>,
+    out: &mut Outputs<'_, S::Out>,
+    control: &Control,
+    shared: &StageShared,
+    tally: &mut Tally,
+) {
+    while let Some(envelope) = inputs.pop_front() {
+        let sampled = envelope.born != 0;
+        let popped_at = if sampled { control.now() } else { 0 };
+        out.born = envelope.born;
+        out.queued = popped_at;
+        let result = stage.process(envelope.item, out);
+        if sampled {
+            shared.queue_wait.record(popped_at.saturating_sub(envelope.queued));
+            shared.process_time.record(control.now() - popped_at);
+        }
+        tally.count(&result);
+        if out.stopped {
+            break;
+        }
+    }
+}
+
+/// What the worker keeps of an item that a run-processing stage has taken and not yet
+/// reported: its timestamps, for its outputs and the stats.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    born: u64,
+    queued: u64,
+    popped_at: u64,
+}
+
+/// The outputs of a run: each takes the timestamps of the oldest item not yet reported,
+/// which is the one it comes from (see [`Stage::process_run`]).
+struct RunOutputs<'o, 'a, T> {
+    out: &'o mut Outputs<'a, T>,
+    taken: &'o RefCell<&'o mut VecDeque<Taken>>,
+}
+
+impl<T> Emit<T> for RunOutputs<'_, '_, T> {
+    #[inline]
+    fn emit(&mut self, item: T) {
+        if let Some(taken) = self.taken.borrow().front() {
+            self.out.born = taken.born;
+            self.out.queued = taken.popped_at;
+        }
+        self.out.emit(item);
+    }
+}
+
+/// Hands `inputs` to the stage as one run ([`Stage::process_run`]), until they are done or
+/// the pipeline is cancelled. Items the stage took and has not reported stay in `taken` if it
+/// panics.
+fn in_runs<In, S: Stage<In>>(
+    stage: &mut S,
+    inputs: &mut VecDeque<Envelope<In>>,
+    out: &mut Outputs<'_, S::Out>,
+    taken: &mut VecDeque<Taken>,
+    control: &Control,
+    shared: &StageShared,
+    tally: &mut Tally,
+) {
+    let taken = RefCell::new(taken);
+    let mut items = iter::from_fn(|| {
+        if control.is_cancelled() {
+            return None;
+        }
+        let envelope = inputs.pop_front()?;
+        let popped_at = if envelope.born != 0 { control.now() } else { 0 };
+        let (born, queued) = (envelope.born, envelope.queued);
+        taken.borrow_mut().push_back(Taken { born, queued, popped_at });
+        Some(envelope.item)
+    });
+    let mut done = |result: Result<(), S::Error>| {
+        let item = taken.borrow_mut().pop_front();
+        if let Some(Taken { born, queued, popped_at }) = item {
+            if born != 0 {
+                shared.queue_wait.record(popped_at.saturating_sub(queued));
+                shared.process_time.record(control.now() - popped_at);
+            }
+        }
+        tally.count(&result);
+    };
+    let mut run_out = RunOutputs { out, taken: &taken };
+    stage.process_run(&mut items, &mut run_out, &mut done);
 }
 
 /// The message of a panic payload, when it is a string.

@@ -264,3 +264,54 @@ fn stats_render_as_an_aligned_table() {
     assert!(rows.iter().all(|l| l.chars().count() == width), "ragged table:\n{table}");
     assert!(table.contains("5000"), "{table}");
 }
+
+/// Takes a whole run at once, like a stage that hands runs to a thread pool, and panics at
+/// every item ending in 99: the items of the run it took and had not reported yet fail with it.
+struct RunPanics;
+
+impl Stage<u64> for RunPanics {
+    type Out = u64;
+    type Error = core::convert::Infallible;
+
+    const RUNS: bool = true;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), Self::Error> {
+        out.emit(x);
+        Ok(())
+    }
+
+    fn process_run(
+        &mut self,
+        items: &mut impl Iterator<Item = u64>,
+        out: &mut impl stage::Emit<u64>,
+        done: &mut impl FnMut(Result<(), Self::Error>),
+    ) {
+        let run: Vec<u64> = items.collect();
+        for x in run {
+            assert!(x % 100 != 99, "{x} ends in 99");
+            out.emit(x);
+            done(Ok(()));
+        }
+    }
+}
+
+#[test]
+fn a_run_stage_that_panics_fails_what_it_took_and_had_not_reported() {
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&delivered);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("runs", || RunPanics)
+        .sink(move |x| sink.lock().unwrap().push(x))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..1_000).unwrap();
+    let report = pipeline.drain().unwrap();
+    assert!(report.is_balanced(), "{report}");
+    let runs = report.stage("runs").unwrap();
+    let delivered = delivered.lock().unwrap();
+    assert_eq!(delivered.len() as u64, runs.accounting.emitted_inputs);
+    assert_eq!(runs.accounting.emitted_inputs + runs.accounting.errored, 1_000);
+    assert!(runs.panics >= 1 && runs.accounting.errored >= runs.panics, "{report}");
+    assert!(delivered.iter().all(|x| x % 100 != 99));
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "delivered out of order");
+}
