@@ -3,8 +3,9 @@
 //!
 //! Environment: `BACKFLOW_BENCH_ROUNDS` (default 9), `BACKFLOW_BENCH_SPSC_ITEMS` (default
 //! 100 000 000), `BACKFLOW_BENCH_MPMC_ITEMS` (default 20 000 000),
-//! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`
-//! or `pipeline`: run one part), `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only
+//! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_PARALLEL_ITEMS`
+//! (default 50 000), `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline` or `parallel`: run one
+//! part), `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only
 //! the contenders whose name contains one).
 
 use std::env;
@@ -14,7 +15,7 @@ use backflow_benches::report::{
     Baseline, MILLIONS, THOUSANDS, interleave, interleave_runs, latency_table, per_second, table,
     table_in,
 };
-use backflow_benches::{mpmc, spsc};
+use backflow_benches::{mpmc, parallel, spsc};
 
 /// Items per paced-latency run: half a second at [`pipeline::RATE`].
 const LATENCY_ITEMS: u64 = pipeline::RATE / 2;
@@ -38,6 +39,7 @@ fn main() {
     let spsc_items = env_or("BACKFLOW_BENCH_SPSC_ITEMS", 100_000_000);
     let mpmc_items = env_or("BACKFLOW_BENCH_MPMC_ITEMS", 20_000_000);
     let pipeline_items = env_or("BACKFLOW_BENCH_PIPELINE_ITEMS", 10_000_000);
+    let parallel_items = env_or("BACKFLOW_BENCH_PARALLEL_ITEMS", 50_000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let only = env::var("BACKFLOW_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
@@ -56,6 +58,9 @@ fn main() {
     }
     if part("pipeline") {
         pipeline_tables(rounds, pipeline_items, cores);
+    }
+    if part("parallel") {
+        parallel_table(rounds, parallel_items, cores);
     }
 }
 
@@ -144,4 +149,16 @@ fn pipeline_tables(rounds: usize, items: u64, cores: usize) {
         ];
         println!("{}", table_in(&samples, &baselines, THOUSANDS));
     }
+}
+
+fn parallel_table(rounds: usize, items: u64, cores: usize) {
+    println!(
+        "## A CPU-bound stage ({} µs per item) on {cores} cores, {items} items per run\n",
+        parallel::COST.as_micros()
+    );
+    let contenders: Vec<_> = parallel::CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let samples =
+        interleave(&names, rounds, |i| Some(per_second(items, (contenders[i].run)(items))));
+    println!("{}", table_in(&samples, &[Baseline::Row(parallel::ONE_WORKER)], THOUSANDS));
 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mpmc;
+pub mod parallel;
 pub mod pipeline;
 pub mod report;
 pub mod spsc;

@@ -60,3 +60,13 @@ fn every_pipeline_contender_delivers_every_item() {
         assert!(latency.p50 <= latency.p99, "{}", contender.name);
     }
 }
+
+#[test]
+fn every_parallel_contender_delivers_every_item() {
+    use backflow_benches::parallel;
+
+    for contender in parallel::CONTENDERS {
+        let elapsed = (contender.run)(200);
+        assert!(elapsed >= parallel::COST * 100, "{}: 200 × 10 µs on 2 cores", contender.name);
+    }
+}
