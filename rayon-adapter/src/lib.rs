@@ -13,6 +13,12 @@
 //! - **Panics:** a panic in the closure fails that item only, with [`Panicked`] as the stage's
 //!   error (counted in the stage's `errored`); the pool and the other items carry on.
 //!
+//! rayon starts its global pool on first use, from whichever thread uses it first: here a
+//! pipeline worker. On Linux the pool's threads then inherit that worker's name
+//! (`backflow:<stage>:<n>`) and outlive the pipeline, as the global pool does. Give the pool
+//! its own names with `rayon::ThreadPoolBuilder::thread_name(..).build_global()` before the
+//! first pipeline, or pass a pool of your own to [`ParStage::on`].
+//!
 //! # Examples
 //!
 //! ```
