@@ -248,27 +248,35 @@ fn work<In, S, F>(
             continue;
         }
         let mut out = Outputs::new(outputs, downstream);
-        let mut tally = Tally::default();
+        let mut outcomes = Outcomes::default();
         // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
         let run_cancelled = || S::RUNS && control.is_cancelled();
         while !inputs.is_empty() && !out.stopped && !run_cancelled() {
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if S::RUNS {
-                    in_runs(&mut stage, inputs, &mut out, &mut taken, control, shared, &mut tally);
+                    in_runs(
+                        &mut stage,
+                        inputs,
+                        &mut out,
+                        &mut taken,
+                        control,
+                        shared,
+                        &mut outcomes,
+                    );
                 } else {
-                    one_by_one(&mut stage, inputs, &mut out, control, shared, &mut tally);
+                    one_by_one(&mut stage, inputs, &mut out, control, shared, &mut outcomes);
                 }
             }));
             if result.is_err() {
                 // Delivery panics are caught in `flush`: this one is the stage's. The item
                 // it was processing (every item of a run not yet reported) failed with it.
-                tally.failed += if S::RUNS { taken.len() as u64 } else { 1 };
+                outcomes.failed += if S::RUNS { taken.len() as u64 } else { 1 };
                 taken.clear();
-                tally.panicked += 1;
+                outcomes.panicked += 1;
                 stage = factory();
             }
         }
-        let Tally { ok, failed, panicked } = tally;
+        let Outcomes { ok, failed, panicked } = outcomes;
         out.flush();
         counters.emitted_outputs.add(out.emitted);
         counters.emitted_inputs.add(ok);
@@ -296,13 +304,13 @@ fn work<In, S, F>(
 
 /// How the items of one batch ended.
 #[derive(Debug, Default)]
-struct Tally {
+struct Outcomes {
     ok: u64,
     failed: u64,
     panicked: u64,
 }
 
-impl Tally {
+impl Outcomes {
     fn count<E>(&mut self, result: &Result<(), E>) {
         match result {
             Ok(()) => self.ok += 1,
@@ -318,7 +326,7 @@ fn one_by_one<In, S: Stage<In>>(
     out: &mut Outputs<'_, S::Out>,
     control: &Control,
     shared: &StageShared,
-    tally: &mut Tally,
+    outcomes: &mut Outcomes,
 ) {
     while let Some(envelope) = inputs.pop_front() {
         let sampled = envelope.born != 0;
@@ -330,7 +338,7 @@ fn one_by_one<In, S: Stage<In>>(
             shared.queue_wait.record(popped_at.saturating_sub(envelope.queued));
             shared.process_time.record(control.now() - popped_at);
         }
-        tally.count(&result);
+        outcomes.count(&result);
         if out.stopped {
             break;
         }
@@ -374,7 +382,7 @@ fn in_runs<In, S: Stage<In>>(
     taken: &mut VecDeque<Taken>,
     control: &Control,
     shared: &StageShared,
-    tally: &mut Tally,
+    outcomes: &mut Outcomes,
 ) {
     let taken = RefCell::new(taken);
     let mut items = iter::from_fn(|| {
@@ -395,7 +403,7 @@ fn in_runs<In, S: Stage<In>>(
                 shared.process_time.record(control.now() - popped_at);
             }
         }
-        tally.count(&result);
+        outcomes.count(&result);
     };
     let mut run_out = RunOutputs { out, taken: &taken };
     stage.process_run(&mut items, &mut run_out, &mut done);
