@@ -1,13 +1,17 @@
 //! The rayon stages inside real pipelines: order under random per-item costs, a bounded
 //! number of items in flight, panics as item errors, and a pool of one thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+// The runtime's test helpers (the gate a sink is held at, and the like).
+#[path = "../../std-runtime/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use backflow::{Pipeline, PushError};
 use backflow_rayon::{par_filter_map, par_flat_map, par_map};
+use common::{Flag, Gate};
 use rayon::ThreadPoolBuilder;
 
 /// A small deterministic generator (xorshift), for per-item costs that differ from run to run
@@ -53,26 +57,6 @@ fn outputs_keep_input_order_whatever_each_item_costs() {
     }
 }
 
-/// A gate the sink is held at: closed until opened.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn wait(&self) {
-        let (open, cond) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = cond.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, cond) = &*self.0;
-        *open.lock().unwrap() = true;
-        cond.notify_all();
-    }
-}
-
 /// Opens the gate when dropped, so that a failing assertion does not leave the sink held
 /// (and the pipeline's drop waiting for it).
 struct OpenOnDrop(Gate);
@@ -85,24 +69,18 @@ impl Drop for OpenOnDrop {
 
 #[test]
 fn a_stalled_sink_stops_the_producer_at_the_high_mark() {
-    let (gate, entered) = (Gate::default(), Arc::new(AtomicBool::new(false)));
-    let (sink_gate, sink_entered) = (gate.clone(), Arc::clone(&entered));
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
     let pipeline = Pipeline::<u64>::builder()
         .stage("square", || par_map(|x: u64| x * x))
         .capacity(64)
         .water_mark_counts(48, 16)
-        .sink(move |_| {
-            sink_entered.store(true, Ordering::SeqCst);
-            sink_gate.wait();
-        })
+        .sink(common::held_sink(&gate, &entered, &delivered))
         .build()
         .unwrap();
     let _release = OpenOnDrop(gate.clone());
     let input = pipeline.input();
     input.push(0).unwrap();
-    while !entered.load(Ordering::SeqCst) {
-        thread::sleep(Duration::from_millis(1));
-    }
+    entered.wait();
     // The worker is held in the sink with item 0; its queue takes items up to its high mark
     // and then refuses: nothing piles up anywhere else.
     let mut accepted = 1;
@@ -118,6 +96,7 @@ fn a_stalled_sink_stops_the_producer_at_the_high_mark() {
     gate.open();
     let report = pipeline.drain().unwrap();
     assert_eq!(report.sink().delivered, 49);
+    assert_eq!(*delivered.lock().unwrap(), (0..49).map(|x| x * x).collect::<Vec<u64>>());
     assert!(report.is_balanced(), "{report}");
 }
 

@@ -225,14 +225,20 @@ impl<T> Link<T> {
     pub(crate) fn pop_into(&self, buf: &mut VecDeque<Envelope<T>>, max: usize) -> usize {
         let popped = self.ring.pop_each(max, |envelope| buf.push_back(envelope));
         if popped > 0 {
-            // Pairs with the fence a blocked producer issues after raising pressure: either
-            // it sees this pop's fill, or this load sees pressure on.
-            fence(Ordering::SeqCst);
-            if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
-                self.room.notify();
-            }
+            self.popped();
         }
         popped
+    }
+
+    /// After a pop: turns pressure off if the fill fell to the low mark, and wakes the
+    /// producers waiting for that.
+    fn popped(&self) {
+        // Pairs with the fence a blocked producer issues after raising pressure: either it
+        // sees this pop's fill, or this load sees pressure on.
+        fence(Ordering::SeqCst);
+        if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
+            self.room.notify();
+        }
     }
 
     /// Waits until the ring has an item, the link is finished or the pipeline is cancelled.
@@ -319,8 +325,7 @@ impl<T> Link<T> {
                     PushOutcome::Pushed => break,
                     PushOutcome::Dropped { item, reason } => {
                         drop(queue);
-                        self.count_drop(reason);
-                        self.discard(item.item, reason.into());
+                        self.drop_by_policy(item.item, reason);
                         queue = self.ring.pusher();
                         break;
                     }
@@ -358,11 +363,13 @@ impl<T> Link<T> {
         self.items.notify();
     }
 
-    fn count_drop(&self, reason: overflow::DropReason) {
+    /// Counts an item the overflow policy dropped and hands it to the drop hook.
+    fn drop_by_policy(&self, item: T, reason: overflow::DropReason) {
         match reason {
             overflow::DropReason::Oldest => self.counters.dropped_oldest.increment(),
             overflow::DropReason::Newest => self.counters.dropped_newest.increment(),
         }
+        self.discard(item, reason.into());
     }
 
     /// Delivers a worker's batch of outputs under the link's policy, waiting under `Block`.
@@ -391,8 +398,7 @@ impl<T> Link<T> {
                     PushOutcome::Dropped { item, reason } => {
                         received.n += 1;
                         drop(queue);
-                        self.count_drop(reason);
-                        self.discard(item.item, reason.into());
+                        self.drop_by_policy(item.item, reason);
                         queue = self.ring.pusher();
                         break;
                     }
@@ -443,10 +449,7 @@ impl<T> Link<T> {
     pub(crate) fn pop_blocking(&self) -> Option<Envelope<T>> {
         loop {
             if let Some(envelope) = self.ring.try_pop() {
-                fence(Ordering::SeqCst);
-                if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
-                    self.room.notify();
-                }
+                self.popped();
                 return Some(envelope);
             }
             if self.control.is_cancelled() || (self.finished() && self.ring.is_empty()) {

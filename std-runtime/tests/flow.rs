@@ -32,18 +32,13 @@ fn stalled(
     dropped: &Arc<Mutex<Vec<(u32, DropReason)>>>,
     delivered: &Arc<Mutex<Vec<u32>>>,
 ) -> Pipeline<u32> {
-    let (gate, entered, dropped, delivered) =
-        (gate.clone(), entered.clone(), Arc::clone(dropped), Arc::clone(delivered));
+    let dropped = Arc::clone(dropped);
     Pipeline::<u32>::builder()
         .stage("pass", || |x: u32| x)
         .capacity(CAPACITY)
         .overflow(overflow)
         .on_drop(move |d| dropped.lock().unwrap().push((d.item, d.reason)))
-        .sink(move |x| {
-            entered.raise();
-            gate.wait();
-            delivered.lock().unwrap().push(x);
-        })
+        .sink(common::held_sink(gate, entered, delivered))
         .build()
         .unwrap()
 }
@@ -334,8 +329,7 @@ fn drop_policies_between_single_worker_stages_drop_exactly_the_expected_items() 
         let (gate, entered) = (Gate::default(), Flag::default());
         let dropped = Arc::new(Mutex::new(Vec::new()));
         let delivered = Arc::new(Mutex::new(Vec::new()));
-        let (sink_gate, sink_entered) = (gate.clone(), entered.clone());
-        let (hook, sink) = (Arc::clone(&dropped), Arc::clone(&delivered));
+        let hook = Arc::clone(&dropped);
         // One worker feeding one worker: the link between them is single-producer.
         let pipeline = Pipeline::<u32>::builder()
             .stage("first", || |x: u32| x)
@@ -343,11 +337,7 @@ fn drop_policies_between_single_worker_stages_drop_exactly_the_expected_items() 
             .capacity(4)
             .overflow(overflow)
             .on_drop(move |d| hook.lock().unwrap().push((d.item, d.reason)))
-            .sink(move |x| {
-                sink_entered.raise();
-                sink_gate.wait();
-                sink.lock().unwrap().push(x);
-            })
+            .sink(common::held_sink(&gate, &entered, &delivered))
             .build()
             .unwrap();
         let input = pipeline.input();

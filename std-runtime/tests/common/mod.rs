@@ -68,6 +68,21 @@ impl Gate {
     }
 }
 
+/// A sink that raises `entered` and waits at `gate` on every item, then records it in
+/// `delivered`: the first item holds the last stage's worker until the gate opens.
+pub fn held_sink<T: Send + 'static>(
+    gate: &Gate,
+    entered: &Flag,
+    delivered: &Arc<Mutex<Vec<T>>>,
+) -> impl FnMut(T) + Send + 'static {
+    let (gate, entered, delivered) = (gate.clone(), entered.clone(), Arc::clone(delivered));
+    move |item| {
+        entered.raise();
+        gate.wait();
+        delivered.lock().unwrap().push(item);
+    }
+}
+
 /// A one-shot flag a stage or sink raises when it gets somewhere, and the test waits for.
 #[derive(Clone, Default)]
 pub struct Flag(Arc<(Mutex<bool>, Condvar)>);
