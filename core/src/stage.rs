@@ -453,6 +453,45 @@ impl<In, Out, F: FnMut(In) -> Option<Out>> Stage<In> for FilterMap<F> {
     }
 }
 
+/// Maps each item with a function that may fail. See [`try_map`].
+///
+/// # Examples
+///
+/// ```
+/// let _stage: backflow_core::stage::TryMap<_> = backflow_core::stage::try_map(|s: &str| s.parse::<u8>());
+/// ```
+#[derive(Debug, Clone)]
+pub struct TryMap<F>(F);
+
+/// A stage emitting `f(item)` when it is `Ok`, and failing the item with the error otherwise
+/// (a runtime then applies the stage's error policy). A plain closure returning a `Result`
+/// is a map to `Result`s instead: it never fails.
+///
+/// # Examples
+///
+/// ```
+/// use backflow_core::stage::{self, Stage};
+///
+/// let mut parse = stage::try_map(|s: &str| s.parse::<i32>());
+/// let mut out = Vec::new();
+/// assert!(parse.process("7", &mut |n| out.push(n)).is_ok());
+/// assert!(parse.process("x", &mut |n| out.push(n)).is_err());
+/// assert_eq!(out, [7]);
+/// ```
+pub const fn try_map<F>(f: F) -> TryMap<F> {
+    TryMap(f)
+}
+
+impl<In, Out, E, F: FnMut(In) -> Result<Out, E>> Stage<In> for TryMap<F> {
+    type Out = Out;
+    type Error = E;
+
+    fn process(&mut self, item: In, out: &mut impl Emit<Out>) -> Result<(), E> {
+        out.emit((self.0)(item)?);
+        Ok(())
+    }
+}
+
 /// Expands each item into any number of outputs. See [`flat_map`].
 ///
 /// # Examples
@@ -777,6 +816,7 @@ impl_shr!(
     Map<F>,
     Filter<F>,
     FilterMap<F>,
+    TryMap<F>,
     FlatMap<F>,
     Inspect<F>,
     Fold<Acc, F>,
