@@ -1,33 +1,42 @@
 //! The typed builder: [`Source`] → [`Builder`] → [`WithSink`] / [`WithOutput`] →
-//! `build()`.
+//! `build()`, with [`Branch`]es off the main line.
 //!
 //! Each `stage` call checks at compile time that the stage takes what the previous one emits;
-//! the settings that follow it (`workers`, `capacity`, `water_marks`, `overflow`, `on_drop`)
-//! apply to that stage. Nothing is checked or started until `build()`, which validates every
-//! setting and returns a [`ConfigError`] naming the stage and field, or starts the threads.
+//! the settings that follow it (`workers`, `capacity`, `water_marks`, `overflow`, ordering,
+//! error policy, …) apply to that stage. Nothing is checked or started until `build()`, which
+//! validates every setting and returns a [`ConfigError`] naming the stage and field, or starts
+//! the threads.
 //!
 //! Internally the builder composes one closure per stage, from the last stage back to the
 //! first: given where its outputs go, each creates its stage's input queue, starts the
-//! stage's workers and hands the queue to the closure of the stage before it.
+//! stage's workers and hands the queue to the closure of the stage before it. Besides, it
+//! records the graph's shape (which nodes feed which) for worker counts and the report's flow
+//! check.
 
 use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
+use backflow_core::breaker::{BreakerConfig, CircuitBreaker};
 use backflow_core::ring::MAX_CAPACITY;
-use backflow_core::{Overflow, Stage, WaterMarks};
+use backflow_core::{Overflow, RetrySchedule, Stage, TokenBucket, WaterMarks};
 
 use crate::control::Control;
+use crate::event::{Event, EventHandler};
 use crate::link::{DropHook, Link, LinkSpec};
 use crate::output::Output;
-use crate::pipeline::{LinkView, Pipeline, Running};
+use crate::pipeline::{Flow, LinkView, Pipeline, Running, Supply, Watched};
+use crate::policy::{DeadLetter, ErrorPolicy, Final, Gate, Policy, Typed};
 use crate::stats::{SinkShared, StageShared};
+use crate::topology::{Fan, FanCounts, Keyed, Lanes, Reorder, Split};
 use crate::wait::WaitStrategy;
-use crate::worker::{self, Downstream, Sink, WorkerId};
+use crate::worker::{self, Downstream, Sink, WorkerId, WorkerParts};
 use crate::{ConfigError, Dropped};
 
 /// The queue capacity of a stage that does not set one.
@@ -37,10 +46,21 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub const DEFAULT_SAMPLE_EVERY: u32 = 64;
 
 /// Pipeline-wide settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct Settings {
     strategy: WaitStrategy,
     sample_every: NonZeroU32,
+    events: Option<EventHandler>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("strategy", &self.strategy)
+            .field("sample_every", &self.sample_every)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
 }
 
 /// Water marks as given, resolved against the capacity in `build()`.
@@ -51,6 +71,14 @@ enum Marks {
     Counts { high: usize, low: usize },
 }
 
+/// How a stage's workers keep the order of items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    Unordered,
+    Ordered,
+    KeyOrdered,
+}
+
 /// One stage's settings as given.
 struct StageSettings {
     name: String,
@@ -58,8 +86,16 @@ struct StageSettings {
     capacity: usize,
     marks: Marks,
     overflow: Overflow,
-    /// A `DropHook<T>` for the stage's input type, boxed to keep the list untyped.
-    on_drop: Option<Box<dyn Any>>,
+    order: Order,
+    retry: Option<RetrySchedule>,
+    breaker: Option<BreakerConfig>,
+    rate_limit: Option<(u64, u64)>,
+    flush_every: Option<Duration>,
+    stall_after: Option<Duration>,
+    /// What feeds it.
+    feeds: Vec<Supply>,
+    /// A [`Typed`] for the stage's input and output types, boxed to keep the list untyped.
+    typed: Option<Box<dyn Any>>,
 }
 
 /// One stage's settings, validated.
@@ -69,7 +105,65 @@ pub(crate) struct Resolved {
     capacity: usize,
     marks: WaterMarks,
     overflow: Overflow,
-    on_drop: Option<Box<dyn Any>>,
+    order: Order,
+    retry: Option<RetrySchedule>,
+    flush_every: Option<Duration>,
+    gate: Arc<Gate>,
+    typed: Option<Box<dyn Any>>,
+}
+
+/// A fan-out point as defined: what feeds it.
+struct FanSpec {
+    feeds: Vec<Supply>,
+    broadcast: bool,
+}
+
+/// A sink as defined: its name and what feeds it.
+struct SinkSpec {
+    name: String,
+    feeds: Vec<Supply>,
+}
+
+/// The graph as defined so far, shared by the main line and its branches.
+struct Chain {
+    settings: Settings,
+    stages: Vec<StageSettings>,
+    fans: Vec<FanSpec>,
+    /// The branches' sinks; the main sink comes first at build time.
+    sinks: Vec<SinkSpec>,
+    /// What feeds the next stage or sink.
+    tail: Vec<Supply>,
+    /// The stage that settings apply to.
+    current: usize,
+    /// The names of the branches being defined, innermost last.
+    branches: Vec<String>,
+}
+
+impl Chain {
+    fn add_stage(&mut self, name: String) -> usize {
+        let index = self.stages.len();
+        let feeds = mem::replace(&mut self.tail, vec![Supply::Stage(index)]);
+        self.stages.push(StageSettings::new(name, feeds));
+        self.current = index;
+        index
+    }
+
+    fn add_fan(&mut self, broadcast: bool) -> usize {
+        let fan = self.fans.len();
+        let feeds = mem::replace(&mut self.tail, vec![Supply::FanSide(fan)]);
+        self.fans.push(FanSpec { feeds, broadcast });
+        fan
+    }
+
+    /// Worker threads that deliver through `supply`.
+    fn workers_behind(&self, supply: Supply) -> usize {
+        match supply {
+            Supply::Stage(index) => self.stages[index].workers.get(),
+            Supply::FanMain(fan) | Supply::FanSide(fan) => {
+                self.fans[fan].feeds.iter().map(|&s| self.workers_behind(s)).sum()
+            }
+        }
+    }
 }
 
 /// What the per-stage closures build into.
@@ -78,11 +172,45 @@ pub(crate) struct Wiring {
     stages: Vec<Resolved>,
     shared: Vec<Arc<StageShared>>,
     views: Vec<Option<Arc<dyn LinkView>>>,
+    /// Upstream worker count per stage.
+    upstream: Vec<usize>,
+    fans: Vec<Arc<FanCounts>>,
+    sinks: Vec<Arc<SinkShared>>,
+    sink_names: Vec<Arc<str>>,
+    /// The main line's last stage, and the workers that feed the main sink.
+    trunk_last: usize,
+    sink_upstream: usize,
     threads: Vec<JoinHandle<()>>,
     spawn_error: Option<ConfigError>,
 }
 
-type Attach<In, Out> = Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Arc<Link<In>>>;
+/// Builds a part of the pipeline: given where its outputs go, returns where its inputs go.
+type Attach<In, Out> = Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Downstream<In>>;
+
+/// Marks a [`Builder`] that defines the pipeline's main line, which ends in the pipeline's
+/// sink or output.
+///
+/// # Examples
+///
+/// ```
+/// let _: backflow::Builder<u8, u8, u8, backflow::Trunk> =
+///     backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Trunk;
+
+/// Marks a [`Builder`] that defines a branch, which ends in its own sink or merges back.
+///
+/// # Examples
+///
+/// ```
+/// let builder = backflow::Pipeline::<u8>::builder()
+///     .stage("id", || |x: u8| x)
+///     .broadcast("copy", |branch| branch.stage("double", || |x: u8| x * 2).sink(|_| {}));
+/// # drop(builder);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Side;
 
 /// The start of a pipeline definition: pipeline-wide settings, then the first `stage`.
 ///
@@ -108,9 +236,32 @@ impl<In: Send + 'static> Source<In> {
     pub(crate) fn new() -> Self {
         let sample_every = NonZeroU32::new(DEFAULT_SAMPLE_EVERY).unwrap_or(NonZeroU32::MIN);
         Self {
-            settings: Settings { strategy: WaitStrategy::default(), sample_every },
+            settings: Settings { strategy: WaitStrategy::default(), sample_every, events: None },
             _input: PhantomData,
         }
+    }
+
+    /// Calls `handler` with every [`Event`]: start, pressure on and off, drops, errors,
+    /// retries, dead letters, circuit changes, stalls, and the final report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Event, Pipeline};
+    ///
+    /// let source = Pipeline::<u8>::builder().on_event(|event| {
+    ///     if let Event::Error { stage, error, .. } = event {
+    ///         eprintln!("{stage}: {error}");
+    ///     }
+    /// });
+    /// # drop(source);
+    /// ```
+    pub fn on_event<H>(mut self, handler: H) -> Self
+    where
+        H: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        self.settings.events = Some(Arc::new(handler));
+        self
     }
 
     /// How idle workers and blocked producers wait (default [`WaitStrategy::Park`]).
@@ -159,16 +310,20 @@ impl<In: Send + 'static> Source<In> {
         F: Fn() -> S + Send + Sync + 'static,
         S: Stage<In> + 'static,
         S::Out: Send + 'static,
+        S::Error: fmt::Display,
     {
-        let factory = Arc::new(factory);
-        let attach: Attach<In, S::Out> =
-            Box::new(move |downstream, wiring| attach_stage(0, &factory, downstream, wiring));
-        Builder {
+        let chain = Chain {
             settings: self.settings,
-            stages: vec![StageSettings::new(name.into())],
-            attach,
-            _last: PhantomData,
-        }
+            stages: Vec::new(),
+            fans: Vec::new(),
+            sinks: Vec::new(),
+            tail: Vec::new(),
+            current: 0,
+            branches: Vec::new(),
+        };
+        let identity: Attach<In, In> = Box::new(|downstream, _| downstream);
+        Builder::<In, In, In, Trunk> { chain, attach: identity, _types: PhantomData }
+            .stage(name, factory)
     }
 }
 
@@ -179,28 +334,32 @@ impl<In> fmt::Debug for Source<In> {
 }
 
 impl StageSettings {
-    fn new(name: String) -> Self {
+    fn new(name: String, feeds: Vec<Supply>) -> Self {
         Self {
             name,
             workers: NonZeroUsize::MIN,
             capacity: DEFAULT_CAPACITY,
             marks: Marks::Default,
             overflow: Overflow::Block,
-            on_drop: None,
+            order: Order::Unordered,
+            retry: None,
+            breaker: None,
+            rate_limit: None,
+            flush_every: None,
+            stall_after: None,
+            feeds,
+            typed: None,
         }
     }
 
-    fn resolve(self, index: usize, names: &mut HashSet<String>) -> Result<Resolved, ConfigError> {
+    fn resolve(
+        self,
+        index: usize,
+        names: &mut HashSet<String>,
+        start: Duration,
+    ) -> Result<Resolved, ConfigError> {
         let stage = || self.name.clone();
-        if self.name.is_empty() {
-            return Err(ConfigError::EmptyName { index });
-        }
-        if self.name.chars().any(char::is_control) {
-            return Err(ConfigError::NameHasControl { name: stage() });
-        }
-        if !names.insert(self.name.clone()) {
-            return Err(ConfigError::DuplicateName { stage: stage() });
-        }
+        check_name(&self.name, index, names)?;
         if self.capacity == 0 {
             return Err(ConfigError::ZeroCapacity { stage: stage() });
         }
@@ -220,19 +379,60 @@ impl StageSettings {
         if self.overflow == Overflow::Fail && index > 0 {
             return Err(ConfigError::FailNotFirst { stage: stage() });
         }
+        if self.order == Order::KeyOrdered && index == 0 {
+            return Err(ConfigError::KeyOrderedFirst { stage: stage() });
+        }
+        for (field, duration) in
+            [("flush_every", self.flush_every), ("stall_after", self.stall_after)]
+        {
+            if duration.is_some_and(|d| d.is_zero()) {
+                return Err(ConfigError::ZeroDuration { stage: stage(), field });
+            }
+        }
+        let invalid = |source| ConfigError::Invalid { stage: stage(), source };
+        let breaker = self
+            .breaker
+            .map(|config| CircuitBreaker::new(config).map(|b| (b, config.cooldown)))
+            .transpose()
+            .map_err(invalid)?;
+        let limiter = self
+            .rate_limit
+            .map(|(rate, burst)| TokenBucket::new(rate, burst, start))
+            .transpose()
+            .map_err(invalid)?;
+        let name: Arc<str> = self.name.into();
         Ok(Resolved {
-            name: self.name.into(),
+            gate: Arc::new(Gate::new(Arc::clone(&name), breaker, limiter)),
+            name,
             workers: self.workers.get(),
             capacity: self.capacity,
             marks,
             overflow: self.overflow,
-            on_drop: self.on_drop,
+            order: self.order,
+            retry: self.retry,
+            flush_every: self.flush_every,
+            typed: self.typed,
         })
     }
 }
 
-/// A pipeline definition with at least one stage: `In` is what the pipeline takes, `Last` what
-/// its last stage takes and `Out` what that stage emits. Settings apply to the last stage.
+/// Checks a stage's or sink's name: not empty, no control characters, not taken.
+fn check_name(name: &str, index: usize, names: &mut HashSet<String>) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::EmptyName { index });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ConfigError::NameHasControl { name: name.to_string() });
+    }
+    if !names.insert(name.to_string()) {
+        return Err(ConfigError::DuplicateName { stage: name.to_string() });
+    }
+    Ok(())
+}
+
+/// A pipeline definition with at least one stage: `In` is what the pipeline (or branch)
+/// takes, `Last` what its last stage takes and `Out` what that stage emits; `P` is [`Trunk`]
+/// for the main line and [`Side`] for a branch. Settings apply to the last stage added.
 ///
 /// # Examples
 ///
@@ -251,14 +451,18 @@ impl StageSettings {
 /// pipeline.drain()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Builder<In, Last, Out> {
-    settings: Settings,
-    stages: Vec<StageSettings>,
+pub struct Builder<In, Last, Out, P = Trunk> {
+    chain: Chain,
     attach: Attach<In, Out>,
-    _last: PhantomData<fn(Last)>,
+    _types: PhantomData<fn(Last) -> P>,
 }
 
-impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, Last, Out> {
+impl<In, Last, Out, P> Builder<In, Last, Out, P>
+where
+    In: Send + 'static,
+    Last: Send + 'static,
+    Out: Send + 'static,
+{
     /// Adds a stage that takes this stage's outputs.
     ///
     /// # Examples
@@ -269,26 +473,33 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     ///     .stage("square", || |x: u32| x * x);
     /// # drop(builder);
     /// ```
-    pub fn stage<S, F>(self, name: impl Into<String>, factory: F) -> Builder<In, Out, S::Out>
+    pub fn stage<S, F>(mut self, name: impl Into<String>, factory: F) -> Builder<In, Out, S::Out, P>
     where
         F: Fn() -> S + Send + Sync + 'static,
         S: Stage<Out> + 'static,
         S::Out: Send + 'static,
+        S::Error: fmt::Display,
     {
-        let index = self.stages.len();
+        let index = self.chain.add_stage(name.into());
         let factory = Arc::new(factory);
         let previous = self.attach;
         let attach: Attach<In, S::Out> = Box::new(move |downstream, wiring| {
-            let link = attach_stage(index, &factory, downstream, wiring);
-            previous(Downstream::Link(link), wiring)
+            let head = attach_stage(index, &factory, downstream, wiring);
+            previous(head, wiring)
         });
-        let mut stages = self.stages;
-        stages.push(StageSettings::new(name.into()));
-        Builder { settings: self.settings, stages, attach, _last: PhantomData }
+        Builder { chain: self.chain, attach, _types: PhantomData }
     }
 
     fn last(&mut self) -> &mut StageSettings {
-        self.stages.last_mut().expect("a builder always has a stage")
+        &mut self.chain.stages[self.chain.current]
+    }
+
+    fn typed(&mut self) -> &mut Typed<Last, Out> {
+        self.last()
+            .typed
+            .get_or_insert_with(|| Box::new(Typed::<Last, Out>::default()))
+            .downcast_mut()
+            .expect("a stage's typed settings match its types")
     }
 
     /// Worker threads for this stage (default 1). Workers share the stage's queue; each has
@@ -353,7 +564,9 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     }
 
     /// What a push into this stage's full queue does (default [`Overflow::Block`]).
-    /// [`Overflow::Fail`] is only allowed on the first stage.
+    /// [`Overflow::Fail`] is only allowed on the first stage. On the first stage of a branch
+    /// it decides whether a slow branch holds the main line back (`Block`) or loses items
+    /// (the drop policies).
     ///
     /// # Examples
     ///
@@ -387,11 +600,348 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     where
         H: Fn(Dropped<'_, Last>) + Send + Sync + 'static,
     {
-        let hook: DropHook<Last> = Arc::new(hook);
-        self.last().on_drop = Some(Box::new(hook));
+        self.typed().on_drop = Some(Arc::new(hook));
         self
     }
 
+    /// Keeps this stage's outputs in the order of its inputs, with any number of workers:
+    /// workers take batches in queue order, and a bounded reorder window releases their
+    /// outputs in sequence (a worker that gets too far ahead waits). The default is
+    /// unordered: with several workers, outputs of different batches may interleave.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// use backflow::Pipeline;
+    ///
+    /// let (pipeline, output) = Pipeline::<u32>::builder()
+    ///     .stage("square", || |x: u32| x * x)
+    ///     .workers(NonZeroUsize::new(2).unwrap())
+    ///     .ordered()
+    ///     .output()
+    ///     .build()?;
+    /// let input = pipeline.input();
+    /// input.push_iter(0..1000)?;
+    /// pipeline.drain()?;
+    /// assert!(output.collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ordered(mut self) -> Self {
+        self.last().order = Order::Ordered;
+        self
+    }
+
+    /// Sends items with equal keys to the same worker, so each key's items are processed (and
+    /// emitted) in order, and a stateful stage sees all of a key's items. Each worker gets a
+    /// queue of this stage's capacity. Not allowed on the first stage, which input handles
+    /// feed from any thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::num::NonZeroUsize;
+    /// use backflow::Pipeline;
+    ///
+    /// let builder = Pipeline::<(u32, String)>::builder()
+    ///     .stage("parse", || |(user, event): (u32, String)| (user, event.len()))
+    ///     .stage("per user", || |(user, n): (u32, usize)| (user, n * 2))
+    ///     .workers(NonZeroUsize::new(4).unwrap())
+    ///     .key_ordered(|(user, _): &(u32, usize)| u64::from(*user));
+    /// # drop(builder);
+    /// ```
+    pub fn key_ordered<K>(mut self, key: K) -> Self
+    where
+        K: Fn(&Last) -> u64 + Send + Sync + 'static,
+    {
+        self.last().order = Order::KeyOrdered;
+        self.typed().key = Some(Arc::new(key));
+        self
+    }
+
+    /// What this stage does with an item that failed for good: count it and go on
+    /// ([`ErrorPolicy::Skip`], the default) or cancel the pipeline
+    /// ([`ErrorPolicy::FailFast`]). Replaces a [`dead_letter`](Self::dead_letter) handler.
+    /// A panic in the stage counts as an error (and the worker rebuilds its stage).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{ErrorPolicy, Pipeline};
+    ///
+    /// let builder = Pipeline::<String>::builder()
+    ///     .stage("parse", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
+    ///     .on_error(ErrorPolicy::FailFast);
+    /// # drop(builder);
+    /// ```
+    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
+        self.typed().last = match policy {
+            ErrorPolicy::Skip => Final::Skip,
+            ErrorPolicy::FailFast => Final::FailFast,
+        };
+        self
+    }
+
+    /// Hands every item that failed for good to `handler`, with the error, the stage and the
+    /// number of attempts; counted as dead-lettered. Items are copied before each attempt
+    /// (hence `Clone`), since a stage consumes what it processes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use backflow::Pipeline;
+    ///
+    /// let dlq = Arc::new(Mutex::new(Vec::new()));
+    /// let keep = Arc::clone(&dlq);
+    /// let pipeline = Pipeline::<String>::builder()
+    ///     .stage("parse", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
+    ///     .dead_letter(move |letter| keep.lock().unwrap().push((letter.item, letter.error)))
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push_iter(["1".to_string(), "x".to_string()])?;
+    /// let report = pipeline.drain()?;
+    /// assert_eq!(report.stage("parse").unwrap().accounting.dead_lettered, 1);
+    /// assert_eq!(dlq.lock().unwrap()[0].0, "x");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn dead_letter<H>(mut self, handler: H) -> Self
+    where
+        Last: Clone,
+        H: Fn(DeadLetter<'_, Last>) + Send + Sync + 'static,
+    {
+        let typed = self.typed();
+        typed.last = Final::DeadLetter(Arc::new(handler));
+        typed.clone = Some(Last::clone);
+        self
+    }
+
+    /// Tries a failed item again (an error or a panic), waiting between attempts as
+    /// `schedule` says; after its last retry the item goes to the error policy. Items are
+    /// copied before each attempt (hence `Clone`). Outputs of a failed attempt have already
+    /// gone downstream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use backflow::{Pipeline, core::RetrySchedule};
+    ///
+    /// let schedule = RetrySchedule::new(Duration::from_millis(1), Duration::from_millis(50), 3)?;
+    /// let builder = Pipeline::<String>::builder()
+    ///     .stage("fetch", || backflow::stage::try_map(|url: String| if url.is_empty() { Err("empty") } else { Ok(url) }))
+    ///     .retry(schedule);
+    /// # drop(builder);
+    /// # Ok::<(), backflow::core::ConfigError>(())
+    /// ```
+    pub fn retry(mut self, schedule: RetrySchedule) -> Self
+    where
+        Last: Clone,
+    {
+        self.last().retry = Some(schedule);
+        self.typed().clone = Some(Last::clone);
+        self
+    }
+
+    /// Puts a circuit breaker in front of this stage (the core's
+    /// [`CircuitBreaker`]): when too many items fail, the stage pauses and items wait
+    /// upstream (nothing is dropped); after the cooldown, trial items go through; enough
+    /// successes close it again. Its state is in the stats and in events.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Pipeline, core::breaker::BreakerConfig};
+    ///
+    /// let builder = Pipeline::<String>::builder()
+    ///     .stage("call", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
+    ///     .circuit_breaker(BreakerConfig { threshold_percent: 20, ..BreakerConfig::default() });
+    /// # drop(builder);
+    /// ```
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.last().breaker = Some(config);
+        self
+    }
+
+    /// At most `per_second` items a second through this stage (all its workers together),
+    /// with bursts of up to `burst` (the core's [`TokenBucket`]). Items wait upstream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder().stage("api", || |x: u8| x).rate_limit(100, 10);
+    /// # drop(builder);
+    /// ```
+    pub fn rate_limit(mut self, per_second: u64, burst: u64) -> Self {
+        self.last().rate_limit = Some((per_second, burst));
+        self
+    }
+
+    /// Flushes this stage at least every `period` (besides at the end of the stream), also
+    /// when no items arrive: a batching stage then emits partial batches on time, an
+    /// aggregate emits tumbling windows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("batch", || backflow::stage::batch::<u8, 64>())
+    ///     .flush_every(Duration::from_millis(100));
+    /// # drop(builder);
+    /// ```
+    pub fn flush_every(mut self, period: Duration) -> Self {
+        self.last().flush_every = Some(period);
+        self
+    }
+
+    /// Raises [`Event::Stalled`] when this stage has items queued and finishes none for
+    /// `after` (once per stall).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("db", || |x: u8| x)
+    ///     .stall_after(Duration::from_secs(5));
+    /// # drop(builder);
+    /// ```
+    pub fn stall_after(mut self, after: Duration) -> Self {
+        self.last().stall_after = Some(after);
+        self
+    }
+
+    /// Calls `hook` with each item just before this stage processes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .before(|x| eprintln!("in: {x}"));
+    /// # drop(builder);
+    /// ```
+    pub fn before<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(&Last) + Send + Sync + 'static,
+    {
+        self.typed().before = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with each output of this stage as it is emitted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .after(|x| eprintln!("out: {x}"));
+    /// # drop(builder);
+    /// ```
+    pub fn after<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(&Out) + Send + Sync + 'static,
+    {
+        self.typed().after = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sends a clone of every output of this point to a branch, which ends in its own sink
+    /// (named `name` in the stats) or merges back into the main line. Under `Block` the
+    /// slower side holds the producer back; give the branch's first stage a drop policy to
+    /// let it lose items instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// use backflow::Pipeline;
+    ///
+    /// let audited = Arc::new(AtomicU64::new(0));
+    /// let count = Arc::clone(&audited);
+    /// let pipeline = Pipeline::<u32>::builder()
+    ///     .stage("parse", || |x: u32| x)
+    ///     .broadcast("audit", move |branch| {
+    ///         branch.sink(move |_: u32| { count.fetch_add(1, Ordering::Relaxed); })
+    ///     })
+    ///     .stage("double", || |x: u32| x * 2)
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push_iter(0..10)?;
+    /// let report = pipeline.drain()?;
+    /// assert_eq!((report.sink().delivered, audited.load(Ordering::Relaxed)), (10, 10));
+    /// assert!(report.is_balanced());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn broadcast<F>(self, name: impl Into<String>, branch: F) -> Self
+    where
+        Out: Clone,
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+    {
+        self.fan(name.into(), Split::Broadcast(Out::clone), branch)
+    }
+
+    /// Sends the outputs of this point that `accepts` to a branch, and the others on along
+    /// the main line. The branch ends in its own sink (named `name` in the stats) or merges
+    /// back into the main line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Pipeline;
+    ///
+    /// let (pipeline, output) = Pipeline::<i32>::builder()
+    ///     .stage("parse", || |x: i32| x)
+    ///     .branch("negatives", |x: &i32| *x < 0, |branch| branch.stage("abs", || |x: i32| -x).merge())
+    ///     .stage("double", || |x: i32| x * 2)
+    ///     .output()
+    ///     .build()?;
+    /// pipeline.input().push_iter([1, -2, 3])?;
+    /// pipeline.drain()?;
+    /// let mut out: Vec<_> = output.collect();
+    /// out.sort();
+    /// assert_eq!(out, [2, 4, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn branch<R, F>(self, name: impl Into<String>, accepts: R, branch: F) -> Self
+    where
+        R: Fn(&Out) -> bool + Send + Sync + 'static,
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+    {
+        self.fan(name.into(), Split::Route(Arc::new(accepts)), branch)
+    }
+
+    fn fan<F>(mut self, name: String, split: Split<Out>, branch: F) -> Self
+    where
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+    {
+        let current = self.chain.current;
+        let fan = self.chain.add_fan(matches!(split, Split::Broadcast(_)));
+        self.chain.branches.push(name);
+        let start = Builder { chain: self.chain, attach: Box::new(|d, _| d), _types: PhantomData };
+        let end = branch(Branch { builder: start });
+        let mut chain = end.chain;
+        chain.branches.pop();
+        chain.current = current;
+        chain.tail = [Supply::FanMain(fan)].into_iter().chain(end.merges).collect();
+        let (previous, side) = (self.attach, end.attach);
+        let attach: Attach<In, Out> = Box::new(move |downstream, wiring| {
+            let side = side(downstream.clone(), wiring);
+            let counts = Arc::clone(&wiring.fans[fan]);
+            previous(
+                Downstream::Fan(Arc::new(Fan { main: downstream, side, split, counts })),
+                wiring,
+            )
+        });
+        Builder { chain, attach, _types: PhantomData }
+    }
+}
+
+impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, Last, Out, Trunk> {
     /// Ends the pipeline in a sink closure, called by the last stage's workers (one at a
     /// time) with every output.
     ///
@@ -423,40 +973,76 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     /// Validates every setting and starts the threads, ending in `downstream`.
     fn start(
         self,
-        sink: Arc<SinkShared>,
         control: Arc<Control>,
         downstream: impl FnOnce(&Wiring) -> Downstream<Out>,
     ) -> Result<Running<In>, ConfigError> {
+        let mut chain = self.chain;
+        let sink_upstream = chain.tail.iter().map(|&f| chain.workers_behind(f)).sum();
+        let trunk_last = chain.current;
+        chain.sinks.insert(0, SinkSpec { name: "sink".into(), feeds: mem::take(&mut chain.tail) });
         let mut names = HashSet::new();
-        let stages = self
+        let upstream: Vec<usize> = chain
+            .stages
+            .iter()
+            .map(|s| s.feeds.iter().map(|&f| chain.workers_behind(f)).sum())
+            .collect();
+        let flows = chain_flows(&chain);
+        let watched: Vec<Option<Duration>> = chain.stages.iter().map(|s| s.stall_after).collect();
+        let since_start = control.elapsed();
+        let stages = chain
             .stages
             .into_iter()
             .enumerate()
-            .map(|(index, stage)| stage.resolve(index, &mut names))
+            .map(|(index, stage)| stage.resolve(index, &mut names, since_start))
             .collect::<Result<Vec<_>, _>>()?;
+        let stage_count = stages.len();
+        for (index, sink) in chain.sinks.iter().enumerate().skip(1) {
+            check_name(&sink.name, stage_count + index, &mut names)?;
+        }
         let start = control.started_at();
-        let shared = stages
-            .iter()
-            .map(|s| Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start)));
+        let shared = stages.iter().map(|s| {
+            Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start, Arc::clone(&s.gate)))
+        });
         let mut wiring = Wiring {
             control: Arc::clone(&control),
             shared: shared.collect(),
             views: (0..stages.len()).map(|_| None).collect(),
+            upstream,
             stages,
+            fans: chain
+                .fans
+                .iter()
+                .map(|f| Arc::new(FanCounts { broadcast: f.broadcast, ..FanCounts::default() }))
+                .collect(),
+            sinks: chain.sinks.iter().map(|_| Arc::new(SinkShared::new(start))).collect(),
+            sink_names: chain.sinks.iter().map(|s| Arc::from(s.name.as_str())).collect(),
+            trunk_last,
+            sink_upstream,
             threads: Vec::new(),
             spawn_error: None,
         };
         let downstream = downstream(&wiring);
-        let input = (self.attach)(downstream, &mut wiring);
+        let Downstream::Link(input) = (self.attach)(downstream, &mut wiring) else {
+            unreachable!("the first stage is fed through a link");
+        };
         let views = wiring.views.into_iter().map(|v| v.expect("every stage attached")).collect();
+        let watched = watched
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, after)| after.map(|after| Watched { stage: index, after }))
+            .collect();
         let running = Running {
             control,
             input,
             stages: wiring.shared,
             views,
-            sink,
+            sinks: wiring.sinks.into_iter().zip(wiring.sink_names).collect(),
+            fans: wiring.fans,
+            flows,
+            watched,
             output: None,
             threads: Mutex::new(wiring.threads),
+            watchdog: Mutex::new(None),
         };
         match wiring.spawn_error {
             None => Ok(running),
@@ -468,14 +1054,168 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     }
 
     fn control(&self) -> Arc<Control> {
-        Arc::new(Control::new(self.settings.strategy, self.settings.sample_every))
+        let settings = &self.chain.settings;
+        Arc::new(Control::new(settings.strategy, settings.sample_every, settings.events.clone()))
     }
 }
 
-impl<In, Last, Out> fmt::Debug for Builder<In, Last, Out> {
+/// The flows to check in the report: what each stage and sink should have received.
+fn chain_flows(chain: &Chain) -> Vec<Flow> {
+    let stages = chain.stages.iter().enumerate().skip(1).map(|(index, stage)| Flow {
+        into: crate::pipeline::Node::Stage(index),
+        from: stage.feeds.clone(),
+    });
+    let sinks = chain.sinks.iter().enumerate().map(|(index, sink)| Flow {
+        into: crate::pipeline::Node::Sink(index),
+        from: sink.feeds.clone(),
+    });
+    let fans = chain.fans.iter().enumerate().map(|(index, fan)| Flow {
+        into: crate::pipeline::Node::Fan(index),
+        from: fan.feeds.clone(),
+    });
+    stages.chain(sinks).chain(fans).collect()
+}
+
+impl<In, Last, Out, P> fmt::Debug for Builder<In, Last, Out, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = self.chain.stages.iter().map(|s| s.name.as_str()).collect();
         f.debug_struct("Builder").field("stages", &names).finish_non_exhaustive()
+    }
+}
+
+/// The start of a branch (see [`Builder::broadcast`] and [`Builder::branch`]): add stages,
+/// then end it in a sink or merge it back into the main line.
+///
+/// # Examples
+///
+/// ```
+/// let builder = backflow::Pipeline::<u8>::builder()
+///     .stage("id", || |x: u8| x)
+///     .branch("odd", |x: &u8| x % 2 == 1, |odd| odd.sink(|x| assert!(x % 2 == 1)));
+/// # drop(builder);
+/// ```
+pub struct Branch<T> {
+    builder: Builder<T, T, T, Side>,
+}
+
+impl<T: Send + 'static> Branch<T> {
+    /// Adds the branch's first stage.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .broadcast("copy", |b| b.stage("wide", || |x: u8| u32::from(x)).sink(|_| {}));
+    /// # drop(builder);
+    /// ```
+    pub fn stage<S, F>(self, name: impl Into<String>, factory: F) -> Builder<T, T, S::Out, Side>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: Stage<T> + 'static,
+        S::Out: Send + 'static,
+        S::Error: fmt::Display,
+    {
+        self.builder.stage(name, factory)
+    }
+
+    /// Ends the branch in a sink closure right away.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .broadcast("log", |b| b.sink(|x| println!("{x}")));
+    /// # drop(builder);
+    /// ```
+    pub fn sink<F: FnMut(T) + Send + 'static>(self, sink: F) -> BranchEnd<T> {
+        self.builder.sink(sink)
+    }
+}
+
+impl<T> fmt::Debug for Branch<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Branch").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<T, Last, Out, Side> {
+    /// Ends the branch in its own sink closure, named after the branch in the stats.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .broadcast("copy", |b| b.stage("wide", || |x: u8| u32::from(x)).sink(|_| {}));
+    /// # drop(builder);
+    /// ```
+    pub fn sink<F: FnMut(Out) + Send + 'static>(mut self, sink: F) -> BranchEnd<T> {
+        let index = self.chain.sinks.len() + 1;
+        let name = self.chain.branches.last().expect("inside a branch").clone();
+        let feeds = mem::take(&mut self.chain.tail);
+        self.chain.sinks.push(SinkSpec { name, feeds });
+        let previous = self.attach;
+        let sink: Box<dyn FnMut(Out) + Send> = Box::new(sink);
+        BranchEnd {
+            chain: self.chain,
+            merges: Vec::new(),
+            attach: Box::new(move |_, wiring| {
+                let sink = Arc::new(Sink {
+                    name: Arc::clone(&wiring.sink_names[index]),
+                    call: Mutex::new(sink),
+                    shared: Arc::clone(&wiring.sinks[index]),
+                    control: Arc::clone(&wiring.control),
+                    on_drop: None,
+                });
+                previous(Downstream::Sink(sink), wiring)
+            }),
+        }
+    }
+}
+
+impl<T: Send + 'static, Last: Send + 'static> Builder<T, Last, T, Side> {
+    /// Ends the branch by merging its outputs back into the main line, where it goes on
+    /// after the branching point.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = backflow::Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .branch("big", |x: &u8| *x > 100, |b| b.stage("halve", || |x: u8| x / 2).merge());
+    /// # drop(builder);
+    /// ```
+    pub fn merge(mut self) -> BranchEnd<T> {
+        let merges = mem::take(&mut self.chain.tail);
+        BranchEnd { chain: self.chain, merges, attach: self.attach }
+    }
+}
+
+/// A finished branch, as [`Builder::broadcast`] and [`Builder::branch`] take it back.
+///
+/// # Examples
+///
+/// ```
+/// let builder = backflow::Pipeline::<u8>::builder()
+///     .stage("id", || |x: u8| x)
+///     .broadcast("log", |b| -> backflow::BranchEnd<u8> { b.sink(|_| {}) });
+/// # drop(builder);
+/// ```
+pub struct BranchEnd<T> {
+    chain: Chain,
+    /// What the branch adds to the main line's tail, if it merges.
+    merges: Vec<Supply>,
+    /// Given the main line's downstream (for a merge), builds the branch.
+    attach: Attach<T, T>,
+}
+
+impl<T> fmt::Debug for BranchEnd<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BranchEnd")
+            .field("merges", &!self.merges.is_empty())
+            .finish_non_exhaustive()
     }
 }
 
@@ -536,15 +1276,17 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithSink<In,
     /// ```
     pub fn build(self) -> Result<Pipeline<In>, ConfigError> {
         let control = self.builder.control();
-        let shared = Arc::new(SinkShared::new(control.started_at()));
-        let sink = Arc::new(Sink {
-            call: Mutex::new(self.sink),
-            shared: Arc::clone(&shared),
-            control: Arc::clone(&control),
-            on_drop: self.on_drop,
-        });
-        let running = self.builder.start(shared, control, |_| Downstream::Sink(sink))?;
-        Ok(Pipeline::new(running))
+        let (call, on_drop) = (self.sink, self.on_drop);
+        let running = self.builder.start(control, |wiring| {
+            Downstream::Sink(Arc::new(Sink {
+                name: Arc::clone(&wiring.sink_names[0]),
+                call: Mutex::new(call),
+                shared: Arc::clone(&wiring.sinks[0]),
+                control: Arc::clone(&wiring.control),
+                on_drop,
+            }))
+        })?;
+        Pipeline::start(running)
     }
 }
 
@@ -608,20 +1350,20 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
     /// ```
     pub fn build(self) -> Result<(Pipeline<In>, Output<Out>), ConfigError> {
         let control = self.builder.control();
-        let shared = Arc::new(SinkShared::new(control.started_at()));
         let (mut link, on_drop) = (None, self.on_drop);
-        let mut running = self.builder.start(Arc::clone(&shared), control, |wiring| {
-            let last = wiring.stages.last().expect("a builder always has a stage");
+        let mut running = self.builder.start(control, |wiring| {
+            let last = &wiring.stages[wiring.trunk_last];
+            let upstream = wiring.sink_upstream;
             let output = Arc::new(Link::new(
                 LinkSpec {
                     capacity: last.capacity,
                     marks: last.marks,
                     overflow: Overflow::Block,
-                    upstream: last.workers,
-                    single: last.workers == 1,
+                    upstream,
+                    single: upstream == 1,
                     handles: false,
-                    stage: "sink".into(),
-                    counters: Arc::clone(&shared.counters),
+                    stage: Arc::clone(&wiring.sink_names[0]),
+                    counters: Arc::clone(&wiring.sinks[0].counters),
                     on_drop,
                 },
                 Arc::clone(&wiring.control),
@@ -631,7 +1373,8 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
         })?;
         let link = link.expect("start() builds the output link");
         running.output = Some(Arc::clone(&link) as Arc<dyn LinkView>);
-        Ok((Pipeline::new(running), Output::new(link, shared)))
+        let shared = Arc::clone(&running.sinks[0].0);
+        Ok((Pipeline::start(running)?, Output::new(link, shared)))
     }
 }
 
@@ -641,50 +1384,84 @@ impl<In, Last, Out> fmt::Debug for WithOutput<In, Last, Out> {
     }
 }
 
-/// Creates stage `index`'s input queue and starts its workers, which send to `downstream`.
+/// Creates stage `index`'s input queue (one per worker if it is key-ordered), starts its
+/// workers, which send to `downstream`, and returns where the stage's inputs go.
 fn attach_stage<In, S, F>(
     index: usize,
     factory: &Arc<F>,
     downstream: Downstream<S::Out>,
     wiring: &mut Wiring,
-) -> Arc<Link<In>>
+) -> Downstream<In>
 where
     In: Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
     S: Stage<In> + 'static,
     S::Out: Send + 'static,
+    S::Error: fmt::Display,
 {
-    let upstream = if index == 0 { 0 } else { wiring.stages[index - 1].workers };
+    let upstream = wiring.upstream[index];
     let stage = &mut wiring.stages[index];
-    let on_drop = stage.on_drop.take().map(|hook| {
-        *hook.downcast::<DropHook<In>>().expect("on_drop stores a hook for the stage's input type")
+    let typed: Typed<In, S::Out> = stage.typed.take().map_or_else(Typed::default, |typed| {
+        *typed.downcast().expect("a stage's typed settings match its types")
     });
-    let link = Arc::new(Link::new(
-        LinkSpec {
-            capacity: stage.capacity,
-            marks: stage.marks,
-            overflow: stage.overflow,
-            upstream,
-            // The first link is fed by the input handles: any number of threads.
-            single: index > 0 && upstream == 1 && stage.workers == 1,
-            handles: index == 0,
-            stage: Arc::clone(&stage.name),
-            counters: Arc::clone(&wiring.shared[index].counters),
-            on_drop,
-        },
-        Arc::clone(&wiring.control),
-    ));
-    wiring.views[index] = Some(Arc::clone(&link) as Arc<dyn LinkView>);
+    let keyed = stage.order == Order::KeyOrdered;
+    let lanes = if keyed { stage.workers } else { 1 };
+    let links: Vec<Arc<Link<In>>> = (0..lanes)
+        .map(|_| {
+            Arc::new(Link::new(
+                LinkSpec {
+                    capacity: stage.capacity,
+                    marks: stage.marks,
+                    overflow: stage.overflow,
+                    upstream,
+                    // The first link is fed by the input handles: any number of threads.
+                    single: index > 0 && upstream == 1 && (keyed || stage.workers == 1),
+                    handles: index == 0,
+                    stage: Arc::clone(&stage.name),
+                    counters: Arc::clone(&wiring.shared[index].counters),
+                    on_drop: typed.on_drop.clone(),
+                },
+                Arc::clone(&wiring.control),
+            ))
+        })
+        .collect();
+    let policy = Policy {
+        last: typed.last,
+        clone: typed.clone,
+        retry: stage.retry,
+        before: typed.before,
+        after: typed.after,
+        gate: Arc::clone(&stage.gate),
+    };
+    let reorder =
+        (stage.order == Order::Ordered && stage.workers > 1).then(|| Arc::new(Reorder::new()));
+    let flush_every = stage.flush_every;
+    let head = match typed.key {
+        Some(key) if keyed => {
+            wiring.views[index] = Some(Arc::new(Lanes(links.clone())) as Arc<dyn LinkView>);
+            Downstream::Keyed(Arc::new(Keyed { lanes: links.clone(), key }))
+        }
+        _ => {
+            wiring.views[index] = Some(Arc::clone(&links[0]) as Arc<dyn LinkView>);
+            Downstream::Link(Arc::clone(&links[0]))
+        }
+    };
     for worker in 0..wiring.stages[index].workers {
         if wiring.spawn_error.is_some() {
             break;
         }
         let id = WorkerId { stage: Arc::clone(&wiring.stages[index].name), index: worker };
-        let (factory, input, downstream) =
-            (Arc::clone(factory), Arc::clone(&link), downstream.clone());
-        let (shared, control) = (Arc::clone(&wiring.shared[index]), Arc::clone(&wiring.control));
+        let parts = WorkerParts {
+            input: Arc::clone(&links[worker % links.len()]),
+            downstream: downstream.clone(),
+            shared: Arc::clone(&wiring.shared[index]),
+            policy: policy.clone(),
+            reorder: reorder.clone(),
+            flush_every,
+        };
+        let (factory, control) = (Arc::clone(factory), Arc::clone(&wiring.control));
         let spawned = thread::Builder::new().name(id.to_string()).spawn(move || {
-            worker::run(&id, &*factory, &input, &downstream, &shared);
+            worker::run(&id, &*factory, &parts);
             control.worker_exited();
         });
         match spawned {
@@ -698,5 +1475,5 @@ where
             }
         }
     }
-    link
+    head
 }

@@ -2,22 +2,26 @@
 //! sampled timings, and the first fatal error.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::{Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
+use crate::event::{Event, EventHandler};
+use crate::pipeline::LinkView;
 use crate::wait::{Signal, WaitStrategy};
 
-/// A fatal failure of a worker, recorded once (the first wins) and reported by `drain()`.
+/// A failure that stopped the pipeline, recorded once (the first wins) and reported by
+/// `drain()`.
 #[derive(Debug, Clone)]
 pub(crate) struct Fatal {
     pub(crate) stage: String,
-    pub(crate) worker: usize,
     pub(crate) message: String,
+    /// The worker that panicked outside its stage, or `None` for a stage's error under
+    /// [`ErrorPolicy::FailFast`](crate::ErrorPolicy::FailFast).
+    pub(crate) worker: Option<usize>,
 }
 
 /// Pipeline-wide state.
-#[derive(Debug)]
 pub(crate) struct Control {
     cancelled: AtomicBool,
     pub(crate) strategy: WaitStrategy,
@@ -28,11 +32,20 @@ pub(crate) struct Control {
     exited: AtomicUsize,
     /// Notified each time a worker exits (`shutdown` waits on it with a deadline).
     pub(crate) exit: Signal,
+    /// Notified on cancel, for threads sleeping through a backoff or a cooldown.
+    cancel_signal: Signal,
     fatal: Mutex<Option<Fatal>>,
+    events: Option<EventHandler>,
+    /// Every queue of the pipeline, woken on cancel (weak: the queues own this).
+    links: OnceLock<Vec<Weak<dyn LinkView>>>,
 }
 
 impl Control {
-    pub(crate) fn new(strategy: WaitStrategy, sample_every: NonZeroU32) -> Self {
+    pub(crate) fn new(
+        strategy: WaitStrategy,
+        sample_every: NonZeroU32,
+        events: Option<EventHandler>,
+    ) -> Self {
         Self {
             cancelled: AtomicBool::new(false),
             strategy,
@@ -40,13 +53,51 @@ impl Control {
             sample_every,
             exited: AtomicUsize::new(0),
             exit: Signal::new(),
+            cancel_signal: Signal::new(),
             fatal: Mutex::new(None),
+            events,
+            links: OnceLock::new(),
         }
     }
 
-    /// Marks the pipeline cancelled. Waiters are woken by the caller, which knows the links.
+    /// Tells the control which queues to wake on cancel, once they all exist.
+    pub(crate) fn set_links(&self, links: Vec<Weak<dyn LinkView>>) {
+        let _ = self.links.set(links);
+    }
+
+    /// Marks the pipeline cancelled and wakes every thread waiting on a queue or sleeping.
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_signal.notify();
+        for link in self.links.get().into_iter().flatten() {
+            if let Some(link) = link.upgrade() {
+                link.wake_all();
+            }
+        }
+    }
+
+    /// Sleeps for `duration` unless the pipeline is cancelled first; returns `false` if it was.
+    pub(crate) fn sleep(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        !self.cancel_signal.park_until(|| self.is_cancelled(), Some(deadline))
+    }
+
+    /// Time since the pipeline started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Whether an event handler is set.
+    #[inline]
+    pub(crate) fn has_events(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Hands `event` to the handler, if there is one.
+    pub(crate) fn emit(&self, event: &Event<'_>) {
+        if let Some(handler) = &self.events {
+            handler(event);
+        }
     }
 
     #[inline]
@@ -84,5 +135,15 @@ impl Control {
 
     pub(crate) fn fatal(&self) -> Option<Fatal> {
         self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("cancelled", &self.cancelled)
+            .field("strategy", &self.strategy)
+            .field("exited", &self.exited)
+            .finish_non_exhaustive()
     }
 }

@@ -76,6 +76,31 @@ pub enum ConfigError {
         /// The stage.
         stage: String,
     },
+    /// [`Builder::key_ordered`](crate::Builder::key_ordered) on the first stage, which input
+    /// handles feed from any thread: there is no worker upstream to route by key. Put a stage
+    /// before it.
+    #[error("stage `{stage}`: the first stage cannot be key-ordered")]
+    KeyOrderedFirst {
+        /// The stage.
+        stage: String,
+    },
+    /// A period that must be longer than zero is zero.
+    #[error("stage `{stage}`: `{field}` must be longer than zero")]
+    ZeroDuration {
+        /// The stage.
+        stage: String,
+        /// The setting: `flush_every` or `stall_after`.
+        field: &'static str,
+    },
+    /// A stage's circuit breaker or rate limit is out of range (the core's error names the
+    /// field, such as `breaker.threshold_percent` or `token_bucket.rate`).
+    #[error("stage `{stage}`: {source}")]
+    Invalid {
+        /// The stage.
+        stage: String,
+        /// What is wrong.
+        source: backflow_core::ConfigError,
+    },
     /// The operating system refused to start a worker thread. The threads already started
     /// have been stopped and joined.
     #[error("stage `{stage}`: could not start worker {worker}: {message}")]
@@ -184,6 +209,17 @@ pub enum PipelineError {
         /// The final accounting.
         report: Box<Report>,
     },
+    /// A stage with [`ErrorPolicy::FailFast`](crate::ErrorPolicy::FailFast) failed an item;
+    /// the pipeline was cancelled.
+    #[error("stage `{stage}` failed: {error}")]
+    StageFailed {
+        /// The stage.
+        stage: String,
+        /// The first error (for a panic, `panicked: ` and its message).
+        error: String,
+        /// The final accounting.
+        report: Box<Report>,
+    },
     /// A worker thread panicked outside its stage (in the sink, a drop hook, or the runtime
     /// itself); the pipeline was cancelled.
     #[error("stage `{stage}`: worker {worker} panicked: {message}")]
@@ -214,7 +250,9 @@ impl PipelineError {
     /// ```
     pub fn report(&self) -> &Report {
         match self {
-            Self::Cancelled { report } | Self::WorkerPanicked { report, .. } => report,
+            Self::Cancelled { report }
+            | Self::StageFailed { report, .. }
+            | Self::WorkerPanicked { report, .. } => report,
         }
     }
 }

@@ -56,13 +56,18 @@
 mod builder;
 mod control;
 mod error;
+mod event;
 mod input;
 mod link;
 mod output;
 mod pipeline;
+mod policy;
 mod slots;
+mod stages;
 mod stats;
+mod topology;
 mod wait;
+mod watchdog;
 mod worker;
 
 use std::fmt;
@@ -79,14 +84,38 @@ use std::fmt;
 /// # Ok::<(), backflow::core::ConfigError>(())
 /// ```
 pub use backflow_core as core;
-pub use backflow_core::{Overflow, Stage, WaterMarks, stage};
-pub use builder::{Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Source, WithOutput, WithSink};
+pub use backflow_core::{Overflow, Stage, WaterMarks};
+pub use builder::{
+    Branch, BranchEnd, Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Side, Source, Trunk,
+    WithOutput, WithSink,
+};
 pub use error::{ConfigError, PipelineError, PushError};
+pub use event::Event;
 pub use input::Input;
 pub use output::Output;
-pub use pipeline::Pipeline;
+pub use pipeline::{Pipeline, run};
+pub use policy::{DeadLetter, ErrorPolicy};
 pub use stats::{Accounting, Latency, Report, SinkStats, StageStats, Stats};
 pub use wait::WaitStrategy;
+
+/// Stages: the core's (map, filter, filter-map, flat-map, inspect, validate, fixed-size batch,
+/// fold, …) and the runtime's own, which allocate (batches of a size chosen at run time,
+/// flatten, keyed aggregates).
+///
+/// # Examples
+///
+/// ```
+/// use backflow::stage::{self, Stage};
+///
+/// let mut out = Vec::new();
+/// stage::map(|x: u8| x + 1).process(1, &mut |x| out.push(x)).unwrap();
+/// assert_eq!(out, [2]);
+/// ```
+pub mod stage {
+    pub use backflow_core::stage::*;
+
+    pub use crate::stages::*;
+}
 
 /// Why an item left the pipeline without being processed.
 ///

@@ -18,6 +18,7 @@ use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
 use crate::control::Control;
+use crate::event::Event;
 use crate::slots::Slots;
 use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
@@ -204,8 +205,12 @@ impl<T> Link<T> {
     fn raise(&self) {
         if !self.pressure_on.load(Ordering::Relaxed) && self.ring.len() >= self.marks.high() {
             let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-            pressure.observe(self.ring.len());
+            let turned_on = pressure.observe(self.ring.len()).is_some() && pressure.is_on();
             self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
+            if turned_on {
+                // Under the lock, so that on and off are announced in order.
+                self.control.emit(&Event::PressureOn { stage: &self.stage });
+            }
         }
     }
 
@@ -218,6 +223,9 @@ impl<T> Link<T> {
         let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
         let turned_off = pressure.observe(self.ring.len()).is_some() && !pressure.is_on();
         self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
+        if turned_off {
+            self.control.emit(&Event::PressureOff { stage: &self.stage });
+        }
         turned_off
     }
 
@@ -241,14 +249,15 @@ impl<T> Link<T> {
         }
     }
 
-    /// Waits until the ring has an item, the link is finished or the pipeline is cancelled.
-    pub(crate) fn wait_for_items(&self) {
+    /// Waits until the ring has an item, the link is finished, the pipeline is cancelled, or
+    /// `deadline`.
+    pub(crate) fn wait_for_items(&self, deadline: Option<Instant>) {
         let control = &self.control;
         wait_until(
             &self.items,
             control.strategy,
             || !self.ring.is_empty() || control.is_cancelled() || self.finished(),
-            None,
+            deadline,
         );
     }
 
@@ -275,6 +284,7 @@ impl<T> Link<T> {
 
     /// Hands a dropped or abandoned item to the drop hook.
     fn discard(&self, item: T, reason: DropReason) {
+        self.control.emit(&Event::Dropped { stage: &self.stage, reason });
         if let Some(hook) = &self.on_drop {
             hook(Dropped { stage: &self.stage, reason, item });
         }
@@ -455,7 +465,7 @@ impl<T> Link<T> {
             if self.control.is_cancelled() || (self.finished() && self.ring.is_empty()) {
                 return None;
             }
-            self.wait_for_items();
+            self.wait_for_items(None);
         }
     }
 }

@@ -8,10 +8,46 @@ use std::time::{Duration, Instant};
 
 use crate::builder::Source;
 use crate::control::Control;
+use crate::event::Event;
 use crate::input::Input;
 use crate::link::Link;
-use crate::stats::{Collector, SinkShared, StageShared, StageSource, Stats};
-use crate::{PipelineError, Report};
+use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
+use crate::topology::FanCounts;
+use crate::watchdog;
+use crate::{PipelineError, PushError, Report};
+
+/// Where a node's items come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Supply {
+    /// A stage's outputs, all of them.
+    Stage(usize),
+    /// What a fan sent on along the main line.
+    FanMain(usize),
+    /// What a fan sent to its branch.
+    FanSide(usize),
+}
+
+/// A node of the graph that receives items.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Node {
+    Stage(usize),
+    Sink(usize),
+    Fan(usize),
+}
+
+/// A node and what feeds it: for the report's check that nothing vanished between nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Flow {
+    pub(crate) into: Node,
+    pub(crate) from: Vec<Supply>,
+}
+
+/// A stage with stall detection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watched {
+    pub(crate) stage: usize,
+    pub(crate) after: Duration,
+}
 
 /// What the pipeline needs to see of a link, whatever its item type.
 pub(crate) trait LinkView: Send + Sync {
@@ -63,10 +99,15 @@ pub(crate) struct Running<In> {
     pub(crate) input: Arc<Link<In>>,
     pub(crate) stages: Vec<Arc<StageShared>>,
     pub(crate) views: Vec<Arc<dyn LinkView>>,
-    pub(crate) sink: Arc<SinkShared>,
+    /// Every sink and its name, the main one first.
+    pub(crate) sinks: Vec<(Arc<SinkShared>, Arc<str>)>,
+    pub(crate) fans: Vec<Arc<FanCounts>>,
+    pub(crate) flows: Vec<Flow>,
+    pub(crate) watched: Vec<Watched>,
     /// The output handle's queue, if the pipeline ends in one.
     pub(crate) output: Option<Arc<dyn LinkView>>,
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) watchdog: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<In> Running<In> {
@@ -80,15 +121,16 @@ impl<In> Running<In> {
 
     fn cancel(&self) {
         self.control.cancel();
-        self.views.iter().chain(&self.output).for_each(|view| view.wake_all());
     }
 
     /// Joins every worker thread.
     fn join(&self) {
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
-        for thread in threads {
-            // Workers catch every panic themselves (see `worker::run`).
+        let watchdog = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).take();
+        for thread in threads.into_iter().chain(watchdog) {
+            // Workers catch every panic themselves (see `worker::run`); the watchdog's only
+            // user code is the event handler, whose panic ends just the watchdog.
             let _ = thread.join();
         }
     }
@@ -119,24 +161,68 @@ impl<In> Running<In> {
                 pressure: view.pressure(),
             })
             .collect();
-        Collector {
+        let mut stats = Collector {
             now: Instant::now(),
             start: self.control.started_at(),
             stages,
-            sink: &self.sink,
+            sinks: self.sinks.iter().map(|(shared, name)| (&**shared, &**name)).collect(),
         }
-        .collect()
+        .collect();
+        let mut checks: Vec<FlowCheck> =
+            self.flows.iter().map(|flow| self.check(flow, &stats)).collect();
+        // Inside each fan: a broadcast sends everything both ways, a route one way each.
+        checks.extend(self.fans.iter().enumerate().map(|(fan, counts)| {
+            let input = counts.input.get();
+            FlowCheck {
+                node: format!("fan #{fan} split"),
+                received: if counts.broadcast { 2 * input } else { input },
+                supplied: counts.main.get() + counts.side.get(),
+            }
+        }));
+        stats.set_flows(checks);
+        stats
+    }
+
+    /// What `flow`'s node received against what its feeders sent it.
+    fn check(&self, flow: &Flow, stats: &Stats) -> FlowCheck {
+        let supplied = flow
+            .from
+            .iter()
+            .map(|supply| match *supply {
+                Supply::Stage(index) => stats.stages()[index].emitted_outputs,
+                Supply::FanMain(fan) => self.fans[fan].main.get(),
+                Supply::FanSide(fan) => self.fans[fan].side.get(),
+            })
+            .sum();
+        let (node, received) = match flow.into {
+            Node::Stage(index) => {
+                let stage = &stats.stages()[index];
+                (stage.name.clone(), stage.accounting.received)
+            }
+            Node::Sink(index) => {
+                let sink = &stats.sinks()[index];
+                (sink.name.clone(), sink.received)
+            }
+            Node::Fan(fan) => (format!("fan #{fan}"), self.fans[fan].input.get()),
+        };
+        FlowCheck { node, received, supplied }
     }
 
     /// The report after every thread has been joined.
     fn report(&self) -> Result<Report, PipelineError> {
         let report = Box::new(Report::new(self.stats()));
+        self.control.emit(&Event::Drained { report: &report });
         if let Some(fatal) = self.control.fatal() {
-            Err(PipelineError::WorkerPanicked {
-                stage: fatal.stage,
-                worker: fatal.worker,
-                message: fatal.message,
-                report,
+            Err(match fatal.worker {
+                Some(worker) => PipelineError::WorkerPanicked {
+                    stage: fatal.stage,
+                    worker,
+                    message: fatal.message,
+                    report,
+                },
+                None => {
+                    PipelineError::StageFailed { stage: fatal.stage, error: fatal.message, report }
+                }
             })
         } else if self.control.is_cancelled() {
             Err(PipelineError::Cancelled { report })
@@ -195,9 +281,25 @@ impl<In: Send + 'static> Pipeline<In> {
 }
 
 impl<In> Pipeline<In> {
-    pub(crate) fn new(running: Running<In>) -> Self {
+    /// A pipeline whose workers have all started: starts the stall watchdog, if a stage
+    /// asks for one, and announces the start.
+    pub(crate) fn start(running: Running<In>) -> Result<Self, crate::ConfigError> {
         let workers = running.threads.lock().unwrap_or_else(PoisonError::into_inner).len();
-        Self { running, workers }
+        let r = &running;
+        r.control.set_links(r.views.iter().chain(&r.output).map(Arc::downgrade).collect());
+        match watchdog::start(&r.control, &r.watched, &r.stages, &r.views, workers) {
+            Ok(handle) => *r.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = handle,
+            Err(error) => {
+                running.stop();
+                return Err(crate::ConfigError::Spawn {
+                    stage: "watchdog".into(),
+                    worker: 0,
+                    message: error.to_string(),
+                });
+            }
+        }
+        running.control.emit(&Event::Started { stages: running.stages.len() });
+        Ok(Self { running, workers })
     }
 
     /// A new handle for pushing items into the pipeline.
@@ -324,4 +426,51 @@ impl<In> fmt::Debug for Pipeline<In> {
             .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
+}
+
+/// Runs an ETL-style job: pushes every item of `items` into `pipeline` from this thread,
+/// then drains it and returns the report.
+///
+/// Under [`Overflow::Fail`](crate::Overflow::Fail) a refused item is pushed again once there
+/// is room (a job reading an iterator has nobody to hand it back to). If the pipeline stops
+/// taking items (cancelled, or a fail-fast stage failed), the rest of `items` is not read and
+/// the error from draining says why.
+///
+/// # Errors
+///
+/// Those of [`Pipeline::drain`], and [`PipelineError::StageFailed`] from a fail-fast stage.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::{Pipeline, stage};
+///
+/// let pipeline = Pipeline::<&str>::builder()
+///     .stage("parse", || stage::filter_map(|s: &str| s.parse::<u32>().ok()))
+///     .sink(|_| {})
+///     .build()?;
+/// let report = backflow::run(["1", "2", "x"], pipeline)?;
+/// assert_eq!(report.sink().delivered, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn run<In: Send + 'static>(
+    items: impl IntoIterator<Item = In>,
+    pipeline: Pipeline<In>,
+) -> Result<Report, PipelineError> {
+    let input = pipeline.input();
+    for item in items {
+        let mut item = item;
+        loop {
+            match input.push(item) {
+                Ok(()) => break,
+                Err(PushError::Full(back)) => {
+                    item = back;
+                    std::thread::yield_now();
+                }
+                Err(_) => return pipeline.drain(),
+            }
+        }
+    }
+    drop(input);
+    pipeline.drain()
 }

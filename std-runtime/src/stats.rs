@@ -5,10 +5,13 @@
 //! one item in `sample_every` (see [`Source::sample_every`](crate::Source::sample_every)).
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backflow_core::breaker::BreakerState;
 use backflow_core::metrics::{Counter, Histogram, Percentiles};
+
+use crate::policy::Gate;
 
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
@@ -25,6 +28,10 @@ pub(crate) struct StageCounters {
     pub(crate) errored: Counter,
     /// Of `errored`, the panics.
     pub(crate) panicked: Counter,
+    /// Inputs that failed for good and went to the dead-letter handler.
+    pub(crate) dead_lettered: Counter,
+    /// Attempts made again after a failure.
+    pub(crate) retried: Counter,
     /// Inputs never processed because the pipeline stopped first.
     pub(crate) abandoned: Counter,
 }
@@ -32,31 +39,40 @@ pub(crate) struct StageCounters {
 /// Everything one stage shares with its workers and with `stats()`.
 #[derive(Debug)]
 pub(crate) struct StageShared {
-    pub(crate) name: std::sync::Arc<str>,
+    pub(crate) name: Arc<str>,
     pub(crate) workers: usize,
-    pub(crate) counters: std::sync::Arc<StageCounters>,
+    pub(crate) counters: Arc<StageCounters>,
     pub(crate) process_time: Histogram,
     pub(crate) queue_wait: Histogram,
+    /// The stage's breaker and rate limit.
+    pub(crate) gate: Arc<Gate>,
     window: Mutex<Window>,
 }
 
 impl StageShared {
-    pub(crate) fn new(name: std::sync::Arc<str>, workers: usize, start: Instant) -> Self {
+    pub(crate) fn new(name: Arc<str>, workers: usize, start: Instant, gate: Arc<Gate>) -> Self {
         Self {
             name,
             workers,
-            counters: std::sync::Arc::default(),
+            counters: Arc::default(),
             process_time: Histogram::new(),
             queue_wait: Histogram::new(),
+            gate,
             window: Mutex::new(Window::new(start)),
         }
+    }
+
+    /// Inputs the stage has finished with, whichever way.
+    pub(crate) fn finished(&self) -> u64 {
+        let c = &self.counters;
+        c.emitted_inputs.get() + c.errored.get() + c.dead_lettered.get()
     }
 }
 
 /// The sink's counters: items handed to the sink closure or the output handle.
 #[derive(Debug)]
 pub(crate) struct SinkShared {
-    pub(crate) counters: std::sync::Arc<StageCounters>,
+    pub(crate) counters: Arc<StageCounters>,
     /// Items the sink closure took, or the output handle yielded.
     pub(crate) delivered: Counter,
     pub(crate) latency: Histogram,
@@ -66,7 +82,7 @@ pub(crate) struct SinkShared {
 impl SinkShared {
     pub(crate) fn new(start: Instant) -> Self {
         Self {
-            counters: std::sync::Arc::default(),
+            counters: Arc::default(),
             delivered: Counter::new(),
             latency: Histogram::new(),
             window: Mutex::new(Window::new(start)),
@@ -144,7 +160,7 @@ pub struct Accounting {
     pub dropped: u64,
     /// Inputs whose processing failed (an error or a panic).
     pub errored: u64,
-    /// Inputs handed to a dead-letter handler (none yet: no error policy dead-letters).
+    /// Inputs that failed for good and went to the stage's dead-letter handler.
     pub dead_lettered: u64,
     /// Inputs never processed because the pipeline was cancelled or shut down first.
     pub abandoned: u64,
@@ -177,8 +193,9 @@ impl Accounting {
         let emitted_inputs = counters.emitted_inputs.get();
         let dropped = counters.dropped_oldest.get() + counters.dropped_newest.get();
         let errored = counters.errored.get();
+        let dead_lettered = counters.dead_lettered.get();
         let abandoned = counters.abandoned.get();
-        Self { emitted_inputs, dropped, errored, dead_lettered: 0, abandoned, ..Self::default() }
+        Self { emitted_inputs, dropped, errored, dead_lettered, abandoned, ..Self::default() }
     }
 
     fn with_received(mut self, received: u64) -> Self {
@@ -222,8 +239,12 @@ pub struct StageStats {
     pub dropped_oldest: u64,
     /// Items refused by its full queue under `DropNewest`.
     pub dropped_newest: u64,
-    /// Of the errors, the panics (each also recreated the worker's stage).
+    /// Of the failed attempts, the panics (each also recreated the worker's stage).
     pub panics: u64,
+    /// Attempts made again after a failure (see [`Builder::retry`](crate::Builder::retry)).
+    pub retries: u64,
+    /// The circuit breaker's state, if the stage has one.
+    pub circuit: Option<BreakerState>,
     /// Items in its input queue.
     pub queue_len: usize,
     /// Its input queue's capacity.
@@ -277,6 +298,8 @@ impl StageStats {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct SinkStats {
+    /// `"sink"` for the pipeline's sink or output, the branch's name for a branch's sink.
+    pub name: String,
     /// Items that reached the sink.
     pub received: u64,
     /// Items the sink closure took (or the output handle yielded).
@@ -310,8 +333,17 @@ pub struct SinkStats {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
     stages: Vec<StageStats>,
-    sink: SinkStats,
+    sinks: Vec<SinkStats>,
     elapsed: Duration,
+    flows: Vec<FlowCheck>,
+}
+
+/// A node of the graph, what it received and what the nodes feeding it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlowCheck {
+    pub(crate) node: String,
+    pub(crate) received: u64,
+    pub(crate) supplied: u64,
 }
 
 impl Stats {
@@ -352,7 +384,29 @@ impl Stats {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn sink(&self) -> &SinkStats {
-        &self.sink
+        &self.sinks[0]
+    }
+
+    /// Every sink: the pipeline's first, then each branch's, in the order they were defined.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder()
+    /// #     .stage("a", || |x: u8| x)
+    /// #     .broadcast("audit", |b| b.sink(|_| {}))
+    /// #     .sink(|_| {})
+    /// #     .build()?;
+    /// let names: Vec<_> = pipeline.stats().sinks().iter().map(|s| s.name.clone()).collect();
+    /// assert_eq!(names, ["sink", "audit"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sinks(&self) -> &[SinkStats] {
+        &self.sinks
+    }
+
+    pub(crate) fn set_flows(&mut self, flows: Vec<FlowCheck>) {
+        self.flows = flows;
     }
 
     /// Time since the pipeline started.
@@ -374,7 +428,7 @@ pub(crate) struct Collector<'a> {
     pub(crate) now: Instant,
     pub(crate) start: Instant,
     pub(crate) stages: Vec<StageSource<'a>>,
-    pub(crate) sink: &'a SinkShared,
+    pub(crate) sinks: Vec<(&'a SinkShared, &'a str)>,
 }
 
 /// One stage's shared state and the live facts about its queue.
@@ -408,6 +462,8 @@ impl Collector<'_> {
                     dropped_oldest: c.dropped_oldest.get(),
                     dropped_newest: c.dropped_newest.get(),
                     panics: c.panicked.get(),
+                    retries: c.retried.get(),
+                    circuit: shared.gate.circuit(),
                     queue_len: source.queue_len,
                     queue_capacity: source.queue_capacity,
                     pressure_on: source.pressure.0,
@@ -419,14 +475,19 @@ impl Collector<'_> {
                 }
             })
             .collect();
-        let sink = self.sink;
+        let sinks = self.sinks.iter().map(|&(sink, name)| self.sink(sink, name, elapsed)).collect();
+        Stats { stages, sinks, elapsed, flows: Vec::new() }
+    }
+
+    fn sink(&self, sink: &SinkShared, name: &str, elapsed: Duration) -> SinkStats {
         // As for the stages: settled counts first, then `received`, and in flight is the rest
         // (an output handle may be taking items while this runs).
         let delivered = sink.delivered.get();
         let abandoned = sink.counters.abandoned.get();
         let received = sink.counters.received.get().max(delivered + abandoned);
         let mut window = sink.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let sink = SinkStats {
+        SinkStats {
+            name: name.to_string(),
             received,
             delivered,
             abandoned,
@@ -434,8 +495,7 @@ impl Collector<'_> {
             latency: sink.latency.snapshot().percentiles(),
             throughput_recent: window.rate(self.now, delivered),
             throughput_total: per_second(delivered, elapsed),
-        };
-        Stats { stages, sink, elapsed }
+        }
     }
 }
 
@@ -500,22 +560,24 @@ impl fmt::Display for Stats {
                 rate(s.throughput_recent),
             ]);
         }
-        let k = &self.sink;
-        rows.push([
-            "sink".into(),
-            String::new(),
-            k.received.to_string(),
-            k.delivered.to_string(),
-            String::new(),
-            String::new(),
-            k.abandoned.to_string(),
-            k.in_flight.to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            rate(k.throughput_recent),
-        ]);
+        for k in &self.sinks {
+            rows.push([
+                k.name.clone(),
+                String::new(),
+                k.received.to_string(),
+                k.delivered.to_string(),
+                String::new(),
+                String::new(),
+                k.abandoned.to_string(),
+                k.in_flight.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                rate(k.throughput_recent),
+            ]);
+        }
+        let k = self.sink();
         let mut widths = header.map(str::len);
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -628,7 +690,7 @@ impl Report {
         self.stats.sink()
     }
 
-    /// Items abandoned across all stages and the sink.
+    /// Items abandoned across all stages and sinks.
     ///
     /// # Examples
     ///
@@ -638,11 +700,13 @@ impl Report {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn abandoned(&self) -> u64 {
-        self.stages().iter().map(|s| s.accounting.abandoned).sum::<u64>() + self.sink().abandoned
+        let sinks = self.stats.sinks().iter().map(|s| s.abandoned).sum::<u64>();
+        self.stages().iter().map(|s| s.accounting.abandoned).sum::<u64>() + sinks
     }
 
-    /// Whether every stage's accounting is balanced, each stage received exactly what the one
-    /// before it emitted, and the sink received what the last stage emitted.
+    /// Whether every stage's and every sink's accounting is balanced, and every stage, sink
+    /// and fan-out point received exactly what the nodes feeding it sent: nothing vanished
+    /// between nodes.
     ///
     /// # Examples
     ///
@@ -652,15 +716,35 @@ impl Report {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_balanced(&self) -> bool {
-        let stages = self.stages();
-        let balanced = stages.iter().all(|s| s.accounting.is_balanced());
-        let linked = stages.windows(2).all(|w| w[0].emitted_outputs == w[1].accounting.received);
-        let sink = self.sink();
-        let last = stages.last().map_or(0, |s| s.emitted_outputs);
-        balanced
-            && linked
-            && last == sink.received
-            && sink.received == sink.delivered + sink.abandoned + sink.in_flight
+        self.unbalanced().is_empty()
+    }
+
+    /// The nodes whose counts do not add up, each with what is wrong; empty when
+    /// [`is_balanced`](Self::is_balanced).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.drain()?.unbalanced(), Vec::<String>::new());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unbalanced(&self) -> Vec<String> {
+        let stages = self.stages().iter().filter(|s| !s.accounting.is_balanced());
+        let stages = stages.map(|s| format!("{}: {:?}", s.name, s.accounting));
+        let sinks = self
+            .stats
+            .sinks()
+            .iter()
+            .filter(|k| k.received != k.delivered + k.abandoned + k.in_flight)
+            .map(|k| format!("{}: {k:?}", k.name));
+        let flows = self
+            .stats
+            .flows
+            .iter()
+            .filter(|c| c.received != c.supplied)
+            .map(|c| format!("{}: received {}, sent to it {}", c.node, c.received, c.supplied));
+        stages.chain(sinks).chain(flows).collect()
     }
 }
 

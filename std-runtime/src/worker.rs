@@ -13,12 +13,16 @@ use std::fmt;
 use std::iter;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
 
 use crate::control::{Control, Fatal};
+use crate::event::Event;
 use crate::link::{DropHook, Envelope, Link};
-use crate::stats::{SinkShared, StageShared};
+use crate::policy::{DeadLetter, Failure, Final, Policy};
+use crate::stats::{SinkShared, StageCounters, StageShared};
+use crate::topology::{Fan, HandOver, Keyed, Reorder};
 use crate::{DropReason, Dropped};
 
 /// Items a worker pops, and outputs it collects, before touching a shared queue again.
@@ -33,6 +37,10 @@ pub(crate) enum Downstream<T> {
     Link(Arc<Link<T>>),
     /// The sink closure, called by the last stage's workers.
     Sink(Arc<Sink<T>>),
+    /// A branching point: part or a copy of every batch goes to a branch.
+    Fan(Arc<Fan<T>>),
+    /// A key-ordered stage's per-worker queues.
+    Keyed(Arc<Keyed<T>>),
 }
 
 impl<T> Clone for Downstream<T> {
@@ -40,40 +48,51 @@ impl<T> Clone for Downstream<T> {
         match self {
             Self::Link(link) => Self::Link(Arc::clone(link)),
             Self::Sink(sink) => Self::Sink(Arc::clone(sink)),
+            Self::Fan(fan) => Self::Fan(Arc::clone(fan)),
+            Self::Keyed(keyed) => Self::Keyed(Arc::clone(keyed)),
         }
     }
 }
 
 impl<T> Downstream<T> {
     /// Delivers a batch; `false` if the pipeline stopped and some items were abandoned.
-    fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+    pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
         match self {
             Self::Link(link) => link.deliver(batch),
             Self::Sink(sink) => sink.deliver(batch),
+            Self::Fan(fan) => fan.deliver(batch),
+            Self::Keyed(keyed) => keyed.deliver(batch),
         }
     }
 
     /// Receives and abandons outputs that will never be delivered (left behind by a panic).
-    fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
+    pub(crate) fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
         match self {
             Self::Link(link) => batch.drain(..).for_each(|envelope| link.abandon(envelope.item)),
             Self::Sink(sink) => {
                 sink.shared.counters.received.add(batch.len() as u64);
                 sink.abandon(batch);
             }
+            Self::Fan(fan) => fan.abandon(batch),
+            Self::Keyed(keyed) => keyed.abandon(batch),
         }
     }
 
     /// This worker will deliver nothing more.
-    fn upstream_done(&self) {
-        if let Self::Link(link) = self {
-            link.upstream_done();
+    pub(crate) fn upstream_done(&self) {
+        match self {
+            Self::Link(link) => link.upstream_done(),
+            Self::Sink(_) => {}
+            Self::Fan(fan) => fan.upstream_done(),
+            Self::Keyed(keyed) => keyed.upstream_done(),
         }
     }
 }
 
 /// The sink closure, shared by the last stage's workers.
 pub(crate) struct Sink<T> {
+    /// `"sink"`, or the branch's name.
+    pub(crate) name: Arc<str>,
     pub(crate) call: Mutex<Box<dyn FnMut(T) + Send>>,
     pub(crate) shared: Arc<SinkShared>,
     pub(crate) control: Arc<Control>,
@@ -113,18 +132,28 @@ impl<T> Sink<T> {
     fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
         for envelope in batch.drain(..) {
             self.shared.counters.abandoned.increment();
+            let reason = DropReason::Abandoned;
+            self.control.emit(&Event::Dropped { stage: &self.name, reason });
             if let Some(hook) = &self.on_drop {
-                hook(Dropped { stage: "sink", reason: DropReason::Abandoned, item: envelope.item });
+                hook(Dropped {
+                    stage: &self.name,
+                    reason: DropReason::Abandoned,
+                    item: envelope.item,
+                });
             }
         }
     }
 }
 
 /// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
-/// have piled up.
+/// have piled up (an ordered stage's are held until the batch is done).
 struct Outputs<'a, T> {
     buf: &'a mut VecDeque<Envelope<T>>,
     downstream: &'a Downstream<T>,
+    /// Called with each output as it is emitted.
+    after: Option<&'a (dyn Fn(&T) + Send + Sync)>,
+    /// Hold everything until the batch is handed over in sequence.
+    hold: bool,
     /// The timestamps of the input being processed, inherited by its outputs.
     born: u64,
     queued: u64,
@@ -137,8 +166,18 @@ struct Outputs<'a, T> {
 }
 
 impl<'a, T> Outputs<'a, T> {
-    fn new(buf: &'a mut VecDeque<Envelope<T>>, downstream: &'a Downstream<T>) -> Self {
-        Self { buf, downstream, born: 0, queued: 0, emitted: 0, stopped: false, fatal: None }
+    fn new<In>(buf: &'a mut VecDeque<Envelope<T>>, parts: &'a WorkerParts<In, T>) -> Self {
+        Self {
+            buf,
+            downstream: &parts.downstream,
+            after: parts.policy.after.as_deref(),
+            hold: parts.reorder.is_some(),
+            born: 0,
+            queued: 0,
+            emitted: 0,
+            stopped: false,
+            fatal: None,
+        }
     }
 
     fn flush(&mut self) {
@@ -149,6 +188,19 @@ impl<'a, T> Outputs<'a, T> {
         match catch_unwind(AssertUnwindSafe(|| downstream.deliver(buf))) {
             Ok(delivered) => self.stopped |= !delivered,
             Err(panic) => {
+                self.fatal = Some(panic);
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Delivers the batch's outputs: now, or in sequence for an ordered stage.
+    fn finish_batch(&mut self, ticket: Option<(u64, &Reorder<T>)>, control: &Control) {
+        let Some((ticket, reorder)) = ticket else { return self.flush() };
+        match reorder.hand_over(ticket, self.buf, self.downstream, || control.is_cancelled()) {
+            HandOver::Delivered => {}
+            HandOver::Stopped => self.stopped = true,
+            HandOver::Panicked(panic) => {
                 self.fatal = Some(panic);
                 self.stopped = true;
             }
@@ -167,8 +219,11 @@ impl<'a, T> Outputs<'a, T> {
 impl<T> Emit<T> for Outputs<'_, T> {
     #[inline]
     fn emit(&mut self, item: T) {
-        if self.buf.len() >= BATCH {
+        if self.buf.len() >= BATCH && !self.hold {
             self.flush();
+        }
+        if let Some(after) = self.after {
+            after(&item);
         }
         self.emitted += 1;
         self.buf.push_back(Envelope { item, born: self.born, queued: self.queued });
@@ -188,100 +243,139 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// Everything a worker works with besides its stage.
+pub(crate) struct WorkerParts<In, Out> {
+    pub(crate) input: Arc<Link<In>>,
+    pub(crate) downstream: Downstream<Out>,
+    pub(crate) shared: Arc<StageShared>,
+    pub(crate) policy: Policy<In, Out>,
+    /// The stage's ordered hand-off, if it is `Ordered` with several workers.
+    pub(crate) reorder: Option<Arc<Reorder<Out>>>,
+    pub(crate) flush_every: Option<Duration>,
+}
+
 /// Runs one worker to the end: until its input is finished and empty (then it flushes its
 /// stage), or until the pipeline is cancelled.
-pub(crate) fn run<In, S, F>(
-    id: &WorkerId,
-    factory: &F,
-    input: &Link<In>,
-    downstream: &Downstream<S::Out>,
-    shared: &StageShared,
-) where
+pub(crate) fn run<In, S, F>(id: &WorkerId, factory: &F, parts: &WorkerParts<In, S::Out>)
+where
     F: Fn() -> S,
     S: Stage<In>,
+    S::Error: fmt::Display,
 {
+    let (input, downstream) = (&*parts.input, &parts.downstream);
     let control = Arc::clone(&input.control);
     let mut inputs: VecDeque<Envelope<In>> = VecDeque::with_capacity(BATCH);
     let mut outputs: VecDeque<Envelope<S::Out>> = VecDeque::with_capacity(BATCH);
     let result = catch_unwind(AssertUnwindSafe(|| {
-        work(factory, input, downstream, shared, &mut inputs, &mut outputs);
+        work(id, factory, parts, &mut inputs, &mut outputs);
     }));
     if let Err(panic) = result {
-        // Not the stage's panic (those are caught in `work`): the sink or a drop hook.
+        // Not the stage's panic (those are caught in `work`): the sink or a hook.
         for envelope in inputs.drain(..) {
             input.give_up(envelope.item);
         }
         downstream.abandon(&mut outputs);
         control.fail(Fatal {
             stage: id.stage.to_string(),
-            worker: id.index,
             message: panic_message(&*panic),
+            worker: Some(id.index),
         });
+    }
+    if let Some(reorder) = &parts.reorder {
+        if control.is_cancelled() {
+            reorder.abandon_waiting(downstream);
+        }
     }
     downstream.upstream_done();
 }
 
 fn work<In, S, F>(
+    id: &WorkerId,
     factory: &F,
-    input: &Link<In>,
-    downstream: &Downstream<S::Out>,
-    shared: &StageShared,
+    parts: &WorkerParts<In, S::Out>,
     inputs: &mut VecDeque<Envelope<In>>,
     outputs: &mut VecDeque<Envelope<S::Out>>,
 ) where
     F: Fn() -> S,
     S: Stage<In>,
+    S::Error: fmt::Display,
 {
+    let input = &*parts.input;
     let control = &*input.control;
-    let counters = &*shared.counters;
+    let cx = Cx { stage: &id.stage, input, control, shared: &parts.shared, policy: &parts.policy };
+    let plain = parts.policy.is_plain(control);
     let mut stage = factory();
     let mut taken = VecDeque::with_capacity(if S::RUNS { BATCH } else { 0 });
+    let mut flushed_at = Instant::now();
     loop {
         if control.is_cancelled() {
             return;
         }
-        if input.pop_into(inputs, BATCH) == 0 {
+        if let Some(period) = parts.flush_every {
+            if flushed_at.elapsed() >= period {
+                flushed_at = Instant::now();
+                if !flush(&mut stage, outputs, parts, control) {
+                    return;
+                }
+            }
+        }
+        let (popped, ticket) = match &parts.reorder {
+            None => (input.pop_into(inputs, BATCH), None),
+            Some(reorder) => {
+                let mut next = reorder.next_ticket.lock().unwrap_or_else(PoisonError::into_inner);
+                let popped = input.pop_into(inputs, BATCH);
+                let ticket = (popped > 0).then(|| {
+                    *next += 1;
+                    *next - 1
+                });
+                (popped, ticket.map(|t| (t, &**reorder)))
+            }
+        };
+        if popped == 0 {
             if input.finished() && input.len() == 0 {
                 break;
             }
-            input.wait_for_items();
+            let deadline = parts.flush_every.map(|period| flushed_at + period);
+            input.wait_for_items(deadline);
             continue;
         }
-        let mut out = Outputs::new(outputs, downstream);
-        let mut outcomes = Outcomes::default();
+        let mut out = Outputs::new(outputs, parts);
+        let mut outcomes = Outcomes::new(&cx.shared.counters);
         // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
         let run_cancelled = || S::RUNS && control.is_cancelled();
         while !inputs.is_empty() && !out.stopped && !run_cancelled() {
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                if S::RUNS {
-                    in_runs(
-                        &mut stage,
-                        inputs,
-                        &mut out,
-                        &mut taken,
-                        control,
-                        shared,
-                        &mut outcomes,
-                    );
-                } else {
-                    one_by_one(&mut stage, inputs, &mut out, control, shared, &mut outcomes);
+            if S::RUNS {
+                in_runs(
+                    &mut stage,
+                    factory,
+                    inputs,
+                    &mut out,
+                    &mut taken,
+                    &cx,
+                    &mut outcomes,
+                    plain,
+                );
+            } else if plain {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    one_by_one(&mut stage, inputs, &mut out, &cx, &mut outcomes);
+                }));
+                if result.is_err() {
+                    // Delivery panics are caught in `flush`: this one is the stage's, and the
+                    // item it was processing failed with it.
+                    outcomes.failed += 1;
+                    outcomes.panicked += 1;
+                    stage = factory();
                 }
-            }));
-            if result.is_err() {
-                // Delivery panics are caught in `flush`: this one is the stage's. The item
-                // it was processing (every item of a run not yet reported) failed with it.
-                outcomes.failed += if S::RUNS { taken.len() as u64 } else { 1 };
-                taken.clear();
-                outcomes.panicked += 1;
-                stage = factory();
+            } else {
+                careful(&mut stage, factory, inputs, &mut out, &cx, &mut outcomes);
+            }
+            if !out.stopped && control.is_cancelled() {
+                break;
             }
         }
-        let Outcomes { ok, failed, panicked } = outcomes;
-        out.flush();
-        counters.emitted_outputs.add(out.emitted);
-        counters.emitted_inputs.add(ok);
-        counters.errored.add(failed);
-        counters.panicked.add(panicked);
+        drop(outcomes);
+        out.finish_batch(ticket, control);
+        cx.shared.counters.emitted_outputs.add(out.emitted);
         if out.stopped || !inputs.is_empty() {
             // Stopped while delivering, or cancelled: what was not processed is abandoned.
             for envelope in inputs.drain(..) {
@@ -292,25 +386,49 @@ fn work<In, S, F>(
         }
     }
     // End of stream: let the stage emit what it holds back.
-    let mut out = Outputs::new(outputs, downstream);
+    flush(&mut stage, outputs, parts, control);
+}
+
+/// Flushes the stage (at the end of the stream, or on its timer) and delivers what it emits
+/// right away. Returns `false` if the pipeline stopped.
+fn flush<In, S: Stage<In>>(
+    stage: &mut S,
+    outputs: &mut VecDeque<Envelope<S::Out>>,
+    parts: &WorkerParts<In, S::Out>,
+    control: &Control,
+) -> bool {
+    let mut out = Outputs::new(outputs, parts);
+    out.hold = false;
     out.queued = control.now();
-    if catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))).is_err() {
-        counters.panicked.increment();
+    let counters = &parts.shared.counters;
+    match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))) {
+        Ok(Ok(())) => {}
+        // A flush carries no input of its own: its failure is counted as a panic would be.
+        Ok(Err(_)) | Err(_) => counters.panicked.increment(),
     }
     out.flush();
     counters.emitted_outputs.add(out.emitted);
+    let stopped = out.stopped;
     out.finish();
+    !stopped
 }
 
-/// How the items of one batch ended.
-#[derive(Debug, Default)]
-struct Outcomes {
+/// How the items of one batch ended, added to the stage's counters when dropped (also when a
+/// hook's panic unwinds through the worker).
+struct Outcomes<'a> {
+    counters: &'a StageCounters,
     ok: u64,
     failed: u64,
     panicked: u64,
+    dead_lettered: u64,
+    retried: u64,
 }
 
-impl Outcomes {
+impl<'a> Outcomes<'a> {
+    fn new(counters: &'a StageCounters) -> Self {
+        Self { counters, ok: 0, failed: 0, panicked: 0, dead_lettered: 0, retried: 0 }
+    }
+
     fn count<E>(&mut self, result: &Result<(), E>) {
         match result {
             Ok(()) => self.ok += 1,
@@ -319,25 +437,93 @@ impl Outcomes {
     }
 }
 
-/// Runs the stage over `inputs` item by item, until they are done or delivery stopped.
+impl Drop for Outcomes<'_> {
+    fn drop(&mut self) {
+        let c = self.counters;
+        c.emitted_inputs.add(self.ok);
+        c.errored.add(self.failed);
+        c.panicked.add(self.panicked);
+        c.dead_lettered.add(self.dead_lettered);
+        c.retried.add(self.retried);
+    }
+}
+
+/// What a worker applies its stage's policy with.
+struct Cx<'a, In, Out> {
+    stage: &'a str,
+    input: &'a Link<In>,
+    control: &'a Control,
+    shared: &'a StageShared,
+    policy: &'a Policy<In, Out>,
+}
+
+/// What comes after a failed attempt.
+enum Next<In> {
+    /// Try this copy of the item again.
+    Retry(In),
+    /// The item is settled (errored, dead-lettered, or abandoned during a backoff).
+    Settled,
+}
+
+impl<In, Out> Cx<'_, In, Out> {
+    /// Applies the stage's policy to a failed attempt: retry after a backoff, or settle the
+    /// item as errored (failing the pipeline under fail-fast) or dead-lettered.
+    fn failed<E: fmt::Display>(
+        &self,
+        failure: &Failure<E>,
+        copy: Option<In>,
+        attempt: u32,
+        outcomes: &mut Outcomes<'_>,
+    ) -> Next<In> {
+        let (stage, control) = (self.stage, self.control);
+        control.emit(&Event::Error { stage, error: failure, attempt });
+        let delay = self.policy.retry.and_then(|schedule| schedule.delay(attempt));
+        let copy = match (delay, copy) {
+            (Some(delay), Some(copy)) => {
+                outcomes.retried += 1;
+                control.emit(&Event::Retried { stage, attempt: attempt + 1, delay });
+                if !control.sleep(delay) {
+                    self.input.give_up(copy);
+                    return Next::Settled;
+                }
+                return Next::Retry(copy);
+            }
+            (_, copy) => copy,
+        };
+        match &self.policy.last {
+            Final::Skip => outcomes.failed += 1,
+            Final::FailFast => {
+                outcomes.failed += 1;
+                let message = failure.to_string();
+                control.fail(Fatal { stage: stage.to_string(), message, worker: None });
+            }
+            Final::DeadLetter(hook) => {
+                let Some(item) = copy else {
+                    outcomes.failed += 1;
+                    return Next::Settled;
+                };
+                outcomes.dead_lettered += 1;
+                control.emit(&Event::DeadLettered { stage, attempts: attempt });
+                hook(DeadLetter { stage, item, error: failure.to_string(), attempts: attempt });
+            }
+        }
+        Next::Settled
+    }
+}
+
+/// Runs the stage over `inputs` item by item, until they are done or delivery stopped: the
+/// fast path, for stages with nothing to apply per item but counting.
 fn one_by_one<In, S: Stage<In>>(
     stage: &mut S,
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
-    control: &Control,
-    shared: &StageShared,
-    outcomes: &mut Outcomes,
+    cx: &Cx<'_, In, S::Out>,
+    outcomes: &mut Outcomes<'_>,
 ) {
     while let Some(envelope) = inputs.pop_front() {
-        let sampled = envelope.born != 0;
-        let popped_at = if sampled { control.now() } else { 0 };
-        out.born = envelope.born;
-        out.queued = popped_at;
+        let popped_at = cx.start(&envelope, out);
         let result = stage.process(envelope.item, out);
-        if sampled {
-            shared.queue_wait.record(popped_at.saturating_sub(envelope.queued));
-            shared.process_time.record(control.now() - popped_at);
-        }
+        cx.timed(&envelope_times(envelope.born, envelope.queued, popped_at));
         outcomes.count(&result);
         if out.stopped {
             break;
@@ -345,68 +531,215 @@ fn one_by_one<In, S: Stage<In>>(
     }
 }
 
-/// What the worker keeps of an item that a run-processing stage has taken and not yet
-/// reported: its timestamps, for its outputs and the stats.
+/// Runs the stage over `inputs` item by item, applying the stage's policy: hooks, breaker and
+/// rate limit, retries, and what happens to an item that failed for good. Each attempt is
+/// caught on its own, so a panic fails only its item.
+fn careful<In, S, F>(
+    stage: &mut S,
+    factory: &F,
+    inputs: &mut VecDeque<Envelope<In>>,
+    out: &mut Outputs<'_, S::Out>,
+    cx: &Cx<'_, In, S::Out>,
+    outcomes: &mut Outcomes<'_>,
+) where
+    F: Fn() -> S,
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
+    while let Some(envelope) = inputs.pop_front() {
+        if cx.control.is_cancelled() || !cx.policy.gate.admit(cx.control) {
+            inputs.push_front(envelope);
+            break;
+        }
+        let popped_at = cx.start(&envelope, out);
+        let times = envelope_times(envelope.born, envelope.queued, popped_at);
+        attempts(stage, factory, envelope.item, 1, out, cx, outcomes);
+        cx.timed(&times);
+        if out.stopped {
+            break;
+        }
+    }
+}
+
+/// Tries `item` from attempt `first` on, until it succeeds or is settled by the policy.
+fn attempts<In, S, F>(
+    stage: &mut S,
+    factory: &F,
+    mut item: In,
+    first: u32,
+    out: &mut Outputs<'_, S::Out>,
+    cx: &Cx<'_, In, S::Out>,
+    outcomes: &mut Outcomes<'_>,
+) where
+    F: Fn() -> S,
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
+    let policy = cx.policy;
+    let mut attempt = first;
+    loop {
+        let copy = policy.clone.map(|clone| clone(&item));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(before) = policy.before.as_deref().filter(|_| attempt == 1) {
+                before(&item);
+            }
+            stage.process(item, out)
+        }));
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(Failure::Error(error)),
+            Err(panic) => {
+                outcomes.panicked += 1;
+                *stage = factory();
+                Some(Failure::Panic(panic_message(&*panic)))
+            }
+        };
+        policy.gate.record(failure.is_none(), cx.control);
+        let Some(failure) = failure else {
+            outcomes.ok += 1;
+            return;
+        };
+        match cx.failed(&failure, copy, attempt, outcomes) {
+            Next::Retry(copy) => {
+                item = copy;
+                attempt += 1;
+            }
+            Next::Settled => return,
+        }
+    }
+}
+
+/// An item's timestamps: when it entered the pipeline, its queue, and the worker's hands
+/// (all `0` unless it is sampled).
 #[derive(Debug, Clone, Copy)]
-struct Taken {
+struct Times {
     born: u64,
     queued: u64,
     popped_at: u64,
 }
 
-/// The outputs of a run: each takes the timestamps of the oldest item not yet reported,
-/// which is the one it comes from (see [`Stage::process_run`]).
-struct RunOutputs<'o, 'a, T> {
-    out: &'o mut Outputs<'a, T>,
-    taken: &'o RefCell<&'o mut VecDeque<Taken>>,
+fn envelope_times(born: u64, queued: u64, popped_at: u64) -> Times {
+    Times { born, queued, popped_at }
 }
 
-impl<T> Emit<T> for RunOutputs<'_, '_, T> {
+impl<In, Out> Cx<'_, In, Out> {
+    /// Stamps the outputs about to be emitted for `envelope`; returns when it was popped (if
+    /// it is sampled).
+    #[inline]
+    fn start<T>(&self, envelope: &Envelope<T>, out: &mut Outputs<'_, Out>) -> u64 {
+        let popped_at = if envelope.born != 0 { self.control.now() } else { 0 };
+        out.born = envelope.born;
+        out.queued = popped_at;
+        popped_at
+    }
+
+    /// Records a sampled item's queue wait and processing time.
+    #[inline]
+    fn timed(&self, times: &Times) {
+        if times.born != 0 {
+            self.shared.queue_wait.record(times.popped_at.saturating_sub(times.queued));
+            self.shared.process_time.record(self.control.now() - times.popped_at);
+        }
+    }
+}
+
+/// What the worker keeps of an item that a run-processing stage has taken and not yet
+/// reported: its timestamps, for its outputs and the stats, and a copy when the policy needs
+/// one.
+struct Taken<In> {
+    times: Times,
+    copy: Option<In>,
+}
+
+/// The outputs of a run: each takes the timestamps of the oldest item not yet reported,
+/// which is the one it comes from (see [`Stage::process_run`]).
+struct RunOutputs<'o, 'a, In, T> {
+    out: &'o mut Outputs<'a, T>,
+    taken: &'o RefCell<&'o mut VecDeque<Taken<In>>>,
+}
+
+impl<In, T> Emit<T> for RunOutputs<'_, '_, In, T> {
     #[inline]
     fn emit(&mut self, item: T) {
         if let Some(taken) = self.taken.borrow().front() {
-            self.out.born = taken.born;
-            self.out.queued = taken.popped_at;
+            self.out.born = taken.times.born;
+            self.out.queued = taken.times.popped_at;
         }
         self.out.emit(item);
     }
 }
 
 /// Hands `inputs` to the stage as one run ([`Stage::process_run`]), until they are done or
-/// the pipeline is cancelled. Items the stage took and has not reported stay in `taken` if it
-/// panics.
-fn in_runs<In, S: Stage<In>>(
+/// the pipeline is cancelled. Items the stage took and has not reported when it panics fail
+/// with the panic. Failed items go through the stage's policy after the run (a retry is then
+/// made item by item).
+#[allow(clippy::too_many_arguments)]
+fn in_runs<In, S, F>(
     stage: &mut S,
+    factory: &F,
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
-    taken: &mut VecDeque<Taken>,
-    control: &Control,
-    shared: &StageShared,
-    outcomes: &mut Outcomes,
-) {
-    let taken = RefCell::new(taken);
-    let mut items = iter::from_fn(|| {
-        if control.is_cancelled() {
-            return None;
-        }
-        let envelope = inputs.pop_front()?;
-        let popped_at = if envelope.born != 0 { control.now() } else { 0 };
-        let (born, queued) = (envelope.born, envelope.queued);
-        taken.borrow_mut().push_back(Taken { born, queued, popped_at });
-        Some(envelope.item)
-    });
-    let mut done = |result: Result<(), S::Error>| {
-        let item = taken.borrow_mut().pop_front();
-        if let Some(Taken { born, queued, popped_at }) = item {
-            if born != 0 {
-                shared.queue_wait.record(popped_at.saturating_sub(queued));
-                shared.process_time.record(control.now() - popped_at);
+    taken: &mut VecDeque<Taken<In>>,
+    cx: &Cx<'_, In, S::Out>,
+    outcomes: &mut Outcomes<'_>,
+    plain: bool,
+) where
+    F: Fn() -> S,
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
+    let (control, policy) = (cx.control, cx.policy);
+    let mut failures: Vec<(Failure<S::Error>, Option<In>)> = Vec::new();
+    let result = {
+        let taken = RefCell::new(&mut *taken);
+        let mut items = iter::from_fn(|| {
+            if control.is_cancelled() || (!plain && !policy.gate.admit(control)) {
+                return None;
+            }
+            let envelope = inputs.pop_front()?;
+            let popped_at = if envelope.born != 0 { control.now() } else { 0 };
+            let times = Times { born: envelope.born, queued: envelope.queued, popped_at };
+            let copy = policy.clone.map(|clone| clone(&envelope.item));
+            if let Some(before) = &policy.before {
+                before(&envelope.item);
+            }
+            taken.borrow_mut().push_back(Taken { times, copy });
+            Some(envelope.item)
+        });
+        let mut done = |result: Result<(), S::Error>| {
+            let Some(Taken { times, copy }) = taken.borrow_mut().pop_front() else { return };
+            cx.timed(&times);
+            if !plain {
+                policy.gate.record(result.is_ok(), control);
+            }
+            match result {
+                Ok(()) => outcomes.ok += 1,
+                Err(_) if plain => outcomes.failed += 1,
+                Err(error) => failures.push((Failure::Error(error), copy)),
+            }
+        };
+        let mut run_out = RunOutputs { out, taken: &taken };
+        catch_unwind(AssertUnwindSafe(|| stage.process_run(&mut items, &mut run_out, &mut done)))
+    };
+    if let Err(panic) = result {
+        // Every item of the run not yet reported failed with the panic.
+        outcomes.panicked += 1;
+        *stage = factory();
+        let message = panic_message(&*panic);
+        for Taken { copy, .. } in taken.drain(..) {
+            if plain {
+                outcomes.failed += 1;
+            } else {
+                policy.gate.record(false, control);
+                failures.push((Failure::Panic(message.clone()), copy));
             }
         }
-        outcomes.count(&result);
-    };
-    let mut run_out = RunOutputs { out, taken: &taken };
-    stage.process_run(&mut items, &mut run_out, &mut done);
+    }
+    for (failure, copy) in failures {
+        if let Next::Retry(copy) = cx.failed(&failure, copy, 1, outcomes) {
+            attempts(stage, factory, copy, 2, out, cx, outcomes);
+        }
+    }
 }
 
 /// The message of a panic payload, when it is a string.

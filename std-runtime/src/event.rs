@@ -1,0 +1,159 @@
+//! [`Event`]s: what happened in a pipeline, as it happens, for a handler set with
+//! [`Source::on_event`](crate::Source::on_event).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{DropReason, Report};
+
+/// Something that happened in a running pipeline. The handler is called on the thread where
+/// it happened (a worker, a producer, the stall watchdog, the one that drains), so it should
+/// be quick; it sees borrowed data and copies what it keeps.
+///
+/// The handler is also the pipeline's error and completion hook: [`Event::Error`] comes with
+/// every failed attempt of every stage, [`Event::Drained`] with the final report.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use backflow::{Event, Pipeline};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = Arc::clone(&seen);
+/// let pipeline = Pipeline::<u32>::builder()
+///     .on_event(move |event| log.lock().unwrap().push(event.to_string()))
+///     .stage("id", || |x: u32| x)
+///     .sink(|_| {})
+///     .build()?;
+/// pipeline.drain()?;
+/// let seen = seen.lock().unwrap();
+/// assert_eq!(seen.first().map(String::as_str), Some("started: 1 stages"));
+/// assert!(seen.last().unwrap().starts_with("drained"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Every worker thread has started.
+    Started {
+        /// How many stages the pipeline has, branches included.
+        stages: usize,
+    },
+    /// A stage's queue reached its high water mark.
+    PressureOn {
+        /// The stage.
+        stage: &'a str,
+    },
+    /// A stage's queue fell back to its low water mark.
+    PressureOff {
+        /// The stage.
+        stage: &'a str,
+    },
+    /// An item was dropped by an overflow policy, or abandoned.
+    Dropped {
+        /// The stage whose queue it was in (or `"sink"`).
+        stage: &'a str,
+        /// Why.
+        reason: DropReason,
+    },
+    /// A stage failed an item (an error or a panic); `attempt` counts from 1.
+    Error {
+        /// The stage.
+        stage: &'a str,
+        /// What went wrong.
+        error: &'a dyn fmt::Display,
+        /// Which attempt failed.
+        attempt: u32,
+    },
+    /// A failed item will be tried again after `delay`.
+    Retried {
+        /// The stage.
+        stage: &'a str,
+        /// The attempt about to be made (2 for the first retry).
+        attempt: u32,
+        /// The backoff before it.
+        delay: Duration,
+    },
+    /// A failed item went to the stage's dead-letter handler.
+    DeadLettered {
+        /// The stage.
+        stage: &'a str,
+        /// How many times it was tried.
+        attempts: u32,
+    },
+    /// A stage's circuit breaker opened: the stage pauses, items wait upstream.
+    CircuitOpened {
+        /// The stage.
+        stage: &'a str,
+    },
+    /// A stage's circuit breaker lets trial items through.
+    CircuitHalfOpen {
+        /// The stage.
+        stage: &'a str,
+    },
+    /// A stage's circuit breaker closed again.
+    CircuitClosed {
+        /// The stage.
+        stage: &'a str,
+    },
+    /// A stage has had items queued and finished none for `idle` (see
+    /// [`Builder::stall_after`](crate::Builder::stall_after)). Raised once per stall.
+    Stalled {
+        /// The stage.
+        stage: &'a str,
+        /// Items in its queue.
+        queued: usize,
+        /// How long it has made no progress.
+        idle: Duration,
+    },
+    /// The pipeline finished (drained, shut down or cancelled) and every thread was joined.
+    Drained {
+        /// The final report.
+        report: &'a Report,
+    },
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Started { stages } => write!(f, "started: {stages} stages"),
+            Self::PressureOn { stage } => write!(f, "{stage}: pressure on"),
+            Self::PressureOff { stage } => write!(f, "{stage}: pressure off"),
+            Self::Dropped { stage, reason } => write!(f, "{stage}: item {reason}"),
+            Self::Error { stage, error, attempt } => {
+                write!(f, "{stage}: attempt {attempt} failed: {error}")
+            }
+            Self::Retried { stage, attempt, delay } => {
+                write!(f, "{stage}: attempt {attempt} in {delay:?}")
+            }
+            Self::DeadLettered { stage, attempts } => {
+                write!(f, "{stage}: dead-lettered after {attempts} attempts")
+            }
+            Self::CircuitOpened { stage } => write!(f, "{stage}: circuit opened"),
+            Self::CircuitHalfOpen { stage } => write!(f, "{stage}: circuit half-open"),
+            Self::CircuitClosed { stage } => write!(f, "{stage}: circuit closed"),
+            Self::Stalled { stage, queued, idle } => {
+                write!(f, "{stage}: stalled, {queued} queued, no progress for {idle:?}")
+            }
+            Self::Drained { report } => {
+                write!(
+                    f,
+                    "drained: {} delivered, {} abandoned",
+                    report.sink().delivered,
+                    report.abandoned()
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Event({self})")
+    }
+}
+
+/// A pipeline's event handler.
+pub(crate) type EventHandler = Arc<dyn Fn(&Event<'_>) + Send + Sync>;

@@ -1,0 +1,302 @@
+//! What a stage does when an item fails ([`ErrorPolicy`], retries, [`DeadLetter`]s), and the
+//! [`Gate`] in front of a stage: its circuit breaker and rate limit.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
+use backflow_core::{RetrySchedule, TokenBucket};
+
+use crate::control::Control;
+use crate::event::Event;
+use crate::link::DropHook;
+
+/// What a stage does with an item that failed (its `process` returned an error or panicked)
+/// once its retries, if any, are used up.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::{ErrorPolicy, Pipeline, PipelineError};
+///
+/// let pipeline = Pipeline::<u32>::builder()
+///     .stage("check", || backflow::stage::validate(|x: &u32| if *x < 10 { Ok(()) } else { Err("too big") }))
+///     .on_error(ErrorPolicy::FailFast)
+///     .sink(|_| {})
+///     .build()?;
+/// pipeline.input().push(12)?;
+/// match pipeline.drain() {
+///     Err(PipelineError::StageFailed { stage, error, .. }) => {
+///         assert_eq!(stage, "check");
+///         assert!(error.contains("too big"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Count the item as errored and go on (the default).
+    #[default]
+    Skip,
+    /// Cancel the pipeline: `drain()` returns [`PipelineError::StageFailed`] with the stage
+    /// and the first error.
+    ///
+    /// [`PipelineError::StageFailed`]: crate::PipelineError::StageFailed
+    FailFast,
+}
+
+/// An item that failed for good, as a stage's dead-letter handler receives it (see
+/// [`Builder::dead_letter`](crate::Builder::dead_letter)).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use backflow::Pipeline;
+///
+/// let letters = Arc::new(Mutex::new(Vec::new()));
+/// let dlq = Arc::clone(&letters);
+/// let pipeline = Pipeline::<String>::builder()
+///     .stage("parse", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
+///     .dead_letter(move |letter| {
+///         dlq.lock().unwrap().push((letter.stage.to_string(), letter.item, letter.error, letter.attempts));
+///     })
+///     .sink(|_| {})
+///     .build()?;
+/// # let _ = pipeline;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DeadLetter<'a, T> {
+    /// The stage that failed the item.
+    pub stage: &'a str,
+    /// The item, as it entered the stage.
+    pub item: T,
+    /// The last error (for a panic, `panicked: ` and its message).
+    pub error: String,
+    /// How many times the stage tried it.
+    pub attempts: u32,
+}
+
+/// A stage's dead-letter handler.
+pub(crate) type DeadLetterHook<T> = Arc<dyn Fn(DeadLetter<'_, T>) + Send + Sync>;
+
+/// What happens to an item once its attempts are used up.
+pub(crate) enum Final<T> {
+    Skip,
+    FailFast,
+    DeadLetter(DeadLetterHook<T>),
+}
+
+impl<T> Clone for Final<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Skip => Self::Skip,
+            Self::FailFast => Self::FailFast,
+            Self::DeadLetter(hook) => Self::DeadLetter(Arc::clone(hook)),
+        }
+    }
+}
+
+/// A hook that looks at an item (before or after a stage).
+pub(crate) type Look<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+/// Routes an item to one of a stage's workers (key-ordered stages).
+pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
+/// The settings of one stage that depend on its input and output types, kept type-erased in
+/// the builder's list and recovered by the stage's own attach step.
+pub(crate) struct Typed<In, Out> {
+    pub(crate) on_drop: Option<DropHook<In>>,
+    pub(crate) last: Final<In>,
+    /// How to copy an item before processing it, when a retry or a dead letter needs it.
+    pub(crate) clone: Option<fn(&In) -> In>,
+    pub(crate) before: Option<Look<In>>,
+    pub(crate) after: Option<Look<Out>>,
+    pub(crate) key: Option<KeyFn<In>>,
+}
+
+impl<In, Out> Default for Typed<In, Out> {
+    fn default() -> Self {
+        Self { on_drop: None, last: Final::Skip, clone: None, before: None, after: None, key: None }
+    }
+}
+
+/// What one worker applies to each item: the typed settings and the stage's gate.
+pub(crate) struct Policy<In, Out> {
+    pub(crate) last: Final<In>,
+    pub(crate) clone: Option<fn(&In) -> In>,
+    pub(crate) retry: Option<RetrySchedule>,
+    pub(crate) before: Option<Look<In>>,
+    pub(crate) after: Option<Look<Out>>,
+    pub(crate) gate: Arc<Gate>,
+}
+
+impl<In, Out> Policy<In, Out> {
+    /// Whether items can take the fast path: no per-item hook, retry, gate or failure
+    /// handling beyond counting.
+    pub(crate) fn is_plain(&self, control: &Control) -> bool {
+        matches!(self.last, Final::Skip)
+            && self.retry.is_none()
+            && self.before.is_none()
+            && self.gate.is_open_door()
+            && !control.has_events()
+    }
+}
+
+impl<In, Out> Clone for Policy<In, Out> {
+    fn clone(&self) -> Self {
+        Self {
+            last: self.last.clone(),
+            clone: self.clone,
+            retry: self.retry,
+            before: self.before.clone(),
+            after: self.after.clone(),
+            gate: Arc::clone(&self.gate),
+        }
+    }
+}
+
+/// What stands in front of a stage's workers: its circuit breaker and its rate limit, shared
+/// by all of them.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    stage: Arc<str>,
+    breaker: Option<Mutex<Breaker>>,
+    limiter: Option<Mutex<TokenBucket>>,
+    /// The breaker's state for stats: [`NO_BREAKER`] or a [`BreakerState`] as `u8`.
+    state: AtomicU8,
+}
+
+#[derive(Debug)]
+struct Breaker {
+    machine: CircuitBreaker,
+    cooldown: Duration,
+    /// When the breaker last opened, as [`Control::elapsed`].
+    opened_at: Duration,
+}
+
+const NO_BREAKER: u8 = u8::MAX;
+
+fn state_code(state: BreakerState) -> u8 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(
+        stage: Arc<str>,
+        breaker: Option<(CircuitBreaker, Duration)>,
+        limiter: Option<TokenBucket>,
+    ) -> Self {
+        let state = breaker.as_ref().map_or(NO_BREAKER, |(b, _)| state_code(b.state()));
+        Self {
+            stage,
+            breaker: breaker.map(|(machine, cooldown)| {
+                Mutex::new(Breaker { machine, cooldown, opened_at: Duration::ZERO })
+            }),
+            limiter: limiter.map(Mutex::new),
+            state: AtomicU8::new(state),
+        }
+    }
+
+    /// No breaker and no rate limit: every item goes straight through.
+    pub(crate) fn is_open_door(&self) -> bool {
+        self.breaker.is_none() && self.limiter.is_none()
+    }
+
+    /// The breaker's state, if the stage has one.
+    pub(crate) fn circuit(&self) -> Option<BreakerState> {
+        match self.state.load(Ordering::Relaxed) {
+            0 => Some(BreakerState::Closed),
+            1 => Some(BreakerState::Open),
+            2 => Some(BreakerState::HalfOpen),
+            _ => None,
+        }
+    }
+
+    /// Waits until the breaker lets an item through and the rate limit has a token for it.
+    /// Returns `false` if the pipeline was cancelled while waiting.
+    pub(crate) fn admit(&self, control: &Control) -> bool {
+        if let Some(breaker) = &self.breaker {
+            loop {
+                let now = control.elapsed();
+                let mut b = breaker.lock().unwrap_or_else(PoisonError::into_inner);
+                // Announced under the lock, so that events come in the order they happened.
+                self.announce(b.machine.poll(now), control);
+                let (allows, reopens) = (b.machine.allows(), b.opened_at + b.cooldown);
+                drop(b);
+                if allows {
+                    break;
+                }
+                if !control.sleep(reopens.saturating_sub(now)) {
+                    return false;
+                }
+            }
+        }
+        if let Some(limiter) = &self.limiter {
+            loop {
+                let wait = limiter
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .try_acquire(control.elapsed());
+                match wait {
+                    Ok(()) => break,
+                    Err(wait) if !control.sleep(wait) => return false,
+                    Err(_) => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Feeds one attempt's outcome to the breaker.
+    pub(crate) fn record(&self, success: bool, control: &Control) {
+        let Some(breaker) = &self.breaker else { return };
+        let now = control.elapsed();
+        let mut b = breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        let transition =
+            if success { b.machine.on_success(now) } else { b.machine.on_failure(now) };
+        if transition == Some(BreakerTransition::Opened) {
+            b.opened_at = now;
+        }
+        self.announce(transition, control);
+    }
+
+    fn announce(&self, transition: Option<BreakerTransition>, control: &Control) {
+        let Some(transition) = transition else { return };
+        let stage = &*self.stage;
+        let (state, event) = match transition {
+            BreakerTransition::Opened => (BreakerState::Open, Event::CircuitOpened { stage }),
+            BreakerTransition::HalfOpened => {
+                (BreakerState::HalfOpen, Event::CircuitHalfOpen { stage })
+            }
+            BreakerTransition::Closed => (BreakerState::Closed, Event::CircuitClosed { stage }),
+        };
+        self.state.store(state_code(state), Ordering::Relaxed);
+        control.emit(&event);
+    }
+}
+
+/// A failed attempt: the stage's error or a panic's message.
+pub(crate) enum Failure<E> {
+    Error(E),
+    Panic(String),
+}
+
+impl<E: fmt::Display> fmt::Display for Failure<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Error(error) => error.fmt(f),
+            Self::Panic(message) => write!(f, "panicked: {message}"),
+        }
+    }
+}
