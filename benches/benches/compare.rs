@@ -4,16 +4,19 @@
 //! Environment: `BACKFLOW_BENCH_ROUNDS` (default 9), `BACKFLOW_BENCH_SPSC_ITEMS` (default
 //! 100 000 000), `BACKFLOW_BENCH_MPMC_ITEMS` (default 20 000 000),
 //! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_PARALLEL_ITEMS`
-//! (default 50 000), `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline` or `parallel`: run one
-//! part), `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only
-//! the contenders whose name contains one).
+//! (default 50 000), `BACKFLOW_BENCH_ORDERED_ITEMS` (default 800 000, the 1 µs stage),
+//! `BACKFLOW_BENCH_ORDERED_MAP_ITEMS` (default 15 000 000, the plain map),
+//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel` or `ordered`: run one part),
+//! `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only the contenders whose name
+//! contains one).
 
 use std::env;
 
+use backflow_benches::ordered::{self, Load};
 use backflow_benches::pipeline::{self, SinkDelay, Workload};
 use backflow_benches::report::{
-    Baseline, MILLIONS, THOUSANDS, interleave, interleave_runs, latency_table, per_second, table,
-    table_in,
+    Baseline, MILLIONS, Summary, THOUSANDS, interleave, interleave_runs, latency_table, per_second,
+    table, table_in,
 };
 use backflow_benches::{mpmc, parallel, spsc};
 
@@ -40,6 +43,8 @@ fn main() {
     let mpmc_items = env_or("BACKFLOW_BENCH_MPMC_ITEMS", 20_000_000);
     let pipeline_items = env_or("BACKFLOW_BENCH_PIPELINE_ITEMS", 10_000_000);
     let parallel_items = env_or("BACKFLOW_BENCH_PARALLEL_ITEMS", 50_000);
+    let ordered_items = env_or("BACKFLOW_BENCH_ORDERED_ITEMS", 800_000);
+    let ordered_map_items = env_or("BACKFLOW_BENCH_ORDERED_MAP_ITEMS", 15_000_000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let only = env::var("BACKFLOW_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
@@ -61,6 +66,9 @@ fn main() {
     }
     if part("parallel") {
         parallel_table(rounds, parallel_items, cores);
+    }
+    if part("ordered") {
+        ordered_tables(rounds, ordered_items, ordered_map_items, cores);
     }
 }
 
@@ -161,4 +169,35 @@ fn parallel_table(rounds: usize, items: u64, cores: usize) {
     let samples =
         interleave(&names, rounds, |i| Some(per_second(items, (contenders[i].run)(items))));
     println!("{}", table_in(&samples, &[Baseline::Row(parallel::ONE_WORKER)], THOUSANDS));
+}
+
+fn ordered_tables(rounds: usize, spin_items: u64, map_items: u64, cores: usize) {
+    let contenders: Vec<_> = ordered::CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let cost = format!("{} µs of busy work per item", ordered::COST.as_micros());
+    for (load, what, items) in
+        [(Load::Spin, cost.as_str(), spin_items), (Load::Map, "a plain map", map_items)]
+    {
+        println!(
+            "## Ordering: one stage ({what}) on {cores} cores, producer → stage → sink, \
+             {items} items per run\n"
+        );
+        let mut inversions = vec![Vec::new(); contenders.len()];
+        let samples = interleave(&names, rounds, |i| {
+            let run = (contenders[i].run)(load, items);
+            inversions[i].push(run.inversions as f64);
+            Some(per_second(items, run.elapsed))
+        });
+        let baselines = [Baseline::Row(ordered::ONE_WORKER), Baseline::Row(ordered::UNORDERED)];
+        let unit = if load == Load::Spin { THOUSANDS } else { MILLIONS };
+        println!("{}", table_in(&samples, &baselines, unit));
+        println!(
+            "Inversions at the sink (items not greater than the one before), median over the runs (warm-up included):\n"
+        );
+        for (name, counts) in names.iter().zip(&inversions) {
+            let median = Summary::of(counts).map_or(0.0, |s| s.median);
+            println!("- {name}: {median:.0}");
+        }
+        println!();
+    }
 }

@@ -1,9 +1,10 @@
 //! Criterion benches of every ring and pipeline contender (see `backflow_benches::spsc`,
-//! `::mpmc` and `::pipeline`).
+//! `::mpmc`, `::pipeline` and `::ordered`).
 //! For the same-run comparison table, run `cargo xtask bench` instead.
 
 use std::time::Duration;
 
+use backflow_benches::ordered::{self, Load};
 use backflow_benches::pipeline::{self, SinkDelay, Workload};
 use backflow_benches::{mpmc, spsc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -57,12 +58,25 @@ fn pipelines(c: &mut Criterion) {
     }
 }
 
+fn ordering(c: &mut Criterion) {
+    for (load, label) in [(Load::Spin, "1 µs per item"), (Load::Map, "plain map")] {
+        let mut group = c.benchmark_group(format!("ordered, {label}"));
+        group.throughput(Throughput::Elements(ITEMS_PER_ITER));
+        for contender in ordered::CONTENDERS {
+            group.bench_function(contender.name, |b| {
+                b.iter_custom(|iters| (contender.run)(load, iters * ITEMS_PER_ITER).elapsed)
+            });
+        }
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = spsc_rings, mpmc_rings, pipelines
+    targets = spsc_rings, mpmc_rings, pipelines, ordering
 }
 criterion_main!(benches);

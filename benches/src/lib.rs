@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mpmc;
+pub mod ordered;
 pub mod parallel;
 pub mod pipeline;
 pub mod report;

@@ -70,3 +70,18 @@ fn every_parallel_contender_delivers_every_item() {
         assert!(elapsed >= parallel::COST * 100, "{}: 200 × 10 µs on 2 cores", contender.name);
     }
 }
+
+#[test]
+fn every_ordered_contender_delivers_every_item_and_ordered_ones_in_order() {
+    use backflow_benches::ordered::{self, Load};
+
+    for load in [Load::Spin, Load::Map] {
+        for contender in ordered::CONTENDERS {
+            // Each run asserts the count and the sum, and an ordered run zero inversions.
+            let run = (contender.run)(load, ITEMS);
+            if contender.name != ordered::UNORDERED {
+                assert_eq!(run.inversions, 0, "{} {load:?}", contender.name);
+            }
+        }
+    }
+}
