@@ -95,7 +95,9 @@ pub use input::Input;
 pub use output::Output;
 pub use pipeline::{Pipeline, run};
 pub use policy::{DeadLetter, ErrorPolicy};
-pub use stats::{Accounting, Latency, Report, SinkStats, StageStats, Stats};
+pub use stats::{
+    Accounting, Bottleneck, Latency, Report, SinkStats, StageStats, Stats, TimeShares,
+};
 pub use wait::WaitStrategy;
 
 /// Stages: the core's (map, filter, filter-map, flat-map, inspect, validate, fixed-size batch,

@@ -32,6 +32,11 @@ pub(crate) struct StageCounters {
     pub(crate) dead_lettered: Counter,
     /// Attempts made again after a failure.
     pub(crate) retried: Counter,
+    /// Worker time spent processing batches, in ns (all workers together).
+    pub(crate) busy_ns: Counter,
+    /// Worker time spent handing outputs downstream: waiting for room in the next queue, or
+    /// in the sink, in ns.
+    pub(crate) backpressured_ns: Counter,
     /// Inputs never processed because the pipeline stopped first.
     pub(crate) abandoned: Counter,
 }
@@ -262,7 +267,109 @@ pub struct StageStats {
     pub throughput_recent: f64,
     /// Inputs processed per second since the pipeline started.
     pub throughput_total: f64,
+    /// How the stage's workers have spent their time since the pipeline started.
+    pub time: TimeShares,
 }
+
+/// How a stage's workers have spent their time since the pipeline started, as fractions of
+/// their wall time (workers × elapsed) that add up to 1.
+///
+/// # Examples
+///
+/// ```
+/// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// let time = pipeline.stats().stages()[0].time;
+/// assert!((time.busy + time.backpressured + time.idle - 1.0).abs() < 1e-9);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TimeShares {
+    /// Processing items.
+    pub busy: f64,
+    /// Handing outputs downstream: waiting for room in the next stage's queue, or in the sink.
+    pub backpressured: f64,
+    /// Waiting for items (or not started, or finished).
+    pub idle: f64,
+}
+
+impl TimeShares {
+    fn new(busy_ns: u64, backpressured_ns: u64, workers: usize, elapsed: Duration) -> Self {
+        let wall = elapsed.as_nanos() as f64 * workers.max(1) as f64;
+        if wall == 0.0 {
+            return Self { idle: 1.0, ..Self::default() };
+        }
+        let busy = (busy_ns as f64 / wall).min(1.0);
+        let backpressured = (backpressured_ns as f64 / wall).min(1.0 - busy);
+        Self { busy, backpressured, idle: 1.0 - busy - backpressured }
+    }
+}
+
+/// The part of a pipeline that limits its throughput, and why; see [`Stats::bottleneck`].
+///
+/// # Examples
+///
+/// ```
+/// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// if let Some(bottleneck) = pipeline.stats().bottleneck() {
+///     println!("bottleneck: {bottleneck}");
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Bottleneck {
+    /// A stage is busy most of the time, and the stage before it (if any) waits for it.
+    Stage {
+        /// The stage.
+        name: String,
+        /// Its busy share.
+        busy: f64,
+        /// The stage feeding it and that stage's backpressured share, when it waits.
+        upstream: Option<(String, f64)>,
+    },
+    /// The pipeline's last stage spends most of its time handing items to the sink.
+    Sink {
+        /// The last stage.
+        last: String,
+        /// Its backpressured share.
+        backpressured: f64,
+    },
+    /// Every stage is idle most of the time: items do not arrive faster.
+    Input {
+        /// The busiest stage's busy share.
+        busiest: f64,
+    },
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0} %", share * 100.0)
+}
+
+impl fmt::Display for Bottleneck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stage { name, busy, upstream } => {
+                write!(f, "{name}: busy {}", percent(*busy))?;
+                if let Some((up, share)) = upstream {
+                    write!(f, ", upstream `{up}` backpressured {}", percent(*share))?;
+                }
+                Ok(())
+            }
+            Self::Sink { last, backpressured } => {
+                write!(f, "sink: `{last}` waits on it {}", percent(*backpressured))
+            }
+            Self::Input { busiest } => write!(
+                f,
+                "input: every stage is mostly idle (the busiest {}); items arrive no faster",
+                percent(*busiest)
+            ),
+        }
+    }
+}
+
+/// Below this busy share, no stage counts as limiting.
+const IDLE_BELOW: f64 = 0.5;
 
 impl StageStats {
     /// Queue fill as a fraction of capacity, `0.0..=1.0`.
@@ -405,6 +512,55 @@ impl Stats {
         &self.sinks
     }
 
+    /// The part of the pipeline that limits its throughput, judged from the time shares
+    /// since the start: the sink, if the last stage spends more time handing items to it
+    /// than any stage spends working; otherwise the busiest stage, if it is busy at least
+    /// half the time (with the stage before it, if that one waits on it); otherwise the
+    /// input. `None` before any stage has done anything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Bottleneck, Pipeline};
+    ///
+    /// let pipeline = Pipeline::<u64>::builder()
+    ///     .stage("spin", || |x: u64| (0..20_000).fold(x, |a, i| std::hint::black_box(a ^ i)))
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push_iter(0..2_000)?;
+    /// let report = pipeline.drain()?;
+    /// let Some(Bottleneck::Stage { name, .. }) = report.stats().bottleneck() else { panic!() };
+    /// assert_eq!(name, "spin");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bottleneck(&self) -> Option<Bottleneck> {
+        let busiest = self
+            .stages
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| a.time.busy.total_cmp(&b.time.busy))?;
+        let (index, stage) = busiest;
+        let last = self.stages.last()?;
+        if last.time.backpressured > stage.time.busy && last.time.backpressured >= IDLE_BELOW {
+            return Some(Bottleneck::Sink {
+                last: last.name.clone(),
+                backpressured: last.time.backpressured,
+            });
+        }
+        if stage.time.busy < IDLE_BELOW {
+            if stage.time.busy == 0.0 {
+                return None;
+            }
+            return Some(Bottleneck::Input { busiest: stage.time.busy });
+        }
+        let upstream = index
+            .checked_sub(1)
+            .map(|up| &self.stages[up])
+            .filter(|up| up.time.backpressured > 0.1)
+            .map(|up| (up.name.clone(), up.time.backpressured));
+        Some(Bottleneck::Stage { name: stage.name.clone(), busy: stage.time.busy, upstream })
+    }
+
     pub(crate) fn set_flows(&mut self, flows: Vec<FlowCheck>) {
         self.flows = flows;
     }
@@ -472,6 +628,12 @@ impl Collector<'_> {
                     queue_wait: shared.queue_wait.snapshot().percentiles(),
                     throughput_recent: window.rate(self.now, done),
                     throughput_total: per_second(done, elapsed),
+                    time: TimeShares::new(
+                        c.busy_ns.get(),
+                        c.backpressured_ns.get(),
+                        shared.workers,
+                        elapsed,
+                    ),
                 }
             })
             .collect();
@@ -535,9 +697,11 @@ impl fmt::Display for Stats {
             "proc p50",
             "proc p99",
             "wait p99",
+            "busy",
+            "blocked",
             "items/s",
         ];
-        let mut rows: Vec<[String; 13]> = Vec::with_capacity(self.stages.len() + 1);
+        let mut rows: Vec<[String; 15]> = Vec::with_capacity(self.stages.len() + 1);
         for s in &self.stages {
             let a = &s.accounting;
             rows.push([
@@ -557,6 +721,8 @@ impl fmt::Display for Stats {
                 nanos(s.process_time.p50),
                 nanos(s.process_time.p99),
                 nanos(s.queue_wait.p99),
+                percent(s.time.busy),
+                percent(s.time.backpressured),
                 rate(s.throughput_recent),
             ]);
         }
@@ -570,6 +736,8 @@ impl fmt::Display for Stats {
                 String::new(),
                 k.abandoned.to_string(),
                 k.in_flight.to_string(),
+                String::new(),
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -606,7 +774,11 @@ impl fmt::Display for Stats {
             nanos(k.latency.p99),
             nanos(k.latency.max),
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        match self.bottleneck() {
+            Some(bottleneck) => write!(f, "\nbottleneck: {bottleneck}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -158,6 +158,8 @@ struct Outputs<'a, T> {
     born: u64,
     queued: u64,
     emitted: u64,
+    /// Time spent handing outputs downstream (waiting for room, or in the sink), in ns.
+    delivering: u64,
     /// Set when the pipeline stopped while delivering.
     stopped: bool,
     /// A panic while delivering (in the sink or a drop hook), which is fatal; kept here so
@@ -175,6 +177,7 @@ impl<'a, T> Outputs<'a, T> {
             born: 0,
             queued: 0,
             emitted: 0,
+            delivering: 0,
             stopped: false,
             fatal: None,
         }
@@ -185,7 +188,10 @@ impl<'a, T> Outputs<'a, T> {
             return;
         }
         let (downstream, buf) = (self.downstream, &mut *self.buf);
-        match catch_unwind(AssertUnwindSafe(|| downstream.deliver(buf))) {
+        let started = Instant::now();
+        let delivered = catch_unwind(AssertUnwindSafe(|| downstream.deliver(buf)));
+        self.delivering += nanos_since(started);
+        match delivered {
             Ok(delivered) => self.stopped |= !delivered,
             Err(panic) => {
                 self.fatal = Some(panic);
@@ -197,7 +203,11 @@ impl<'a, T> Outputs<'a, T> {
     /// Delivers the batch's outputs: now, or in sequence for an ordered stage.
     fn finish_batch(&mut self, ticket: Option<(u64, &Reorder<T>)>, control: &Control) {
         let Some((ticket, reorder)) = ticket else { return self.flush() };
-        match reorder.hand_over(ticket, self.buf, self.downstream, || control.is_cancelled()) {
+        let started = Instant::now();
+        let handed =
+            reorder.hand_over(ticket, self.buf, self.downstream, || control.is_cancelled());
+        self.delivering += nanos_since(started);
+        match handed {
             HandOver::Delivered => {}
             HandOver::Stopped => self.stopped = true,
             HandOver::Panicked(panic) => {
@@ -339,6 +349,7 @@ fn work<In, S, F>(
             input.wait_for_items(deadline);
             continue;
         }
+        let batch_started = Instant::now();
         let mut out = Outputs::new(outputs, parts);
         let mut outcomes = Outcomes::new(&cx.shared.counters);
         // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
@@ -375,7 +386,10 @@ fn work<In, S, F>(
         }
         drop(outcomes);
         out.finish_batch(ticket, control);
-        cx.shared.counters.emitted_outputs.add(out.emitted);
+        let counters = &cx.shared.counters;
+        counters.emitted_outputs.add(out.emitted);
+        counters.backpressured_ns.add(out.delivering);
+        counters.busy_ns.add(nanos_since(batch_started).saturating_sub(out.delivering));
         if out.stopped || !inputs.is_empty() {
             // Stopped while delivering, or cancelled: what was not processed is abandoned.
             for envelope in inputs.drain(..) {
@@ -740,6 +754,11 @@ fn in_runs<In, S, F>(
             attempts(stage, factory, copy, 2, out, cx, outcomes);
         }
     }
+}
+
+/// Nanoseconds since `start`.
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The message of a panic payload, when it is a string.

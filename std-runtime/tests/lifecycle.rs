@@ -315,3 +315,55 @@ fn a_run_stage_that_panics_fails_what_it_took_and_had_not_reported() {
     assert!(delivered.iter().all(|x| x % 100 != 99));
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "delivered out of order");
 }
+
+/// Burns about `micros` µs of CPU (a busy wait, not a sleep: the worker stays busy).
+fn spin_for(micros: u64) {
+    let until = std::time::Instant::now() + Duration::from_micros(micros);
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn the_bottleneck_is_the_busy_stage_or_the_sink() {
+    use backflow::Bottleneck;
+
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("bparse", || |x: u64| x)
+        .stage("bslow", || {
+            |x: u64| {
+                spin_for(50);
+                x
+            }
+        })
+        .stage("bafter", || |x: u64| x)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..4_000).unwrap();
+    let stats = pipeline.drain().unwrap().stats().clone();
+    let slow = stats.stage("bslow").unwrap().time;
+    assert!((slow.busy + slow.backpressured + slow.idle - 1.0).abs() < 1e-9);
+    match stats.bottleneck() {
+        Some(Bottleneck::Stage { name, busy, upstream }) => {
+            assert_eq!(name, "bslow");
+            assert!(busy > 0.5, "{busy}");
+            assert_eq!(upstream.map(|(up, _)| up), Some("bparse".to_string()));
+        }
+        other => panic!("{other:?}\n{stats}"),
+    }
+    assert!(stats.to_string().contains("bottleneck: bslow: busy"), "{stats}");
+
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("bfirst", || |x: u64| x)
+        .stage("blast", || |x: u64| x)
+        .sink(|_| spin_for(50))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..4_000).unwrap();
+    let stats = pipeline.drain().unwrap().stats().clone();
+    match stats.bottleneck() {
+        Some(Bottleneck::Sink { last, .. }) => assert_eq!(last, "blast"),
+        other => panic!("{other:?}\n{stats}"),
+    }
+}
