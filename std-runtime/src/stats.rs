@@ -862,6 +862,19 @@ impl Report {
         self.stats.sink()
     }
 
+    /// Every sink's final stats: the pipeline's first, then each branch's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("a", || |x: u8| x).sink(|_| {}).build()?;
+    /// assert_eq!(pipeline.drain()?.sinks().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sinks(&self) -> &[SinkStats] {
+        self.stats.sinks()
+    }
+
     /// Items abandoned across all stages and sinks.
     ///
     /// # Examples

@@ -158,8 +158,10 @@ struct Outputs<'a, T> {
     born: u64,
     queued: u64,
     emitted: u64,
-    /// Time spent handing outputs downstream (waiting for room, or in the sink), in ns.
+    /// Time spent handing outputs downstream (waiting for room, or in the sink), in ns, when
+    /// `timed`.
     delivering: u64,
+    timed: bool,
     /// Set when the pipeline stopped while delivering.
     stopped: bool,
     /// A panic while delivering (in the sink or a drop hook), which is fatal; kept here so
@@ -178,6 +180,7 @@ impl<'a, T> Outputs<'a, T> {
             queued: 0,
             emitted: 0,
             delivering: 0,
+            timed: parts.input.control.timings,
             stopped: false,
             fatal: None,
         }
@@ -188,9 +191,9 @@ impl<'a, T> Outputs<'a, T> {
             return;
         }
         let (downstream, buf) = (self.downstream, &mut *self.buf);
-        let started = Instant::now();
+        let started = self.timed.then(Instant::now);
         let delivered = catch_unwind(AssertUnwindSafe(|| downstream.deliver(buf)));
-        self.delivering += nanos_since(started);
+        self.delivering += started.map_or(0, nanos_since);
         match delivered {
             Ok(delivered) => self.stopped |= !delivered,
             Err(panic) => {
@@ -203,10 +206,10 @@ impl<'a, T> Outputs<'a, T> {
     /// Delivers the batch's outputs: now, or in sequence for an ordered stage.
     fn finish_batch(&mut self, ticket: Option<(u64, &Reorder<T>)>, control: &Control) {
         let Some((ticket, reorder)) = ticket else { return self.flush() };
-        let started = Instant::now();
+        let started = self.timed.then(Instant::now);
         let handed =
             reorder.hand_over(ticket, self.buf, self.downstream, || control.is_cancelled());
-        self.delivering += nanos_since(started);
+        self.delivering += started.map_or(0, nanos_since);
         match handed {
             HandOver::Delivered => {}
             HandOver::Stopped => self.stopped = true,
@@ -349,7 +352,7 @@ fn work<In, S, F>(
             input.wait_for_items(deadline);
             continue;
         }
-        let batch_started = Instant::now();
+        let batch_started = control.timings.then(Instant::now);
         let mut out = Outputs::new(outputs, parts);
         let mut outcomes = Outcomes::new(&cx.shared.counters);
         // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
@@ -389,7 +392,9 @@ fn work<In, S, F>(
         let counters = &cx.shared.counters;
         counters.emitted_outputs.add(out.emitted);
         counters.backpressured_ns.add(out.delivering);
-        counters.busy_ns.add(nanos_since(batch_started).saturating_sub(out.delivering));
+        if let Some(started) = batch_started {
+            counters.busy_ns.add(nanos_since(started).saturating_sub(out.delivering));
+        }
         if out.stopped || !inputs.is_empty() {
             // Stopped while delivering, or cancelled: what was not processed is abandoned.
             for envelope in inputs.drain(..) {
@@ -592,6 +597,12 @@ fn attempts<In, S, F>(
     let policy = cx.policy;
     let mut attempt = first;
     loop {
+        // The first attempt was admitted when the item was taken; a retry is admitted anew,
+        // so that it too waits for an open breaker and a token.
+        if attempt > 1 && !policy.gate.admit(cx.control) {
+            cx.input.give_up(item);
+            return;
+        }
         let copy = policy.clone.map(|clone| clone(&item));
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(before) = policy.before.as_deref().filter(|_| attempt == 1) {
