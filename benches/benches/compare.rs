@@ -6,7 +6,8 @@
 //! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_PARALLEL_ITEMS`
 //! (default 50 000), `BACKFLOW_BENCH_ORDERED_ITEMS` (default 800 000, the 1 µs stage),
 //! `BACKFLOW_BENCH_ORDERED_MAP_ITEMS` (default 15 000 000, the plain map),
-//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel` or `ordered`: run one part),
+//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel`, `ordered` or `metrics`: run
+//! one part),
 //! `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only the contenders whose name
 //! contains one).
 
@@ -70,6 +71,22 @@ fn main() {
     if part("ordered") {
         ordered_tables(rounds, ordered_items, ordered_map_items, cores);
     }
+    if part("metrics") {
+        metrics_table(rounds, pipeline_items);
+    }
+}
+
+/// The 3-stage pipeline with its timings on and off, interleaved: what the stats cost.
+fn metrics_table(rounds: usize, items: u64) {
+    let workload = Workload { items, stages: 3, sink_delay: SinkDelay::None };
+    println!("## Metrics on and off: 3 stages, push_iter, {items} items per run\n");
+    let contenders: Vec<_> = pipeline::METRICS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let samples = interleave(&names, rounds, |i| {
+        (contenders[i].run)(workload).map(|elapsed| per_second(items, elapsed))
+    });
+    let baselines = [Baseline::Row(pipeline::METRICS[1].name)];
+    println!("{}", table_in(&samples, &baselines, MILLIONS));
 }
 
 fn spsc_table(rounds: usize, spsc_items: u64) {

@@ -165,6 +165,12 @@ pub const THROUGHPUT: &[PipelineContender] = &[
     PipelineContender { name: ARRAY_QUEUE, run: array_queue },
 ];
 
+/// Timings on (the default) against off, same pipeline.
+pub const METRICS: &[PipelineContender] = &[
+    PipelineContender { name: "backflow, timings on", run: backflow_batch },
+    PipelineContender { name: "backflow, timings off", run: backflow_no_timings },
+];
+
 /// Every slow-consumer contender, backflow first, and the delay on its own.
 pub const SLOW_CONSUMER: &[PipelineContender] = &[
     PipelineContender { name: "backflow push_iter (Park)", run: backflow_batch },
@@ -196,6 +202,7 @@ enum Feed {
 fn build(
     stages: usize,
     strategy: WaitStrategy,
+    timings: bool,
     map: fn(u64) -> u64,
     ready: &Arc<Barrier>,
     sink: impl FnMut(u64) + Send + 'static,
@@ -209,6 +216,7 @@ fn build(
     };
     let mut builder = Pipeline::<u64>::builder()
         .wait_strategy(strategy)
+        .timings(timings)
         .stage("stage 1", factory(ready))
         .capacity(CAPACITY);
     for i in 2..=stages {
@@ -219,7 +227,7 @@ fn build(
 
 /// backflow: pushes `0..items`, the sink sums them (spending `sink_delay` each) and publishes
 /// the sum with the last item.
-fn backflow(workload: Workload, strategy: WaitStrategy, feed: Feed) -> Duration {
+fn backflow(workload: Workload, strategy: WaitStrategy, feed: Feed, timings: bool) -> Duration {
     let Workload { items, stages, sink_delay } = workload;
     let ready = Arc::new(Barrier::new(stages + 1));
     let total = Arc::new(AtomicU64::new(0));
@@ -233,7 +241,7 @@ fn backflow(workload: Workload, strategy: WaitStrategy, feed: Feed) -> Duration 
             published.store(sum, Ordering::Release);
         }
     };
-    let pipeline = build(stages, strategy, step, &ready, sink);
+    let pipeline = build(stages, strategy, timings, step, &ready, sink);
     let input = pipeline.input();
     ready.wait();
     let start = Instant::now();
@@ -255,17 +263,23 @@ fn backflow(workload: Workload, strategy: WaitStrategy, feed: Feed) -> Duration 
 
 /// backflow, default wait strategy (park), `push_iter`.
 pub fn backflow_batch(workload: Workload) -> Option<Duration> {
-    Some(backflow(workload, WaitStrategy::Park, Feed::Batch))
+    Some(backflow(workload, WaitStrategy::Park, Feed::Batch, true))
+}
+
+/// backflow, default wait strategy (park), `push_iter`, nothing timed
+/// ([`Source::timings(false)`](backflow::Source::timings)): only the counters.
+pub fn backflow_no_timings(workload: Workload) -> Option<Duration> {
+    Some(backflow(workload, WaitStrategy::Park, Feed::Batch, false))
 }
 
 /// backflow, default wait strategy (park), one `push` per item.
 pub fn backflow_single(workload: Workload) -> Option<Duration> {
-    Some(backflow(workload, WaitStrategy::Park, Feed::Single))
+    Some(backflow(workload, WaitStrategy::Park, Feed::Single, true))
 }
 
 /// backflow, busy-spinning workers and producer, `push_iter`.
 pub fn backflow_busy_spin(workload: Workload) -> Option<Duration> {
-    Some(backflow(workload, WaitStrategy::BusySpin, Feed::Batch))
+    Some(backflow(workload, WaitStrategy::BusySpin, Feed::Batch, true))
 }
 
 /// A thread per stage over `queues` (one per stage, in order): the producer pushes `0..items`
@@ -398,7 +412,7 @@ fn backflow_latency(items: u64, rate: u64, strategy: WaitStrategy) -> Latency {
     let recorder = Arc::clone(&histogram);
     let epoch = Instant::now();
     let sink = move |sent: u64| recorder.record(nanos_since(epoch).saturating_sub(sent));
-    let pipeline = build(1, strategy, identity, &ready, sink);
+    let pipeline = build(1, strategy, true, identity, &ready, sink);
     let input = pipeline.input();
     ready.wait();
     paced(items, rate, epoch, |sent| input.push(sent).expect("the pipeline is open"));

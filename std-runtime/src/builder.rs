@@ -50,6 +50,7 @@ pub const DEFAULT_SAMPLE_EVERY: u32 = 64;
 struct Settings {
     strategy: WaitStrategy,
     sample_every: NonZeroU32,
+    timings: bool,
     events: Option<EventHandler>,
 }
 
@@ -58,6 +59,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("strategy", &self.strategy)
             .field("sample_every", &self.sample_every)
+            .field("timings", &self.timings)
             .field("events", &self.events.is_some())
             .finish()
     }
@@ -236,7 +238,12 @@ impl<In: Send + 'static> Source<In> {
     pub(crate) fn new() -> Self {
         let sample_every = NonZeroU32::new(DEFAULT_SAMPLE_EVERY).unwrap_or(NonZeroU32::MIN);
         Self {
-            settings: Settings { strategy: WaitStrategy::default(), sample_every, events: None },
+            settings: Settings {
+                strategy: WaitStrategy::default(),
+                sample_every,
+                timings: true,
+                events: None,
+            },
             _input: PhantomData,
         }
     }
@@ -290,6 +297,30 @@ impl<In: Send + 'static> Source<In> {
     /// ```
     pub fn sample_every(mut self, n: NonZeroU32) -> Self {
         self.settings.sample_every = n;
+        self
+    }
+
+    /// Whether the pipeline times anything (default `true`): sampled queue waits, processing
+    /// times and end-to-end latency, and the workers' time shares behind
+    /// [`Stats::bottleneck`](crate::Stats::bottleneck). Off, stats keep every count (the
+    /// accounting needs them) and report zero times; it saves a few clock reads per batch
+    /// (`benches/README.md`, "Metrics on and off").
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pipeline = backflow::Pipeline::<u8>::builder()
+    ///     .timings(false)
+    ///     .stage("id", || |x: u8| x)
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push(1)?;
+    /// let report = pipeline.drain()?;
+    /// assert_eq!((report.sink().delivered, report.stages()[0].time.busy), (1, 0.0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn timings(mut self, on: bool) -> Self {
+        self.settings.timings = on;
         self
     }
 
@@ -1055,7 +1086,12 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
 
     fn control(&self) -> Arc<Control> {
         let settings = &self.chain.settings;
-        Arc::new(Control::new(settings.strategy, settings.sample_every, settings.events.clone()))
+        Arc::new(Control::new(
+            settings.strategy,
+            settings.sample_every,
+            settings.timings,
+            settings.events.clone(),
+        ))
     }
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct Control {
     start: Instant,
     /// One item in `sample_every` carries timestamps (see [`Envelope`](crate::link::Envelope)).
     pub(crate) sample_every: NonZeroU32,
+    /// Whether anything is timed: sampled latencies and the workers' time shares.
+    pub(crate) timings: bool,
     /// Worker threads that have returned.
     exited: AtomicUsize,
     /// Notified each time a worker exits (`shutdown` waits on it with a deadline).
@@ -44,6 +46,7 @@ impl Control {
     pub(crate) fn new(
         strategy: WaitStrategy,
         sample_every: NonZeroU32,
+        timings: bool,
         events: Option<EventHandler>,
     ) -> Self {
         Self {
@@ -51,6 +54,7 @@ impl Control {
             strategy,
             start: Instant::now(),
             sample_every,
+            timings,
             exited: AtomicUsize::new(0),
             exit: Signal::new(),
             cancel_signal: Signal::new(),

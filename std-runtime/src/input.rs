@@ -225,12 +225,12 @@ impl<In> Input<In> {
     #[inline]
     fn envelope(&self, item: In) -> Envelope<In> {
         let left = self.countdown.get();
-        if left == 0 {
+        if left == 0 && self.link.control.timings {
             self.countdown.set(self.link.control.sample_every.get() - 1);
             let now = self.link.control.now();
             Envelope { item, born: now, queued: now }
         } else {
-            self.countdown.set(left - 1);
+            self.countdown.set(left.saturating_sub(1));
             Envelope { item, born: 0, queued: 0 }
         }
     }
