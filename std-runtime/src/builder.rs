@@ -110,6 +110,8 @@ pub(crate) struct Resolved {
     order: Order,
     retry: Option<RetrySchedule>,
     flush_every: Option<Duration>,
+    /// Whether the stall watchdog watches it.
+    watched: bool,
     gate: Arc<Gate>,
     typed: Option<Box<dyn Any>>,
 }
@@ -442,6 +444,7 @@ impl StageSettings {
             order: self.order,
             retry: self.retry,
             flush_every: self.flush_every,
+            watched: self.stall_after.is_some(),
             typed: self.typed,
         })
     }
@@ -1468,6 +1471,7 @@ where
         before: typed.before,
         after: typed.after,
         gate: Arc::clone(&stage.gate),
+        watched: stage.watched,
     };
     let reorder =
         (stage.order == Order::Ordered && stage.workers > 1).then(|| Arc::new(Reorder::new()));

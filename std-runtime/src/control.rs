@@ -97,10 +97,19 @@ impl Control {
         self.events.is_some()
     }
 
-    /// Hands `event` to the handler, if there is one.
+    /// Hands `event` to the handler, if there is one. A panic in the handler does not unwind
+    /// into the runtime (which may be holding items): it stops the pipeline, and `drain()`
+    /// reports it.
     pub(crate) fn emit(&self, event: &Event<'_>) {
         if let Some(handler) = &self.events {
-            handler(event);
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event)));
+            if let Err(panic) = handled {
+                self.fail(Fatal {
+                    stage: "event handler".into(),
+                    message: crate::worker::panic_message(&*panic),
+                    worker: Some(0),
+                });
+            }
         }
     }
 

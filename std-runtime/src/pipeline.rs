@@ -121,6 +121,9 @@ impl<In> Running<In> {
 
     fn cancel(&self) {
         self.control.cancel();
+        // Also here: before `Pipeline::start` registers the links with the control (a failed
+        // spawn stops the threads already started), only this knows them.
+        self.views.iter().chain(&self.output).for_each(|view| view.wake_all());
     }
 
     /// Joins every worker thread.
@@ -336,8 +339,9 @@ impl<In> Pipeline<In> {
     /// # Errors
     ///
     /// [`PipelineError::Cancelled`] if the pipeline was cancelled first,
-    /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage. Either carries
-    /// the report.
+    /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item,
+    /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage (or the event
+    /// handler panicked). Each carries the report.
     ///
     /// # Examples
     ///
@@ -362,6 +366,7 @@ impl<In> Pipeline<In> {
     /// # Errors
     ///
     /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage;
+    /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item;
     /// [`PipelineError::Cancelled`] if [`cancel`](Self::cancel) was called before.
     ///
     /// # Examples
@@ -438,7 +443,7 @@ impl<In> fmt::Debug for Pipeline<In> {
 ///
 /// # Errors
 ///
-/// Those of [`Pipeline::drain`], and [`PipelineError::StageFailed`] from a fail-fast stage.
+/// Those of [`Pipeline::drain`].
 ///
 /// # Examples
 ///

@@ -135,6 +135,8 @@ pub(crate) struct Policy<In, Out> {
     pub(crate) before: Option<Look<In>>,
     pub(crate) after: Option<Look<Out>>,
     pub(crate) gate: Arc<Gate>,
+    /// Progress is published item by item, for the stall watchdog.
+    pub(crate) watched: bool,
 }
 
 impl<In, Out> Policy<In, Out> {
@@ -145,6 +147,7 @@ impl<In, Out> Policy<In, Out> {
             && self.retry.is_none()
             && self.before.is_none()
             && self.gate.is_open_door()
+            && !self.watched
             && !control.has_events()
     }
 }
@@ -158,6 +161,7 @@ impl<In, Out> Clone for Policy<In, Out> {
             before: self.before.clone(),
             after: self.after.clone(),
             gate: Arc::clone(&self.gate),
+            watched: self.watched,
         }
     }
 }

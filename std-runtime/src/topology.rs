@@ -48,9 +48,18 @@ impl<T> Fan<T> {
     /// side holds the producer back.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
         let mut side = self.split(batch);
-        let side_ok = side.is_empty() || self.side.deliver(&mut side);
-        let main_ok = self.main.deliver(batch);
-        side_ok && main_ok
+        let delivered = catch_unwind(AssertUnwindSafe(|| {
+            let side_ok = side.is_empty() || self.side.deliver(&mut side);
+            let main_ok = self.main.deliver(batch);
+            side_ok && main_ok
+        }));
+        delivered.unwrap_or_else(|panic| {
+            // A sink or a drop hook panicked: what either side has not taken is abandoned
+            // there, so the caller finds nothing left (and does not split it again).
+            abandon_quietly(&self.side, &mut side);
+            abandon_quietly(&self.main, batch);
+            resume_unwind(panic)
+        })
     }
 
     /// Splits `batch` as a delivery would and abandons both parts where they would have gone.
@@ -108,6 +117,13 @@ impl<T> Fan<T> {
     }
 }
 
+/// Abandons `batch` downstream during the clean-up after a panic; a second panic (the same
+/// hook again) is not raised over the first.
+fn abandon_quietly<T>(downstream: &Downstream<T>, batch: &mut VecDeque<Envelope<T>>) {
+    let _ = catch_unwind(AssertUnwindSafe(|| downstream.abandon(batch)));
+    batch.clear();
+}
+
 /// The per-worker queues of a key-ordered stage: equal keys go to the same worker.
 pub(crate) struct Keyed<T> {
     pub(crate) lanes: Vec<Arc<Link<T>>>,
@@ -138,13 +154,24 @@ impl<T> Keyed<T> {
             }
             resume_unwind(panic);
         }
-        let mut ok = true;
-        for (lane, part) in self.lanes.iter().zip(&mut parts) {
-            if !part.is_empty() {
-                ok &= lane.deliver(part);
+        let delivered = catch_unwind(AssertUnwindSafe(|| {
+            let mut ok = true;
+            for (lane, part) in self.lanes.iter().zip(&mut parts) {
+                if !part.is_empty() {
+                    ok &= lane.deliver(part);
+                }
             }
-        }
-        ok
+            ok
+        }));
+        delivered.unwrap_or_else(|panic| {
+            // A drop hook panicked: the parts not delivered yet are abandoned in their lanes.
+            for (lane, part) in self.lanes.iter().zip(&mut parts) {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    part.drain(..).for_each(|envelope| lane.abandon(envelope.item));
+                }));
+            }
+            resume_unwind(panic)
+        })
     }
 
     pub(crate) fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {

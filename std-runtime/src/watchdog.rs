@@ -66,7 +66,7 @@ pub(crate) fn start(
         .collect();
     let control = Arc::clone(control);
     // Looking four times per shortest period reports a stall at most a quarter late.
-    let tick = period / 4;
+    let tick = (period / 4).max(Duration::from_millis(1));
     let handle = thread::Builder::new().name("backflow:watchdog".into()).spawn(move || {
         let done = || control.exited() == workers || control.is_cancelled();
         while !control.exit.park_until(done, Some(Instant::now() + tick)) {

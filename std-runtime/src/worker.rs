@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::iter;
+use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -149,6 +150,8 @@ impl<T> Sink<T> {
 /// have piled up (an ordered stage's are held until the batch is done).
 struct Outputs<'a, T> {
     buf: &'a mut VecDeque<Envelope<T>>,
+    /// Where `emitted` is added when this is dropped (also by a panic unwinding).
+    counters: &'a StageCounters,
     downstream: &'a Downstream<T>,
     /// Called with each output as it is emitted.
     after: Option<&'a (dyn Fn(&T) + Send + Sync)>,
@@ -173,6 +176,7 @@ impl<'a, T> Outputs<'a, T> {
     fn new<In>(buf: &'a mut VecDeque<Envelope<T>>, parts: &'a WorkerParts<In, T>) -> Self {
         Self {
             buf,
+            counters: &parts.shared.counters,
             downstream: &parts.downstream,
             after: parts.policy.after.as_deref(),
             hold: parts.reorder.is_some(),
@@ -226,6 +230,12 @@ impl<'a, T> Outputs<'a, T> {
             self.downstream.abandon(self.buf);
             resume_unwind(panic);
         }
+    }
+}
+
+impl<T> Drop for Outputs<'_, T> {
+    fn drop(&mut self) {
+        self.counters.emitted_outputs.add(self.emitted);
     }
 }
 
@@ -390,7 +400,6 @@ fn work<In, S, F>(
         drop(outcomes);
         out.finish_batch(ticket, control);
         let counters = &cx.shared.counters;
-        counters.emitted_outputs.add(out.emitted);
         counters.backpressured_ns.add(out.delivering);
         if let Some(started) = batch_started {
             counters.busy_ns.add(nanos_since(started).saturating_sub(out.delivering));
@@ -426,7 +435,6 @@ fn flush<In, S: Stage<In>>(
         Ok(Err(_)) | Err(_) => counters.panicked.increment(),
     }
     out.flush();
-    counters.emitted_outputs.add(out.emitted);
     let stopped = out.stopped;
     out.finish();
     !stopped
@@ -456,14 +464,21 @@ impl<'a> Outcomes<'a> {
     }
 }
 
+impl Outcomes<'_> {
+    /// Adds the outcomes so far to the counters, and starts again from zero.
+    fn publish(&mut self) {
+        let c = self.counters;
+        c.emitted_inputs.add(mem::take(&mut self.ok));
+        c.errored.add(mem::take(&mut self.failed));
+        c.panicked.add(mem::take(&mut self.panicked));
+        c.dead_lettered.add(mem::take(&mut self.dead_lettered));
+        c.retried.add(mem::take(&mut self.retried));
+    }
+}
+
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
-        let c = self.counters;
-        c.emitted_inputs.add(self.ok);
-        c.errored.add(self.failed);
-        c.panicked.add(self.panicked);
-        c.dead_lettered.add(self.dead_lettered);
-        c.retried.add(self.retried);
+        self.publish();
     }
 }
 
@@ -574,6 +589,9 @@ fn careful<In, S, F>(
         let times = envelope_times(envelope.born, envelope.queued, popped_at);
         attempts(stage, factory, envelope.item, 1, out, cx, outcomes);
         cx.timed(&times);
+        if cx.policy.watched {
+            outcomes.publish();
+        }
         if out.stopped {
             break;
         }
@@ -603,8 +621,11 @@ fn attempts<In, S, F>(
             cx.input.give_up(item);
             return;
         }
-        let copy = policy.clone.map(|clone| clone(&item));
+        // The copy and the hook are taken inside the catch: if they panic, the item fails with
+        // the panic like any other (without a copy to retry or dead-letter).
+        let mut copy = None;
         let result = catch_unwind(AssertUnwindSafe(|| {
+            copy = policy.clone.map(|clone| clone(&item));
             if let Some(before) = policy.before.as_deref().filter(|_| attempt == 1) {
                 before(&item);
             }
@@ -724,11 +745,16 @@ fn in_runs<In, S, F>(
             let envelope = inputs.pop_front()?;
             let popped_at = if envelope.born != 0 { control.now() } else { 0 };
             let times = Times { born: envelope.born, queued: envelope.queued, popped_at };
+            // Taken before the copy and the hook run: if they panic, the item fails with the
+            // panic like the rest of the run.
+            taken.borrow_mut().push_back(Taken { times, copy: None });
             let copy = policy.clone.map(|clone| clone(&envelope.item));
             if let Some(before) = &policy.before {
                 before(&envelope.item);
             }
-            taken.borrow_mut().push_back(Taken { times, copy });
+            if let Some(last) = taken.borrow_mut().back_mut() {
+                last.copy = copy;
+            }
             Some(envelope.item)
         });
         let mut done = |result: Result<(), S::Error>| {

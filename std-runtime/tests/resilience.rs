@@ -387,3 +387,46 @@ fn bad_policy_settings_are_config_errors() {
         assert!(matches!(err, ConfigError::ZeroDuration { .. }), "{err:?}");
     }
 }
+
+#[test]
+fn panics_in_hooks_sinks_and_handlers_stop_the_pipeline_with_every_item_accounted_for() {
+    // The panics below print their messages: they are on purpose.
+    let balanced = |result: Result<backflow::Report, PipelineError>, stage: &str| match result {
+        Err(PipelineError::WorkerPanicked { stage: s, report, .. }) => {
+            assert_eq!(s, stage);
+            assert!(report.is_balanced(), "{stage}: {:?}", report.unbalanced());
+        }
+        other => panic!("{stage}: expected WorkerPanicked, got {other:?}"),
+    };
+
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("dlq", fails_on_multiples_of(5))
+        .dead_letter(|_| panic!("the dead-letter queue is down"))
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let _ = pipeline.input().push_iter(1..=100);
+    balanced(pipeline.drain(), "dlq");
+
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("fan", || |x: u64| x)
+        .broadcast("copy", |b| b.sink(|x: u64| assert!(x != 3, "the copy sink fails")))
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let _ = pipeline.input().push_iter(0..100);
+    balanced(pipeline.drain(), "fan");
+
+    let pipeline = Pipeline::<u64>::builder()
+        .on_event(|event| {
+            if let Event::Error { .. } = event {
+                panic!("the handler fails")
+            }
+        })
+        .stage("ev", fails_on_multiples_of(7))
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let _ = pipeline.input().push_iter(1..=100);
+    balanced(pipeline.drain(), "event handler");
+}
