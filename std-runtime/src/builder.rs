@@ -43,7 +43,7 @@ use crate::{ConfigError, Dropped};
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// One item in this many carries timestamps, unless [`Source::sample_every`] says otherwise.
-pub const DEFAULT_SAMPLE_EVERY: u32 = 64;
+pub const DEFAULT_SAMPLE_EVERY: u32 = 256;
 
 /// Pipeline-wide settings.
 #[derive(Clone)]

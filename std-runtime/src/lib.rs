@@ -62,6 +62,7 @@ mod link;
 mod output;
 mod pipeline;
 mod policy;
+mod prometheus;
 mod slots;
 mod stages;
 mod stats;

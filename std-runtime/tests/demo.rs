@@ -1,0 +1,111 @@
+//! Runs the demo, `examples/logs.rs`, as a user would, and checks that its counts add up.
+//!
+//! The test asks cargo to build the example (a no-op after `cargo test`, which builds the
+//! examples too) and runs it from `target/<profile>/examples`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The example's executable, built (or found up to date) by cargo once per run of these
+/// tests: `cargo test --test demo` alone does not rebuild examples.
+fn demo() -> &'static PathBuf {
+    static DEMO: OnceLock<PathBuf> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        // This test runs as <target dir>/<profile dir>/deps/demo-<hash>.
+        let exe = std::env::current_exe().expect("the test knows its own path");
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<profile>/deps");
+        let target_dir = profile_dir.parent().expect("<target dir>/<profile dir>");
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory in {}", exe.display()),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--package", "backflow", "--example", "logs"])
+            .args(["--profile", profile, "--target-dir"])
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the example failed: {status}");
+        let name = format!("logs{}", std::env::consts::EXE_SUFFIX);
+        profile_dir.join("examples").join(name)
+    })
+}
+
+/// Runs the demo with `args`; returns its stdout and its `summary:` line's fields.
+fn run(args: &[&str]) -> (String, HashMap<String, String>) {
+    let output = Command::new(demo()).args(args).output().expect("the demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed: {}\n{stdout}\n{stderr}", output.status);
+    // stderr is not a terminal here: plain status lines, no escape codes.
+    assert!(!stderr.contains('\x1b'), "escape codes on a non-terminal stderr:\n{stderr}");
+    assert!(stderr.contains(" lines, "), "no status line on stderr:\n{stderr}");
+    let summary = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
+    let fields = summary
+        .split_whitespace()
+        .map(|field| {
+            let (key, value) = field.split_once('=').expect("key=value");
+            (key.to_string(), value.to_string())
+        })
+        .collect();
+    (stdout, fields)
+}
+
+fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
+    fields[key].parse().unwrap_or_else(|_| panic!("{key} is a count: {}", fields[key]))
+}
+
+#[test]
+fn generated_lines_add_up() {
+    let (stdout, f) = run(&["--items", "20000"]);
+    let n = |key| count(&f, key);
+    assert_eq!(n("lines"), 20_000);
+    assert_eq!(n("lines"), n("parsed") + n("dead_lettered"));
+    assert!(n("dead_lettered") > 0, "the generator writes some malformed lines");
+    assert!(n("health_checks") > 0, "and some health checks");
+    assert_eq!(n("parsed"), n("enriched") + n("health_checks"));
+    // Every enriched record is in the merged totals, and the aggregate stage says so too.
+    assert_eq!(n("aggregated"), n("enriched"));
+    assert_eq!(n("aggregate_in"), n("enriched"));
+    // The main line: 5xx to the alerts, the rest to the store; nothing dropped under Block.
+    assert!(n("alerts") > 0);
+    assert_eq!(n("alerts") + n("stored"), n("enriched"));
+    assert_eq!((n("dropped"), n("report_dropped")), (0, 0));
+    assert_eq!(f["balanced"], "true");
+    assert!(stdout.contains("accounting: balanced"), "{stdout}");
+    assert!(stdout.contains("bottleneck: "), "{stdout}");
+    assert!(stdout.contains("GET /api/v1/products/:id"), "routes are normalized:\n{stdout}");
+}
+
+#[test]
+fn a_slow_store_with_drop_oldest_drops_and_still_balances() {
+    let args = ["--overflow", "drop-oldest", "--slow-sink-us", "50", "--items", "5000"];
+    let (stdout, f) = run(&[&args[..], &["--capacity", "16"]].concat());
+    let n = |key| count(&f, key);
+    assert_eq!(n("lines"), n("parsed") + n("dead_lettered"));
+    assert!(n("dropped") > 0, "a slow store with a 16-item queue drops:\n{stdout}");
+    // The drop hook saw every drop the report counts.
+    assert_eq!(n("dropped"), n("report_dropped"));
+    // Only the store's queue drops: the totals are still exact, and every record went to the
+    // alerts, to the store or was dropped in front of it.
+    assert_eq!(n("aggregated"), n("enriched"));
+    assert_eq!(n("alerts") + n("stored") + n("dropped"), n("enriched"));
+    assert_eq!(f["balanced"], "true");
+}
+
+#[test]
+fn a_slow_store_turns_pressure_on_and_is_the_bottleneck() {
+    let (stdout, f) = run(&["--slow-sink-us", "200", "--items", "3000", "--capacity", "64"]);
+    let n = |key| count(&f, key);
+    assert!(n("pressure_transitions") > 0, "pressure never turned on:\n{stdout}");
+    assert!(stdout.contains("bottleneck: sink: `encode` waits on it"), "{stdout}");
+    assert_eq!((n("dropped"), n("report_dropped")), (0, 0));
+    assert_eq!(n("alerts") + n("stored"), n("enriched"));
+    assert_eq!(f["balanced"], "true");
+}
