@@ -655,8 +655,8 @@ where
     ///     .ordered()
     ///     .output()
     ///     .build()?;
-    /// let input = pipeline.input();
-    /// input.push_iter(0..1000)?;
+    /// // Fewer items than the output's high water mark: nothing reads it before `drain`.
+    /// pipeline.input().push_iter(0..500)?;
     /// pipeline.drain()?;
     /// assert!(output.collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
     /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -24,6 +24,18 @@ fn count(events: &Mutex<Vec<String>>, needle: &str) -> usize {
     events.lock().unwrap().iter().filter(|e| e.contains(needle)).count()
 }
 
+/// A stage factory whose stages pass each item on once `gate` opens.
+fn held_at(gate: &common::Gate) -> impl Fn() -> Box<dyn FnMut(u64) -> u64> {
+    let gate = gate.clone();
+    move || {
+        let gate = gate.clone();
+        Box::new(move |x| {
+            gate.wait();
+            x
+        })
+    }
+}
+
 /// A stage that fails an item with "`x` is bad".
 type Check = Box<dyn FnMut(u64) -> Result<u64, String>>;
 
@@ -261,16 +273,9 @@ fn hooks_see_every_item_before_and_every_output_after_the_stage() {
 fn events_report_start_pressure_drops_and_the_final_report() {
     let (events, on_event) = recorder();
     let gate = common::Gate::default();
-    let held = gate.clone();
     let pipeline = Pipeline::<u64>::builder()
         .on_event(on_event)
-        .stage("hold", move || {
-            let held = held.clone();
-            move |x: u64| {
-                held.wait();
-                x
-            }
-        })
+        .stage("hold", held_at(&gate))
         .capacity(10)
         .overflow(backflow::Overflow::DropNewest)
         .sink(|_| {})
@@ -298,16 +303,9 @@ fn events_report_start_pressure_drops_and_the_final_report() {
 fn a_stage_with_queued_items_and_no_progress_raises_stalled_once() {
     let (events, on_event) = recorder();
     let gate = common::Gate::default();
-    let held = gate.clone();
     let pipeline = Pipeline::<u64>::builder()
         .on_event(on_event)
-        .stage("stuck", move || {
-            let held = held.clone();
-            move |x: u64| {
-                held.wait();
-                x
-            }
-        })
+        .stage("stuck", held_at(&gate))
         .stall_after(Duration::from_millis(20))
         .sink(|_| {})
         .build()
