@@ -25,8 +25,7 @@ fn count(events: &Mutex<Vec<String>>, needle: &str) -> usize {
 }
 
 /// A stage factory whose stages pass each item on once `gate` opens.
-fn held_at(gate: &common::Gate) -> impl Fn() -> Box<dyn FnMut(u64) -> u64> {
-    let gate = gate.clone();
+fn held_at(gate: common::Gate) -> impl Fn() -> Box<dyn FnMut(u64) -> u64> {
     move || {
         let gate = gate.clone();
         Box::new(move |x| {
@@ -275,7 +274,7 @@ fn events_report_start_pressure_drops_and_the_final_report() {
     let gate = common::Gate::default();
     let pipeline = Pipeline::<u64>::builder()
         .on_event(on_event)
-        .stage("hold", held_at(&gate))
+        .stage("hold", held_at(gate.clone()))
         .capacity(10)
         .overflow(backflow::Overflow::DropNewest)
         .sink(|_| {})
@@ -305,7 +304,7 @@ fn a_stage_with_queued_items_and_no_progress_raises_stalled_once() {
     let gate = common::Gate::default();
     let pipeline = Pipeline::<u64>::builder()
         .on_event(on_event)
-        .stage("stuck", held_at(&gate))
+        .stage("stuck", held_at(gate.clone()))
         .stall_after(Duration::from_millis(20))
         .sink(|_| {})
         .build()
