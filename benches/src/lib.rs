@@ -87,8 +87,12 @@ where
                 })
             })
             .collect();
-        barrier.wait();
+        // Read the clock before the barrier releases the threads, not after: this thread may
+        // be descheduled after the barrier while the others already work, and the measured
+        // time must never be shorter than the work (the cost: the last threads' arrival at
+        // the barrier, microseconds against runs of a second).
         let start = Instant::now();
+        barrier.wait();
         let sum: u64 = consumer_threads.into_iter().map(|t| t.join().unwrap()).sum();
         let elapsed = start.elapsed();
         producer_threads.into_iter().for_each(|t| t.join().unwrap());
