@@ -557,7 +557,7 @@ fn one_by_one<In, S: Stage<In>>(
     while let Some(envelope) = inputs.pop_front() {
         let popped_at = cx.start(&envelope, out);
         let result = stage.process(envelope.item, out);
-        cx.timed(&envelope_times(envelope.born, envelope.queued, popped_at));
+        cx.timed(&Times { born: envelope.born, queued: envelope.queued, popped_at });
         outcomes.count(&result);
         if out.stopped {
             break;
@@ -586,7 +586,7 @@ fn careful<In, S, F>(
             break;
         }
         let popped_at = cx.start(&envelope, out);
-        let times = envelope_times(envelope.born, envelope.queued, popped_at);
+        let times = Times { born: envelope.born, queued: envelope.queued, popped_at };
         attempts(stage, factory, envelope.item, 1, out, cx, outcomes);
         cx.timed(&times);
         if cx.policy.watched {
@@ -662,10 +662,6 @@ struct Times {
     born: u64,
     queued: u64,
     popped_at: u64,
-}
-
-fn envelope_times(born: u64, queued: u64, popped_at: u64) -> Times {
-    Times { born, queued, popped_at }
 }
 
 impl<In, Out> Cx<'_, In, Out> {
