@@ -162,6 +162,48 @@ impl<In> Input<In> {
         Ok(())
     }
 
+    /// How many items a push could put into the first stage's queue now without waiting:
+    /// its free slots, or none while pressure is on under `Block`. A source that pulls from
+    /// elsewhere (a socket, a broker) asks for no more than this, so the backpressure reaches
+    /// whatever it pulls from.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Pipeline;
+    ///
+    /// let (pipeline, output) =
+    ///     Pipeline::<u8>::builder().stage("id", || |x: u8| x).capacity(8).output().build()?;
+    /// let input = pipeline.input();
+    /// assert_eq!(input.room(), 8);
+    /// # drop(output);
+    /// # pipeline.cancel();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn room(&self) -> usize {
+        if self.is_closed() { 0 } else { self.link.room() }
+    }
+
+    /// Waits at most `timeout` for [`room`](Self::room) in the first stage's queue; returns
+    /// the room then: `0` if the time ran out, or the pipeline no longer takes items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let input = pipeline.input();
+    /// let room = input.wait_for_room(Duration::from_millis(10));
+    /// assert!(room > 0);
+    /// pipeline.cancel();
+    /// assert_eq!(input.wait_for_room(Duration::from_millis(10)), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_for_room(&self, timeout: Duration) -> usize {
+        if self.is_closed() { 0 } else { self.link.await_room(Instant::now() + timeout) }
+    }
+
     /// Whether the pipeline no longer takes items (drained or cancelled).
     ///
     /// # Examples

@@ -94,7 +94,7 @@ pub use error::{ConfigError, PipelineError, PushError};
 pub use event::Event;
 pub use input::Input;
 pub use output::Output;
-pub use pipeline::{Pipeline, run};
+pub use pipeline::{Pipeline, Watch, run};
 pub use policy::{DeadLetter, ErrorPolicy};
 pub use stats::{
     Accounting, Bottleneck, Latency, Report, SinkStats, StageStats, Stats, TimeShares,

@@ -261,6 +261,26 @@ impl<T> Link<T> {
         );
     }
 
+    /// Free slots a push could fill now without waiting: none while pressure is on under
+    /// `Block`.
+    pub(crate) fn room(&self) -> usize {
+        if self.may_run() { self.capacity().saturating_sub(self.len()) } else { 0 }
+    }
+
+    /// Waits until [`room`](Self::room) is not zero, or `deadline`, or the pipeline stops;
+    /// returns the room then.
+    pub(crate) fn await_room(&self, deadline: Instant) -> usize {
+        loop {
+            if self.stopping() {
+                return 0;
+            }
+            let room = self.room();
+            if room > 0 || self.wait_for_room(Some(deadline)).is_err() {
+                return if self.stopping() { 0 } else { self.room() };
+            }
+        }
+    }
+
     /// Waits until pressure is off (the fill is back at the low mark), or `deadline`.
     fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Stop> {
         self.raise();

@@ -319,6 +319,24 @@ impl<In> Pipeline<In> {
         Input::new(Arc::clone(&self.running.input))
     }
 
+    /// A handle any thread may keep that tells whether this pipeline was cancelled (by
+    /// [`cancel`](Self::cancel), a fail-fast stage, a panic, or a shutdown that ran out of
+    /// time): after that, items still inside are being abandoned rather than processed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let watch = pipeline.watch();
+    /// assert!(!watch.is_cancelled());
+    /// pipeline.cancel();
+    /// assert!(watch.is_cancelled());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn watch(&self) -> Watch {
+        Watch { control: Arc::clone(&self.running.control) }
+    }
+
     /// A snapshot of every stage's statistics and the sink's.
     ///
     /// # Examples
@@ -411,6 +429,44 @@ impl<In> Pipeline<In> {
     /// ```
     pub fn cancel(&self) {
         self.running.cancel();
+    }
+}
+
+/// Whether a pipeline was cancelled, readable from any thread (see [`Pipeline::watch`]).
+///
+/// # Examples
+///
+/// ```
+/// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+/// let watch = pipeline.watch();
+/// std::thread::spawn(move || assert!(!watch.is_cancelled())).join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Watch {
+    control: Arc<Control>,
+}
+
+impl Watch {
+    /// Whether the pipeline was cancelled. Once `true`, stays `true`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let watch = pipeline.watch();
+    /// pipeline.drain()?;
+    /// assert!(!watch.is_cancelled());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_cancelled()
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch").field("cancelled", &self.is_cancelled()).finish()
     }
 }
 

@@ -121,6 +121,9 @@ impl<T> Sink<T> {
         }));
         drop(call);
         if let Err(panic) = delivered {
+            // The panic stops the pipeline: say so before letting go of anything, so that
+            // whoever watches it knows the rest is abandoned, not delivered.
+            self.control.cancel();
             // The item in the sink's hands is gone with the panic; the rest never got there.
             counters.abandoned.increment();
             self.abandon(batch);
@@ -293,16 +296,17 @@ where
         work(id, factory, parts, &mut inputs, &mut outputs);
     }));
     if let Err(panic) = result {
-        // Not the stage's panic (those are caught in `work`): the sink or a hook.
-        for envelope in inputs.drain(..) {
-            input.give_up(envelope.item);
-        }
-        downstream.abandon(&mut outputs);
+        // Not the stage's panic (those are caught in `work`): the sink or a hook. The pipeline
+        // is stopped before anything is let go, so that what follows reads as abandoned.
         control.fail(Fatal {
             stage: id.stage.to_string(),
             message: panic_message(&*panic),
             worker: Some(id.index),
         });
+        for envelope in inputs.drain(..) {
+            input.give_up(envelope.item);
+        }
+        downstream.abandon(&mut outputs);
     }
     if let Some(reorder) = &parts.reorder {
         if control.is_cancelled() {
