@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check, in order. All steps run even after a failure, so one run
 //! shows everything that is wrong; the exit code is non-zero if any failed.
 
+use crate::redis::RedisServer;
 use crate::step::{Step, cargo, execute, summarize};
 use crate::{loom, miri, qemu};
 
@@ -9,6 +10,15 @@ use crate::{loom, miri, qemu};
 pub const NO_STD_TARGETS: [&str; 2] = ["thumbv7em-none-eabihf", "thumbv6m-none-eabi"];
 
 pub fn run() -> Result<(), String> {
+    // The server lives until the end of this function: the test step runs against it.
+    let redis = RedisServer::start();
+    let mut test = cargo(["test", "--workspace", "--all-features"]);
+    match &redis {
+        Ok(server) => {
+            test.env("BACKFLOW_REDIS_URL", &server.url);
+        }
+        Err(message) => eprintln!("xtask: {message}; the redis tests will try to start their own"),
+    }
     let mut steps = vec![
         Step { name: "fmt".into(), command: cargo(["fmt", "--all", "--", "--check"]) },
         Step {
@@ -50,7 +60,7 @@ pub fn run() -> Result<(), String> {
                 "warnings",
             ]),
         },
-        Step { name: "test".into(), command: cargo(["test", "--workspace", "--all-features"]) },
+        Step { name: "test".into(), command: test },
         Step { name: "doc".into(), command: doc() },
     ];
     for target in NO_STD_TARGETS {

@@ -1,6 +1,7 @@
 //! backflow's task runner: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! - `ci`: every check, in order, with a pass/fail summary; exits non-zero on any failure.
+//!   Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops it.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
@@ -12,6 +13,7 @@ mod ci;
 mod loom;
 mod miri;
 mod qemu;
+mod redis;
 mod step;
 
 use std::process::ExitCode;

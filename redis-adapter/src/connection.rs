@@ -1,0 +1,209 @@
+//! A connection that reconnects on the reconnect schedule, and the parsing of stream replies.
+
+use std::thread;
+use std::time::Duration;
+
+use backflow::core::RetrySchedule;
+use redis::{Client, Connection, RedisError, Value};
+
+use crate::Error;
+use crate::entry::Fields;
+
+/// Room left on top of a blocking read before a silent server counts as a lost connection.
+const READ_MARGIN: Duration = Duration::from_secs(5);
+
+/// One Redis connection, opened on first use and opened again after it is lost.
+pub(crate) struct Reconnecting {
+    client: Client,
+    connection: Option<Connection>,
+    schedule: RetrySchedule,
+    /// How long the longest command may keep the server silent (a blocking read).
+    longest: Duration,
+    /// Connections opened after a loss.
+    pub(crate) reconnects: u64,
+}
+
+impl Reconnecting {
+    /// The URL has been validated.
+    pub(crate) fn new(
+        url: &str,
+        schedule: RetrySchedule,
+        longest: Duration,
+    ) -> Result<Self, Error> {
+        let client =
+            Client::open(url).map_err(|source| Error::Command { command: "connect", source })?;
+        Ok(Self { client, connection: None, schedule, longest, reconnects: 0 })
+    }
+
+    /// Runs `command` on the connection. When the connection is lost (or cannot be opened) it
+    /// is opened again after the schedule's delay and `command` runs again, until the schedule
+    /// runs out. A command that may have reached the server before the connection dropped
+    /// runs twice: every caller sends only commands for which that is harmless or handled.
+    pub(crate) fn run<T>(
+        &mut self,
+        name: &'static str,
+        mut command: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let mut attempt = 0;
+        loop {
+            let result = self.connection().and_then(&mut command);
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) if is_connection_loss(&error) => error,
+                Err(source) => return Err(Error::Command { command: name, source }),
+            };
+            self.connection = None;
+            attempt += 1;
+            let Some(delay) = self.schedule.delay(attempt) else {
+                return Err(Error::Connection { attempts: attempt, source: error });
+            };
+            thread::sleep(delay);
+            self.reconnects += 1;
+        }
+    }
+
+    fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
+        if self.connection.is_none() {
+            let connection = self.client.get_connection_with_timeout(Duration::from_secs(5))?;
+            connection.set_read_timeout(Some(self.longest + READ_MARGIN))?;
+            connection.set_write_timeout(Some(READ_MARGIN))?;
+            self.connection = Some(connection);
+        }
+        Ok(self.connection.as_mut().expect("opened above"))
+    }
+}
+
+fn is_connection_loss(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+}
+
+/// One entry as the server sent it: id, and fields (`None` for an entry deleted while pending).
+pub(crate) type RawEntry = (String, Option<Fields>);
+
+fn unexpected(command: &'static str, detail: impl Into<String>) -> Error {
+    Error::Reply { command, detail: detail.into() }
+}
+
+fn text(value: Value, command: &'static str) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => {
+            String::from_utf8(bytes).map_err(|_| unexpected(command, "a name that is not UTF-8"))
+        }
+        Value::SimpleString(text) => Ok(text),
+        other => Err(unexpected(command, format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn array(value: Value, command: &'static str) -> Result<Vec<Value>, Error> {
+    match value {
+        Value::Array(values) => Ok(values),
+        other => Err(unexpected(command, format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// `[id, [field, value, …] | nil]`.
+fn entry(value: Value, command: &'static str) -> Result<RawEntry, Error> {
+    let mut parts = array(value, command)?.into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(unexpected(command, "an entry that is not [id, fields]"));
+    };
+    let id = text(id, command)?;
+    let fields = match fields {
+        Value::Nil => None,
+        fields => {
+            let flat = array(fields, command)?;
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let Some(name) = flat.next() {
+                let value = match flat.next() {
+                    Some(Value::BulkString(bytes)) => bytes,
+                    _ => return Err(unexpected(command, "a field without a value")),
+                };
+                fields.push((text(name, command)?, value));
+            }
+            Some(fields)
+        }
+    };
+    Ok((id, fields))
+}
+
+fn entries(value: Value, command: &'static str) -> Result<Vec<RawEntry>, Error> {
+    array(value, command)?.into_iter().map(|e| entry(e, command)).collect()
+}
+
+/// An `XREADGROUP` reply for one stream: `nil` (nothing came) or `[[stream, [entry, …]]]`.
+pub(crate) fn read_reply(value: Value) -> Result<Vec<RawEntry>, Error> {
+    const COMMAND: &str = "XREADGROUP";
+    match value {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(streams) => match streams.into_iter().next() {
+            Some((_, read)) => entries(read, COMMAND),
+            None => Ok(Vec::new()),
+        },
+        value => match array(value, COMMAND)?.into_iter().next() {
+            Some(stream) => {
+                let mut parts = array(stream, COMMAND)?.into_iter();
+                entries(parts.nth(1).ok_or_else(|| unexpected(COMMAND, "no entries"))?, COMMAND)
+            }
+            None => Ok(Vec::new()),
+        },
+    }
+}
+
+/// An `XAUTOCLAIM` reply: `[next cursor, [entry, …], [deleted id, …]]`; the cursor and the
+/// entries (deleted ones are dropped from the pending list by the server).
+pub(crate) fn claim_reply(value: Value) -> Result<(String, Vec<RawEntry>), Error> {
+    const COMMAND: &str = "XAUTOCLAIM";
+    let mut parts = array(value, COMMAND)?.into_iter();
+    let (Some(cursor), Some(claimed)) = (parts.next(), parts.next()) else {
+        return Err(unexpected(COMMAND, "fewer than two parts"));
+    };
+    Ok((text(cursor, COMMAND)?, entries(claimed, COMMAND)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_a_read_reply_with_a_deleted_entry() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n"), bulk("5")])]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = read_reply(reply).unwrap();
+        assert_eq!(entries[0], ("1-0".to_string(), Some(vec![("n".to_string(), b"5".to_vec())])));
+        assert_eq!(entries[1], ("2-0".to_string(), None));
+        assert!(read_reply(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_a_claim_reply_and_rejects_odd_shapes() {
+        let reply = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![Value::Array(vec![bulk("3-1"), Value::Array(vec![])])]),
+            Value::Array(vec![bulk("2-0")]),
+        ]);
+        let (cursor, claimed) = claim_reply(reply).unwrap();
+        assert_eq!(cursor, "0-0");
+        assert_eq!(claimed, vec![("3-1".to_string(), Some(Vec::new()))]);
+        let odd = Value::Array(vec![bulk("0-0")]);
+        assert!(matches!(claim_reply(odd), Err(Error::Reply { command: "XAUTOCLAIM", .. })));
+        let field_without_value = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n")])])]),
+        ])]);
+        assert!(read_reply(field_without_value).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Scale a backflow pipeline out past one machine on Redis Streams consumer groups.
+//!
+//! Run the same pipeline in as many processes, on as many machines, as the work needs: each
+//! process is a [`Consumer`] of one group on one stream, and the group hands each entry to
+//! one of them. Inside a process, backpressure reaches the server: a consumer reads
+//! (`XREADGROUP`) only while the pipeline's first queue has room and fewer than `max_pending`
+//! of its entries are unacknowledged.
+//!
+//! **Delivery guarantee: at least once.** An entry is acknowledged (`XACK`) only after it has
+//! left the pipeline: delivered (written by a [`Writer`], or taken by the sink), filtered
+//! out, dropped by an overflow policy, or skipped or dead-lettered by an error policy. That
+//! is when the last clone of its [`Receipt`] is dropped. An entry abandoned by a cancel, one
+//! whose stage panicked, and every entry of a process that crashed stay pending, and a
+//! consumer takes them over (`XAUTOCLAIM`) once they have been idle for `claim_idle`: so an
+//! entry may be processed twice, never lost. Make what the pipeline writes idempotent, or
+//! check [`Entry::redelivered`].
+//!
+//! ```no_run
+//! use std::num::NonZeroUsize;
+//! use std::time::Duration;
+//! use backflow::{Pipeline, stage};
+//! use backflow_redis::{Consumer, ConsumerConfig, Entry, Record, Writer, WriterConfig};
+//!
+//! let url = "redis://127.0.0.1/";
+//! let writer = Writer::new(WriterConfig::new(url, "squares"))?;
+//! let pipeline = Pipeline::<Entry>::builder()
+//!     .stage("square", || |entry: Entry| {
+//!         let n: u64 = entry.get_str("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+//!         Record::new().field("n", n.to_string()).field("square", (n * n).to_string()).settles(entry.receipt())
+//!     })
+//!     .stage("batch", || stage::batches(NonZeroUsize::new(64).unwrap()))
+//!     .flush_every(Duration::from_millis(20))
+//!     .stage("store", move || writer.stage())
+//!     .sink(|_ids| {})
+//!     .build()?;
+//! // Each process: same stream and group, its own consumer name.
+//! let consumer = Consumer::connect(ConsumerConfig::new(url, "numbers", "squarers", "host-a"))?;
+//! let summary = consumer.run(pipeline)?;
+//! println!("{} read, {} taken over, {} acknowledged", summary.read, summary.claimed, summary.acknowledged);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+mod consumer;
+mod entry;
+mod error;
+mod writer;
+
+pub use config::{ConsumerConfig, DEFAULT_BATCH, DEFAULT_RECONNECT, WriterConfig};
+pub use consumer::{Consumer, ConsumerHandle, Summary};
+pub use entry::{Entry, Fields, Receipt};
+pub use error::Error;
+pub use writer::{Record, Writer, Xadd};

@@ -1,0 +1,182 @@
+//! What the integration tests share: a `redis-server` on loopback, and small stream helpers.
+//!
+//! The server is the one at `BACKFLOW_REDIS_URL` when that is set (`cargo xtask ci` starts one
+//! and sets it), else one started here on a free port for the test that asks, and stopped
+//! when it is dropped. Tests use key names of their own, so they can share a server.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A Redis server the tests can use.
+pub struct Server {
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// The shared server if one is configured, else a server of this test's own.
+    pub fn get() -> Self {
+        match std::env::var("BACKFLOW_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self { url, child: None },
+            _ => Self::own(),
+        }
+    }
+
+    /// A server of this test's own, for tests that disturb it (drop its clients).
+    pub fn own() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (install it: apt-get install redis-server)");
+        let server = Self { url: format!("redis://127.0.0.1:{port}/"), child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.try_connection().is_err() {
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
+        let mut connection = redis::Client::open(self.url.as_str())?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut connection)?;
+        Ok(connection)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        self.try_connection().expect("the test server answers")
+    }
+
+    /// Adds entries `n = from..to` to `stream`.
+    pub fn fill(&self, stream: &str, from: u64, to: u64) {
+        let mut connection = self.connection();
+        for start in (from..to).step_by(1000) {
+            let mut pipe = redis::pipe();
+            for n in start..to.min(start + 1000) {
+                pipe.cmd("XADD").arg(stream).arg("*").arg("n").arg(n).ignore();
+            }
+            pipe.query::<()>(&mut connection).expect("XADD");
+        }
+    }
+
+    /// Entries of `group` delivered and not acknowledged.
+    pub fn pending(&self, stream: &str, group: &str) -> u64 {
+        let reply: redis::Value =
+            redis::cmd("XPENDING").arg(stream).arg(group).query(&mut self.connection()).unwrap();
+        match reply {
+            redis::Value::Array(parts) => redis::from_redis_value(parts[0].clone()).unwrap(),
+            other => panic!("XPENDING replied {other:?}"),
+        }
+    }
+
+    /// A group's fields from `XINFO GROUPS` (numbers only).
+    pub fn group_info(&self, stream: &str, group: &str) -> HashMap<String, i64> {
+        self.try_group_info(stream, group).unwrap_or_else(|| panic!("no group {group} on {stream}"))
+    }
+
+    /// As [`group_info`](Self::group_info), `None` while the group does not exist.
+    pub fn try_group_info(&self, stream: &str, group: &str) -> Option<HashMap<String, i64>> {
+        let groups: Vec<HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query(&mut self.connection()).ok()?;
+        let name = |g: &HashMap<String, redis::Value>| {
+            g.get("name").cloned().map(redis::from_redis_value::<String>).and_then(Result::ok)
+        };
+        let info = groups.into_iter().find(|g| name(g).as_deref() == Some(group))?;
+        let numbers = info
+            .into_iter()
+            .filter_map(|(k, v)| redis::from_redis_value::<i64>(v).ok().map(|v| (k, v)));
+        Some(numbers.collect())
+    }
+
+    /// Every entry of `stream` as (id, field → value).
+    pub fn entries(&self, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut self.connection()).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Key names for one test: its stream, group and output stream.
+pub fn keys(test: &str) -> (String, String, String) {
+    let tag = format!("{test}-{}", std::process::id());
+    (format!("in-{tag}"), format!("group-{tag}"), format!("out-{tag}"))
+}
+
+/// The `scale_out` example, built (or found up to date) by cargo once per run of a test binary.
+pub fn example() -> &'static PathBuf {
+    static EXAMPLE: OnceLock<PathBuf> = OnceLock::new();
+    EXAMPLE.get_or_init(|| {
+        // A test runs as <target dir>/<profile dir>/deps/<name>-<hash>.
+        let exe = std::env::current_exe().expect("the test knows its own path");
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<profile>/deps");
+        let target_dir = profile_dir.parent().expect("<target dir>/<profile dir>");
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory in {}", exe.display()),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--package", "backflow-redis", "--example", "scale_out"])
+            .args(["--profile", profile, "--target-dir"])
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the example failed: {status}");
+        profile_dir.join("examples").join(format!("scale_out{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test past that.
+pub fn wait_with_limit(child: Child, limit: Duration) -> std::process::Output {
+    let id = child.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match waited.recv_timeout(limit) {
+        Ok(output) => output.expect("the process ran"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+            panic!("process {id} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// The fields of a `summary:` line.
+pub fn summary(stdout: &[u8]) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(stdout);
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+    line.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
+    summary
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {summary:?}"))
+}
