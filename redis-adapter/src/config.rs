@@ -324,10 +324,13 @@ fn invalid(field: &'static str, expected: &'static str) -> Error {
     Error::Config(ConfigError::Invalid { field, expected })
 }
 
+/// A client for `url` (opening one connects to nothing yet).
+pub(crate) fn client(url: &str) -> Result<redis::Client, Error> {
+    redis::Client::open(url).map_err(|_| invalid("url", "a Redis URL such as redis://host:6379/0"))
+}
+
 fn check_url(url: &str) -> Result<(), Error> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|_| invalid("url", "a Redis URL such as redis://host:6379/0"))
+    client(url).map(drop)
 }
 
 fn not_empty(field: &'static str, value: &str) -> Result<(), Error> {

@@ -24,15 +24,10 @@ pub(crate) struct Reconnecting {
 }
 
 impl Reconnecting {
-    /// The URL has been validated.
-    pub(crate) fn new(
-        url: &str,
-        schedule: RetrySchedule,
-        longest: Duration,
-    ) -> Result<Self, Error> {
-        let client =
-            Client::open(url).map_err(|source| Error::Command { command: "connect", source })?;
-        Ok(Self { client, connection: None, schedule, longest, reconnects: 0 })
+    /// Connects through `client` on first use; `longest` is the longest the server may take
+    /// to answer a command.
+    pub(crate) fn new(client: Client, schedule: RetrySchedule, longest: Duration) -> Self {
+        Self { client, connection: None, schedule, longest, reconnects: 0 }
     }
 
     /// Runs `command` on the connection. When the connection is lost (or cannot be opened) it

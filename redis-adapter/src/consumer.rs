@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use backflow::{Input, Pipeline, PushError, Report};
 use redis::Value;
 
+use crate::config::client;
 use crate::connection::{RawEntry, Reconnecting, claim_reply, read_reply};
 use crate::entry::{Entry, Ledger, Receipt};
 use crate::{ConsumerConfig, Error};
@@ -205,7 +206,7 @@ impl Consumer {
     /// ```
     pub fn connect(config: ConsumerConfig) -> Result<Self, Error> {
         config.validate()?;
-        let mut redis = Reconnecting::new(&config.url, config.reconnect, config.block)?;
+        let mut redis = Reconnecting::new(client(&config.url)?, config.reconnect, config.block);
         let (stream, group) = (&config.stream, &config.group);
         let created = redis.run("XGROUP CREATE", |c| {
             redis::cmd("XGROUP")

@@ -6,6 +6,7 @@ use std::time::Duration;
 use backflow::core::stage::{Emit, Stage};
 use redis::Value;
 
+use crate::config::client;
 use crate::connection::Reconnecting;
 use crate::entry::{Fields, Receipt};
 use crate::{Error, WriterConfig};
@@ -120,6 +121,7 @@ impl Record {
 #[derive(Debug, Clone)]
 pub struct Writer {
     config: WriterConfig,
+    client: redis::Client,
 }
 
 impl Writer {
@@ -138,7 +140,7 @@ impl Writer {
     /// ```
     pub fn new(config: WriterConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { config })
+        Ok(Self { client: client(&config.url)?, config })
     }
 
     /// A new stage with its own connection, opened on its first batch.
@@ -152,8 +154,7 @@ impl Writer {
     /// # Ok::<(), backflow_redis::Error>(())
     /// ```
     pub fn stage(&self) -> Xadd {
-        let redis = Reconnecting::new(&self.config.url, self.config.reconnect, Duration::ZERO)
-            .expect("the URL was validated by Writer::new");
+        let redis = Reconnecting::new(self.client.clone(), self.config.reconnect, Duration::ZERO);
         Xadd { config: self.config.clone(), redis }
     }
 }
