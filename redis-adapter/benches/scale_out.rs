@@ -20,8 +20,8 @@
 //! so are the machine's cores when the two add up to all of them.
 //!
 //! The server is `BACKFLOW_REDIS_URL` if set, otherwise a `redis-server` of the bench's own on
-//! a free loopback port without persistence, killed at the end. The example is built with
-//! `cargo build --release` first.
+//! a free loopback port without persistence, killed at the end (the integration tests'
+//! helpers in `tests/common`). The example is built in release first.
 //!
 //! ```text
 //! cargo bench -p backflow-redis --bench scale_out
@@ -30,15 +30,20 @@
 //!
 //! The markdown report is printed and written to `target/redis-bench-report.md`.
 
+// The integration tests' server and example helpers.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use common::{Server, example};
 
 /// Entries in the stream of each run, unless `BACKFLOW_BENCH_REDIS_ITEMS` says otherwise.
 const DEFAULT_ITEMS: u64 = 1_000_000;
@@ -50,9 +55,6 @@ const CONTENDERS: [usize; 2] = [1, 2];
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a run looks whether its processes have exited.
 const EXIT_POLL: Duration = Duration::from_millis(1);
-/// How many times, and how often, a started server is pinged before giving up.
-const PING_TRIES: u32 = 100;
-const PING_INTERVAL: Duration = Duration::from_millis(50);
 /// The consumer group of every run (each run has a stream of its own).
 const GROUP: &str = "bench";
 
@@ -61,12 +63,10 @@ fn main() {
     let rounds: usize = env_or("BACKFLOW_BENCH_ROUNDS", DEFAULT_ROUNDS);
     assert!(items > 0 && rounds > 0, "items and rounds must be at least 1");
     let target = target_dir();
-    let example = build_example(&target);
-    let server = Server::start_or_connect();
+    let server = Server::get();
     let bench = Bench {
-        example,
-        url: server.url.clone(),
-        server_pid: server.pid(),
+        example: example().clone(),
+        server,
         items,
         ticks_per_second: clock_ticks_per_second(),
     };
@@ -83,7 +83,8 @@ fn main() {
         }
     }
 
-    let report = report(items, rounds, &server.url, server.pid().is_some(), &runs);
+    let (url, owned) = (&bench.server.url, bench.server.pid().is_some());
+    let report = report(items, rounds, url, owned, &runs);
     println!("\n{report}");
     let path = target.join("redis-bench-report.md");
     std::fs::write(&path, &report).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
@@ -111,103 +112,10 @@ fn target_dir() -> PathBuf {
     exe.ancestors().nth(3).expect("the bench runs from <target>/release/deps").to_path_buf()
 }
 
-/// Builds the `scale_out` example in release and returns its path.
-fn build_example(target: &Path) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "backflow-redis", "--example", "scale_out"])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building the scale_out example failed: {status}");
-    let example = target.join("release").join("examples").join("scale_out");
-    assert!(example.is_file(), "the scale_out example is not at {}", example.display());
-    example
-}
-
-/// The Redis server of the bench: given by `BACKFLOW_REDIS_URL`, or started (and owned) here.
-struct Server {
-    url: String,
-    /// The server process, when the bench started it; killed on drop.
-    process: Option<ServerProcess>,
-}
-
-impl Server {
-    fn start_or_connect() -> Self {
-        if let Ok(url) = std::env::var("BACKFLOW_REDIS_URL") {
-            ping(&url).unwrap_or_else(|e| panic!("BACKFLOW_REDIS_URL={url} does not answer: {e}"));
-            return Self { url, process: None };
-        }
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting redis-server (is it installed?)");
-        let mut process = ServerProcess(child);
-        let url = format!("redis://127.0.0.1:{port}/");
-        process.wait_until_ready(&url);
-        eprintln!("started redis-server (pid {}) at {url}", process.0.id());
-        Self { url, process: Some(process) }
-    }
-
-    /// The server's process id, when the bench started it.
-    fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(|process| process.0.id())
-    }
-}
-
-/// A `redis-server` started by the bench, killed when dropped (also when the bench panics).
-struct ServerProcess(Child);
-
-impl ServerProcess {
-    /// Pings the server until it answers; panics if it exits or does not answer in time.
-    fn wait_until_ready(&mut self, url: &str) {
-        let mut last_error = String::new();
-        for _ in 0..PING_TRIES {
-            if let Some(status) = self.0.try_wait().expect("checking redis-server") {
-                panic!("redis-server exited before answering: {status}");
-            }
-            match ping(url) {
-                Ok(()) => return,
-                Err(e) => last_error = e.to_string(),
-            }
-            thread::sleep(PING_INTERVAL);
-        }
-        panic!("redis-server at {url} did not answer PING after {PING_TRIES} tries: {last_error}");
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nobody listens on (free when checked).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    listener.local_addr().expect("the bound address").port()
-}
-
-fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
-    redis::Client::open(url)?.get_connection()
-}
-
-fn ping(url: &str) -> redis::RedisResult<()> {
-    let reply: String = redis::cmd("PING").query(&mut connect(url)?)?;
-    if reply == "PONG" {
-        Ok(())
-    } else {
-        Err(redis::RedisError::from((redis::ErrorKind::Client, "unexpected PING reply", reply)))
-    }
-}
-
 /// What runs need: the example, the server, and the size of the stream.
 struct Bench {
     example: PathBuf,
-    url: String,
-    server_pid: Option<u32>,
+    server: Server,
     items: u64,
     /// The unit of the CPU times in `/proc/*/stat`.
     ticks_per_second: f64,
@@ -217,7 +125,7 @@ impl Bench {
     /// One checked run of `processes` consumer processes over a fresh stream `stream`.
     fn run(&self, processes: usize, stream: &str) -> Run {
         self.fill(stream);
-        let server_before = self.server_pid.map(|pid| self.server_cpu(pid));
+        let server_before = self.server.pid().map(|pid| self.server_cpu(pid));
         let consumers_before = self.children_cpu();
         let started = Instant::now();
         let running = Processes(
@@ -227,7 +135,7 @@ impl Bench {
         let elapsed = started.elapsed();
         let consumers_cpu = self.children_cpu() - consumers_before;
         let server_cpu =
-            server_before.zip(self.server_pid).map(|(before, pid)| self.server_cpu(pid) - before);
+            server_before.zip(self.server.pid()).map(|(before, pid)| self.server_cpu(pid) - before);
         self.delete(stream);
         let summaries = check(&finished, self.items);
         Run { processes, elapsed, summaries, server_cpu, consumers_cpu }
@@ -260,7 +168,14 @@ impl Bench {
     /// Adds the run's entries to `stream` (not timed).
     fn fill(&self, stream: &str) {
         let output = Command::new(&self.example)
-            .args(["--fill", &self.items.to_string(), "--url", &self.url, "--stream", stream])
+            .args([
+                "--fill",
+                &self.items.to_string(),
+                "--url",
+                &self.server.url,
+                "--stream",
+                stream,
+            ])
             .output()
             .expect("running scale_out --fill");
         assert!(
@@ -273,7 +188,7 @@ impl Bench {
 
     fn spawn_consumer(&self, stream: &str, consumer: &str) -> Running {
         let mut child = Command::new(&self.example)
-            .args(["--url", &self.url, "--stream", stream, "--group", GROUP])
+            .args(["--url", &self.server.url, "--stream", stream, "--group", GROUP])
             .args(["--consumer", consumer, "--no-output", "--until-done"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -286,7 +201,7 @@ impl Bench {
 
     /// Frees the run's stream (and its group) on the server.
     fn delete(&self, stream: &str) {
-        let mut connection = connect(&self.url).expect("connecting to delete the stream");
+        let mut connection = self.server.connection();
         redis::cmd("DEL").arg(stream).query::<()>(&mut connection).expect("deleting the stream");
     }
 }

@@ -49,6 +49,11 @@ impl Server {
         server
     }
 
+    /// The server's process id, when it was started here.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
         let mut connection = redis::Client::open(self.url.as_str())?.get_connection()?;
         redis::cmd("PING").query::<String>(&mut connection)?;
