@@ -264,7 +264,6 @@ impl Consumer {
         let mut reader = Reader {
             consumer: &mut self,
             max_pending,
-            taken: 0,
             to_ack: Vec::new(),
             reading: Duration::ZERO,
             waiting: Duration::ZERO,
@@ -303,8 +302,6 @@ impl Consumer {
 struct Reader<'a> {
     consumer: &'a mut Consumer,
     max_pending: usize,
-    /// Entries read or claimed (and kept) so far.
-    taken: u64,
     /// Entries done, to acknowledge with the next round trip.
     to_ack: Vec<String>,
     reading: Duration,
@@ -358,11 +355,7 @@ impl Reader<'_> {
                     None => from = NEW.to_string(),
                 }
             }
-            let taken = self.push(input, entries, redelivered);
-            let progress = &self.consumer.progress;
-            let counter = if redelivered { &progress.claimed } else { &progress.read };
-            counter.fetch_add(taken as u64, Ordering::Relaxed);
-            if taken > 0 {
+            if self.push(input, entries, redelivered) > 0 {
                 last_taken = Instant::now();
             }
         }
@@ -373,9 +366,12 @@ impl Reader<'_> {
     fn window(&mut self) -> usize {
         let ledger = &self.consumer.ledger;
         ledger.take_done(&mut self.to_ack);
-        let acknowledged = self.consumer.progress.acknowledged.load(Ordering::Relaxed);
+        let progress = &self.consumer.progress;
+        let taken =
+            progress.read.load(Ordering::Relaxed) + progress.claimed.load(Ordering::Relaxed);
+        let acknowledged = progress.acknowledged.load(Ordering::Relaxed);
         let settled = acknowledged + self.to_ack.len() as u64 + ledger.released();
-        let unsettled = usize::try_from(self.taken.saturating_sub(settled)).unwrap_or(usize::MAX);
+        let unsettled = usize::try_from(taken.saturating_sub(settled)).unwrap_or(usize::MAX);
         self.max_pending.saturating_sub(unsettled)
     }
 
@@ -456,7 +452,6 @@ impl Reader<'_> {
             let (next, entries) = claim_reply(reply?)?;
             *cursor = next;
             let claimed = self.push(input, entries, true);
-            self.consumer.progress.claimed.fetch_add(claimed as u64, Ordering::Relaxed);
             kept += claimed;
             if cursor == START || claimed == 0 {
                 return Ok(kept);
@@ -464,7 +459,8 @@ impl Reader<'_> {
         }
     }
 
-    /// Hands entries to the pipeline; returns how many were new to this consumer. Entries
+    /// Hands entries to the pipeline; counts and returns how many were new to this consumer
+    /// (as claimed if `redelivered`, else as read). Entries
     /// deleted from the stream while pending are acknowledged with the next round trip (and
     /// counted); entries this consumer already holds (a claim hands them back) are skipped.
     fn push(&mut self, input: &Input<Entry>, raw: Vec<RawEntry>, redelivered: bool) -> usize {
@@ -485,7 +481,9 @@ impl Reader<'_> {
             .map(|(id, fields)| Entry::new(Receipt::new(id, ledger, redelivered), fields))
             .collect();
         let kept = queue.len() + self.to_ack.len() - acknowledged_before;
-        self.taken += kept as u64;
+        let progress = &self.consumer.progress;
+        let counter = if redelivered { &progress.claimed } else { &progress.read };
+        counter.fetch_add(kept as u64, Ordering::Relaxed);
         while !queue.is_empty() {
             match input.push_iter(iter::from_fn(|| queue.pop_front())) {
                 Ok(()) => {}
