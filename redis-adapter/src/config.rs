@@ -7,10 +7,22 @@ use backflow::core::{ConfigError, RetrySchedule};
 use crate::Error;
 
 /// Entries asked for per `XREADGROUP` when nothing else is said.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(backflow_redis::DEFAULT_BATCH, 128);
+/// ```
 pub const DEFAULT_BATCH: usize = 128;
 
 /// The reconnect schedule when nothing else is said: 8 retries, 50 ms doubling to 2 s (about
 /// 6 s in all before giving up).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(backflow_redis::DEFAULT_RECONNECT.max_attempts(), 8);
+/// ```
 pub const DEFAULT_RECONNECT: RetrySchedule =
     match RetrySchedule::new(Duration::from_millis(50), Duration::from_secs(2), 8) {
         Ok(schedule) => schedule,

@@ -10,6 +10,13 @@ use std::time::Duration;
 use backflow::Watch;
 
 /// A stream entry's fields, in the order the server gave them.
+///
+/// # Examples
+///
+/// ```
+/// let fields: backflow_redis::Fields = vec![("n".into(), b"1".to_vec())];
+/// assert_eq!(backflow_redis::Entry::detached("1-0", fields).get_str("n"), Some("1"));
+/// ```
 pub type Fields = Vec<(String, Vec<u8>)>;
 
 /// One entry read from the stream: its id, its fields, and the [`Receipt`] that acknowledges

@@ -160,6 +160,18 @@ impl Writer {
 }
 
 /// The `XADD` stage a [`Writer`] makes: batches of [`Record`]s in, the new ids out.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Stage;
+/// use backflow_redis::{Writer, WriterConfig, Xadd};
+///
+/// let mut stage: Xadd = Writer::new(WriterConfig::new("redis://127.0.0.1/", "out"))?.stage();
+/// // An empty batch writes nothing, and needs no server.
+/// stage.process(Vec::new(), &mut |_ids: Vec<String>| unreachable!())?;
+/// # Ok::<(), backflow_redis::Error>(())
+/// ```
 pub struct Xadd {
     config: WriterConfig,
     redis: Reconnecting,
