@@ -222,6 +222,12 @@ pub enum CapacityError {
         /// The capacity asked for.
         requested: usize,
     },
+    /// The allocator refused the slots of a heap ring (feature `alloc`): more memory than
+    /// the machine gives, or more bytes than an allocation can hold.
+    OutOfMemory {
+        /// The capacity asked for.
+        requested: usize,
+    },
 }
 
 impl fmt::Display for CapacityError {
@@ -231,11 +237,30 @@ impl fmt::Display for CapacityError {
             Self::TooLarge { requested } => {
                 write!(f, "ring capacity {requested} exceeds the maximum of {MAX_CAPACITY}")
             }
+            Self::OutOfMemory { requested } => {
+                write!(f, "could not allocate a ring of {requested} slots")
+            }
         }
     }
 }
 
 impl core::error::Error for CapacityError {}
+
+/// `capacity` slots made by `slot`, on the heap, after checking the capacity; an allocation
+/// the allocator refuses is an error, not an abort.
+#[cfg(feature = "alloc")]
+pub(crate) fn heap_slots<S>(
+    capacity: usize,
+    slot: impl FnMut(usize) -> S,
+) -> Result<Box<[S]>, CapacityError> {
+    check_capacity(capacity)?;
+    let mut slots = alloc::vec::Vec::new();
+    slots
+        .try_reserve_exact(capacity)
+        .map_err(|_| CapacityError::OutOfMemory { requested: capacity })?;
+    slots.extend((0..capacity).map(slot));
+    Ok(slots.into_boxed_slice())
+}
 
 /// Checks a capacity against the rules shared by both rings.
 pub(crate) const fn check_capacity(capacity: usize) -> Result<(), CapacityError> {

@@ -19,8 +19,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
 use std::time::Duration;
 
 use backflow_core::breaker::{BreakerConfig, CircuitBreaker};
@@ -28,8 +28,9 @@ use backflow_core::ring::MAX_CAPACITY;
 use backflow_core::{Overflow, RetrySchedule, Stage, TokenBucket, WaterMarks};
 
 use crate::control::Control;
+use crate::control::DropHook;
 use crate::event::{Event, EventHandler};
-use crate::link::{DropHook, Link, LinkSpec};
+use crate::link::{Link, LinkSpec};
 use crate::output::Output;
 use crate::pipeline::{Flow, LinkView, Pipeline, Running, Supply, Watched};
 use crate::policy::{DeadLetter, ErrorPolicy, Final, Gate, Policy, Typed};
@@ -141,6 +142,8 @@ struct Chain {
     current: usize,
     /// The names of the branches being defined, innermost last.
     branches: Vec<String>,
+    /// A setting given where it cannot apply, reported by `build()`.
+    misplaced: Option<ConfigError>,
 }
 
 impl Chain {
@@ -184,12 +187,14 @@ pub(crate) struct Wiring {
     /// The main line's last stage, and the workers that feed the main sink.
     trunk_last: usize,
     sink_upstream: usize,
-    threads: Vec<JoinHandle<()>>,
-    spawn_error: Option<ConfigError>,
+    /// The workers to start once every queue is allocated.
+    workers: Vec<(WorkerId, Box<dyn FnOnce() + Send>)>,
 }
 
-/// Builds a part of the pipeline: given where its outputs go, returns where its inputs go.
-type Attach<In, Out> = Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Downstream<In>>;
+/// Builds a part of the pipeline: given where its outputs go, allocates its queues and
+/// returns where its inputs go.
+type Attach<In, Out> =
+    Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Result<Downstream<In>, ConfigError>>;
 
 /// Marks a [`Builder`] that defines the pipeline's main line, which ends in the pipeline's
 /// sink or output.
@@ -353,8 +358,9 @@ impl<In: Send + 'static> Source<In> {
             tail: Vec::new(),
             current: 0,
             branches: Vec::new(),
+            misplaced: None,
         };
-        let identity: Attach<In, In> = Box::new(|downstream, _| downstream);
+        let identity: Attach<In, In> = Box::new(|downstream, _| Ok(downstream));
         Builder::<In, In, In, Trunk> { chain, attach: identity, _types: PhantomData }
             .stage(name, factory)
     }
@@ -518,7 +524,7 @@ where
         let factory = Arc::new(factory);
         let previous = self.attach;
         let attach: Attach<In, S::Out> = Box::new(move |downstream, wiring| {
-            let head = attach_stage(index, &factory, downstream, wiring);
+            let head = attach_stage(index, &factory, downstream, wiring)?;
             previous(head, wiring)
         });
         Builder { chain: self.chain, attach, _types: PhantomData }
@@ -911,10 +917,10 @@ where
     /// assert!(report.is_balanced());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn broadcast<F>(self, name: impl Into<String>, branch: F) -> Self
+    pub fn broadcast<F, End>(self, name: impl Into<String>, branch: F) -> Self
     where
         Out: Clone,
-        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out, End>,
     {
         self.fan(name.into(), Split::Broadcast(Out::clone), branch)
     }
@@ -941,22 +947,23 @@ where
     /// assert_eq!(out, [2, 4, 6]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn branch<R, F>(self, name: impl Into<String>, accepts: R, branch: F) -> Self
+    pub fn branch<R, F, End>(self, name: impl Into<String>, accepts: R, branch: F) -> Self
     where
         R: Fn(&Out) -> bool + Send + Sync + 'static,
-        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out, End>,
     {
         self.fan(name.into(), Split::Route(Arc::new(accepts)), branch)
     }
 
-    fn fan<F>(mut self, name: String, split: Split<Out>, branch: F) -> Self
+    fn fan<F, End>(mut self, name: String, split: Split<Out>, branch: F) -> Self
     where
-        F: FnOnce(Branch<Out>) -> BranchEnd<Out>,
+        F: FnOnce(Branch<Out>) -> BranchEnd<Out, End>,
     {
         let current = self.chain.current;
         let fan = self.chain.add_fan(matches!(split, Split::Broadcast(_)));
         self.chain.branches.push(name);
-        let start = Builder { chain: self.chain, attach: Box::new(|d, _| d), _types: PhantomData };
+        let start =
+            Builder { chain: self.chain, attach: Box::new(|d, _| Ok(d)), _types: PhantomData };
         let end = branch(Branch { builder: start });
         let mut chain = end.chain;
         chain.branches.pop();
@@ -964,7 +971,7 @@ where
         chain.tail = [Supply::FanMain(fan)].into_iter().chain(end.merges).collect();
         let (previous, side) = (self.attach, end.attach);
         let attach: Attach<In, Out> = Box::new(move |downstream, wiring| {
-            let side = side(downstream.clone(), wiring);
+            let side = side(downstream.clone(), wiring)?;
             let counts = Arc::clone(&wiring.fans[fan]);
             previous(
                 Downstream::Fan(Arc::new(Fan { main: downstream, side, split, counts })),
@@ -1008,9 +1015,12 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     fn start(
         self,
         control: Arc<Control>,
-        downstream: impl FnOnce(&Wiring) -> Downstream<Out>,
+        downstream: impl FnOnce(&Wiring) -> Result<Downstream<Out>, ConfigError>,
     ) -> Result<Running<In>, ConfigError> {
         let mut chain = self.chain;
+        if let Some(error) = chain.misplaced.take() {
+            return Err(error);
+        }
         let sink_upstream = chain.tail.iter().map(|&f| chain.workers_behind(f)).sum();
         let trunk_last = chain.current;
         chain.sinks.insert(0, SinkSpec { name: "sink".into(), feeds: mem::take(&mut chain.tail) });
@@ -1030,7 +1040,9 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             .map(|(index, stage)| stage.resolve(index, &mut names, since_start))
             .collect::<Result<Vec<_>, _>>()?;
         let stage_count = stages.len();
-        for (index, sink) in chain.sinks.iter().enumerate().skip(1) {
+        // The main sink's name, `sink`, is taken like any other: a stage or branch named so
+        // would be indistinguishable from it in stats, events and drop hooks.
+        for (index, sink) in chain.sinks.iter().enumerate() {
             check_name(&sink.name, stage_count + index, &mut names)?;
         }
         let start = control.started_at();
@@ -1052,11 +1064,12 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             sink_names: chain.sinks.iter().map(|s| Arc::from(s.name.as_str())).collect(),
             trunk_last,
             sink_upstream,
-            threads: Vec::new(),
-            spawn_error: None,
+            workers: Vec::new(),
         };
-        let downstream = downstream(&wiring);
-        let Downstream::Link(input) = (self.attach)(downstream, &mut wiring) else {
+        // Every queue is allocated before the first thread starts: a queue the allocator
+        // refuses leaves nothing to stop.
+        let downstream = downstream(&wiring)?;
+        let Downstream::Link(input) = (self.attach)(downstream, &mut wiring)? else {
             unreachable!("the first stage is fed through a link");
         };
         let views = wiring.views.into_iter().map(|v| v.expect("every stage attached")).collect();
@@ -1065,6 +1078,18 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             .enumerate()
             .filter_map(|(index, after)| after.map(|after| Watched { stage: index, after }))
             .collect();
+        let (mut threads, mut refused) = (Vec::with_capacity(wiring.workers.len()), None);
+        for (id, work) in wiring.workers {
+            match thread::Builder::new().name(id.to_string()).spawn(work) {
+                Ok(handle) => threads.push(handle),
+                Err(error) => {
+                    let (stage, worker) = (id.stage.to_string(), id.index);
+                    refused =
+                        Some(ConfigError::Spawn { stage, worker, message: error.to_string() });
+                    break;
+                }
+            }
+        }
         let running = Running {
             control,
             input,
@@ -1075,10 +1100,10 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             flows,
             watched,
             output: None,
-            threads: Mutex::new(wiring.threads),
+            threads: Mutex::new(threads),
             watchdog: Mutex::new(None),
         };
-        match wiring.spawn_error {
+        match refused {
             None => Ok(running),
             Some(error) => {
                 running.stop();
@@ -1190,13 +1215,15 @@ impl<T: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<T, La
     ///     .broadcast("copy", |b| b.stage("wide", || |x: u8| u32::from(x)).sink(|_| {}));
     /// # drop(builder);
     /// ```
-    pub fn sink<F: FnMut(Out) + Send + 'static>(mut self, sink: F) -> BranchEnd<T> {
+    pub fn sink<F: FnMut(Out) + Send + 'static>(mut self, sink: F) -> BranchEnd<T, Out> {
         let index = self.chain.sinks.len() + 1;
         let name = self.chain.branches.last().expect("inside a branch").clone();
         let feeds = mem::take(&mut self.chain.tail);
         self.chain.sinks.push(SinkSpec { name, feeds });
         let previous = self.attach;
         let sink: Box<dyn FnMut(Out) + Send> = Box::new(sink);
+        let on_drop = Arc::new(OnceLock::new());
+        let hook = Arc::clone(&on_drop);
         BranchEnd {
             chain: self.chain,
             merges: Vec::new(),
@@ -1206,10 +1233,12 @@ impl<T: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<T, La
                     call: Mutex::new(sink),
                     shared: Arc::clone(&wiring.sinks[index]),
                     control: Arc::clone(&wiring.control),
-                    on_drop: None,
+                    on_drop: hook.get().cloned(),
                 });
                 previous(Downstream::Sink(sink), wiring)
             }),
+            on_drop: Some(on_drop),
+            _sink: PhantomData,
         }
     }
 }
@@ -1228,11 +1257,18 @@ impl<T: Send + 'static, Last: Send + 'static> Builder<T, Last, T, Side> {
     /// ```
     pub fn merge(mut self) -> BranchEnd<T> {
         let merges = mem::take(&mut self.chain.tail);
-        BranchEnd { chain: self.chain, merges, attach: self.attach }
+        BranchEnd {
+            chain: self.chain,
+            merges,
+            attach: self.attach,
+            on_drop: None,
+            _sink: PhantomData,
+        }
     }
 }
 
-/// A finished branch, as [`Builder::broadcast`] and [`Builder::branch`] take it back.
+/// A finished branch, as [`Builder::broadcast`] and [`Builder::branch`] take it back: `T` is
+/// what the branch takes, `Out` what its sink takes (for a branch that merges, `T`).
 ///
 /// # Examples
 ///
@@ -1242,15 +1278,67 @@ impl<T: Send + 'static, Last: Send + 'static> Builder<T, Last, T, Side> {
 ///     .broadcast("log", |b| -> backflow::BranchEnd<u8> { b.sink(|_| {}) });
 /// # drop(builder);
 /// ```
-pub struct BranchEnd<T> {
+pub struct BranchEnd<T, Out = T> {
     chain: Chain,
     /// What the branch adds to the main line's tail, if it merges.
     merges: Vec<Supply>,
     /// Given the main line's downstream (for a merge), builds the branch.
     attach: Attach<T, T>,
+    /// The branch sink's drop hook, set (or not) before the pipeline is built; `None` for a
+    /// branch that merges.
+    on_drop: Option<Arc<OnceLock<DropHook<Out>>>>,
+    _sink: PhantomData<fn(Out)>,
 }
 
-impl<T> fmt::Debug for BranchEnd<T> {
+impl<T, Out> BranchEnd<T, Out> {
+    /// Calls `hook` with every item that reached this branch's sink and was never delivered
+    /// to it: abandoned when the pipeline is cancelled, shut down past its deadline or
+    /// dropped (stage: the branch's name, reason
+    /// [`Abandoned`](crate::DropReason::Abandoned)), as the main sink's
+    /// [`on_drop`](WithSink::on_drop) does. Items dropped or abandoned in the branch's stages
+    /// go to those stages' hooks. Only a branch that ends in its own sink has one: on a
+    /// branch that merges, `build()` returns [`ConfigError::DropHookOnMerge`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use backflow::{DropReason, Pipeline};
+    ///
+    /// let lost = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = Arc::clone(&lost);
+    /// let pipeline = Pipeline::<u8>::builder()
+    ///     .stage("id", || |x: u8| x)
+    ///     .broadcast("audit", move |b| {
+    ///         b.sink(|_| {}).on_drop(move |d| seen.lock().unwrap().push((d.stage.to_string(), d.reason)))
+    ///     })
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push_iter(0..10)?;
+    /// pipeline.cancel();
+    /// assert!(pipeline.drain().unwrap_err().report().is_balanced());
+    /// assert!(lost.lock().unwrap().iter().all(|(stage, why)| stage == "audit" && *why == DropReason::Abandoned));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn on_drop<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(Dropped<'_, Out>) + Send + Sync + 'static,
+    {
+        match &self.on_drop {
+            Some(slot) => {
+                let _ = slot.set(Arc::new(hook));
+            }
+            None => {
+                let branch = self.chain.branches.last().cloned().unwrap_or_default();
+                self.chain.misplaced.get_or_insert(ConfigError::DropHookOnMerge { branch });
+            }
+        }
+        self
+    }
+}
+
+impl<T, Out> fmt::Debug for BranchEnd<T, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BranchEnd")
             .field("merges", &!self.merges.is_empty())
@@ -1317,13 +1405,13 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithSink<In,
         let control = self.builder.control();
         let (call, on_drop) = (self.sink, self.on_drop);
         let running = self.builder.start(control, |wiring| {
-            Downstream::Sink(Arc::new(Sink {
+            Ok(Downstream::Sink(Arc::new(Sink {
                 name: Arc::clone(&wiring.sink_names[0]),
                 call: Mutex::new(call),
                 shared: Arc::clone(&wiring.sinks[0]),
                 control: Arc::clone(&wiring.control),
                 on_drop,
-            }))
+            })))
         })?;
         Pipeline::start(running)
     }
@@ -1393,22 +1481,20 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
         let mut running = self.builder.start(control, |wiring| {
             let last = &wiring.stages[wiring.trunk_last];
             let upstream = wiring.sink_upstream;
-            let output = Arc::new(Link::new(
-                LinkSpec {
-                    capacity: last.capacity,
-                    marks: last.marks,
-                    overflow: Overflow::Block,
-                    upstream,
-                    single: upstream == 1,
-                    handles: false,
-                    stage: Arc::clone(&wiring.sink_names[0]),
-                    counters: Arc::clone(&wiring.sinks[0].counters),
-                    on_drop,
-                },
-                Arc::clone(&wiring.control),
-            ));
+            let spec = LinkSpec {
+                capacity: last.capacity,
+                marks: last.marks,
+                overflow: Overflow::Block,
+                upstream,
+                single: upstream == 1,
+                handles: false,
+                stage: Arc::clone(&wiring.sink_names[0]),
+                counters: Arc::clone(&wiring.sinks[0].counters),
+                on_drop,
+            };
+            let output = Arc::new(new_link(spec, &wiring.control)?);
             link = Some(Arc::clone(&output));
-            Downstream::Link(output)
+            Ok(Downstream::Link(output))
         })?;
         let link = link.expect("start() builds the output link");
         running.output = Some(Arc::clone(&link) as Arc<dyn LinkView>);
@@ -1430,7 +1516,7 @@ fn attach_stage<In, S, F>(
     factory: &Arc<F>,
     downstream: Downstream<S::Out>,
     wiring: &mut Wiring,
-) -> Downstream<In>
+) -> Result<Downstream<In>, ConfigError>
 where
     In: Send + 'static,
     F: Fn() -> S + Send + Sync + 'static,
@@ -1445,25 +1531,23 @@ where
     });
     let keyed = stage.order == Order::KeyOrdered;
     let lanes = if keyed { stage.workers } else { 1 };
-    let links: Vec<Arc<Link<In>>> = (0..lanes)
+    let links = (0..lanes)
         .map(|_| {
-            Arc::new(Link::new(
-                LinkSpec {
-                    capacity: stage.capacity,
-                    marks: stage.marks,
-                    overflow: stage.overflow,
-                    upstream,
-                    // The first link is fed by the input handles: any number of threads.
-                    single: index > 0 && upstream == 1 && (keyed || stage.workers == 1),
-                    handles: index == 0,
-                    stage: Arc::clone(&stage.name),
-                    counters: Arc::clone(&wiring.shared[index].counters),
-                    on_drop: typed.on_drop.clone(),
-                },
-                Arc::clone(&wiring.control),
-            ))
+            let spec = LinkSpec {
+                capacity: stage.capacity,
+                marks: stage.marks,
+                overflow: stage.overflow,
+                upstream,
+                // The first link is fed by the input handles: any number of threads.
+                single: index > 0 && upstream == 1 && (keyed || stage.workers == 1),
+                handles: index == 0,
+                stage: Arc::clone(&stage.name),
+                counters: Arc::clone(&wiring.shared[index].counters),
+                on_drop: typed.on_drop.clone(),
+            };
+            new_link(spec, &wiring.control).map(Arc::new)
         })
-        .collect();
+        .collect::<Result<Vec<Arc<Link<In>>>, _>>()?;
     let policy = Policy {
         last: typed.last,
         clone: typed.clone,
@@ -1487,9 +1571,6 @@ where
         }
     };
     for worker in 0..wiring.stages[index].workers {
-        if wiring.spawn_error.is_some() {
-            break;
-        }
         let id = WorkerId { stage: Arc::clone(&wiring.stages[index].name), index: worker };
         let parts = WorkerParts {
             input: Arc::clone(&links[worker % links.len()]),
@@ -1500,20 +1581,19 @@ where
             flush_every,
         };
         let (factory, control) = (Arc::clone(factory), Arc::clone(&wiring.control));
-        let spawned = thread::Builder::new().name(id.to_string()).spawn(move || {
-            worker::run(&id, &*factory, &parts);
+        let work_id = id.clone();
+        let work = move || {
+            worker::run(&work_id, &*factory, &parts);
             control.worker_exited();
-        });
-        match spawned {
-            Ok(handle) => wiring.threads.push(handle),
-            Err(error) => {
-                wiring.spawn_error = Some(ConfigError::Spawn {
-                    stage: wiring.stages[index].name.to_string(),
-                    worker,
-                    message: error.to_string(),
-                });
-            }
-        }
+        };
+        wiring.workers.push((id, Box::new(work)));
     }
-    head
+    Ok(head)
+}
+
+/// A link as `spec` says; a queue the allocator refuses is a [`ConfigError`] naming it.
+fn new_link<T>(spec: LinkSpec<T>, control: &Arc<Control>) -> Result<Link<T>, ConfigError> {
+    let (stage, capacity) = (Arc::clone(&spec.stage), spec.capacity);
+    Link::new(spec, Arc::clone(control))
+        .map_err(|_| ConfigError::OutOfMemory { stage: stage.to_string(), capacity })
 }

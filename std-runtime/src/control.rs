@@ -1,14 +1,35 @@
 //! What every thread of one pipeline shares: the cancel flag, the wait strategy, the clock for
 //! sampled timings, and the first fatal error.
 
+use std::any::Any;
 use std::num::NonZeroU32;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::Dropped;
 use crate::event::{Event, EventHandler};
 use crate::pipeline::LinkView;
 use crate::wait::{Signal, WaitStrategy};
+
+/// A user's drop hook for one stage's (or sink's) items.
+pub(crate) type DropHook<T> = Arc<dyn Fn(Dropped<'_, T>) + Send + Sync>;
+
+/// The moment `duration` from now, or `None` ("no deadline") when that is past the end of
+/// time: `Duration::MAX` means forever.
+pub(crate) fn deadline_after(duration: Duration) -> Option<Instant> {
+    Instant::now().checked_add(duration)
+}
+
+/// The message of a panic payload, when it is a string.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(not a string)".to_string())
+}
 
 /// A failure that stopped the pipeline, recorded once (the first wins) and reported by
 /// `drain()`.
@@ -16,9 +37,18 @@ use crate::wait::{Signal, WaitStrategy};
 pub(crate) struct Fatal {
     pub(crate) stage: String,
     pub(crate) message: String,
-    /// The worker that panicked outside its stage, or `None` for a stage's error under
-    /// [`ErrorPolicy::FailFast`](crate::ErrorPolicy::FailFast).
-    pub(crate) worker: Option<usize>,
+    pub(crate) culprit: Culprit,
+}
+
+/// What failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Culprit {
+    /// A stage's error under [`ErrorPolicy::FailFast`](crate::ErrorPolicy::FailFast).
+    Stage,
+    /// This worker panicked outside its stage (the sink, a handler, the stage's factory).
+    Worker(usize),
+    /// The stage's (or sink's) drop hook panicked, on whichever thread called it.
+    DropHook,
 }
 
 /// Pipeline-wide state.
@@ -81,9 +111,10 @@ impl Control {
     }
 
     /// Sleeps for `duration` unless the pipeline is cancelled first; returns `false` if it was.
+    /// A duration past the end of time sleeps until the cancel.
     pub(crate) fn sleep(&self, duration: Duration) -> bool {
-        let deadline = Instant::now() + duration;
-        !self.cancel_signal.park_until(|| self.is_cancelled(), Some(deadline))
+        let deadline = deadline_after(duration);
+        !self.cancel_signal.park_until(|| self.is_cancelled(), deadline)
     }
 
     /// Time since the pipeline started.
@@ -106,10 +137,24 @@ impl Control {
             if let Err(panic) = handled {
                 self.fail(Fatal {
                     stage: "event handler".into(),
-                    message: crate::worker::panic_message(&*panic),
-                    worker: Some(0),
+                    message: panic_message(&*panic),
+                    culprit: Culprit::Worker(0),
                 });
             }
+        }
+    }
+
+    /// Calls `stage`'s drop hook with `dropped`. A panic in the hook does not unwind into the
+    /// caller (which may be sweeping a queue, in a destructor, or in the middle of a push): it
+    /// stops the pipeline, `drain()` reports it, and the caller goes on counting.
+    pub(crate) fn call_drop_hook<T>(&self, hook: &DropHook<T>, dropped: Dropped<'_, T>) {
+        let stage = dropped.stage;
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(dropped))) {
+            self.fail(Fatal {
+                stage: stage.to_string(),
+                message: panic_message(&*panic),
+                culprit: Culprit::DropHook,
+            });
         }
     }
 

@@ -38,8 +38,10 @@ pub enum ConfigError {
         /// The name given.
         name: String,
     },
-    /// Two stages share a name, so stats and drop reports could not tell them apart.
-    #[error("stage `{stage}`: the name is used by more than one stage")]
+    /// Two stages, or a stage and a sink, share a name, so stats, events and drop hooks could
+    /// not tell them apart. The pipeline's own sink (or output) is named `sink`; a branch's
+    /// sink is named after the branch.
+    #[error("stage `{stage}`: the name is used by more than one stage or sink")]
     DuplicateName {
         /// The repeated name.
         stage: String,
@@ -84,6 +86,14 @@ pub enum ConfigError {
         /// The stage.
         stage: String,
     },
+    /// [`BranchEnd::on_drop`](crate::BranchEnd::on_drop) on a branch that merges back into
+    /// the main line: it has no sink of its own (its items' drops go to the hooks of the
+    /// stages and the sink they reach).
+    #[error("branch `{branch}`: `on_drop` needs a branch that ends in its own sink, not a merge")]
+    DropHookOnMerge {
+        /// The branch.
+        branch: String,
+    },
     /// A period that must be longer than zero is zero.
     #[error("stage `{stage}`: `{field}` must be longer than zero")]
     ZeroDuration {
@@ -100,6 +110,16 @@ pub enum ConfigError {
         stage: String,
         /// What is wrong.
         source: backflow_core::ConfigError,
+    },
+    /// The allocator refused a stage's queue (its capacity times the size of an item is more
+    /// memory than the machine gives, or than one allocation can hold). Queues are allocated
+    /// before any thread starts: nothing was started.
+    #[error("stage `{stage}`: could not allocate a queue of {capacity} items")]
+    OutOfMemory {
+        /// The stage (or sink) whose queue it was.
+        stage: String,
+        /// The capacity asked for.
+        capacity: usize,
     },
     /// The operating system refused to start a worker thread. The threads already started
     /// have been stopped and joined.
@@ -220,8 +240,9 @@ pub enum PipelineError {
         /// The final accounting.
         report: Box<Report>,
     },
-    /// A worker thread panicked outside its stage (in the sink, a drop hook, or the runtime
-    /// itself); the pipeline was cancelled.
+    /// A worker thread panicked outside its stage (in the sink, the stage's factory, a
+    /// broadcast `Clone`, a route predicate or key function, the dead-letter or event
+    /// handler); the pipeline was cancelled.
     #[error("stage `{stage}`: worker {worker} panicked: {message}")]
     WorkerPanicked {
         /// The stage whose worker panicked (the last stage, when the sink did).
@@ -229,6 +250,19 @@ pub enum PipelineError {
         /// The worker's number within the stage.
         worker: usize,
         /// The panic's message, when it was a string.
+        message: String,
+        /// The final accounting.
+        report: Box<Report>,
+    },
+    /// A drop hook (a stage's, a sink's or an output's `on_drop`) panicked. The panic was
+    /// caught where the hook was called (a push, a worker, a sweep during `drain` or a drop):
+    /// the pipeline was cancelled, and the items after it were still counted and handed to
+    /// the hook.
+    #[error("stage `{stage}`: the drop hook panicked: {message}")]
+    DropHookPanicked {
+        /// The stage (or sink) whose hook panicked.
+        stage: String,
+        /// The first panic's message, when it was a string.
         message: String,
         /// The final accounting.
         report: Box<Report>,
@@ -252,7 +286,8 @@ impl PipelineError {
         match self {
             Self::Cancelled { report }
             | Self::StageFailed { report, .. }
-            | Self::WorkerPanicked { report, .. } => report,
+            | Self::WorkerPanicked { report, .. }
+            | Self::DropHookPanicked { report, .. } => report,
         }
     }
 }

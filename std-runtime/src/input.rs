@@ -1,9 +1,11 @@
 //! [`Input`]: the handle that puts items into a pipeline.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::iter;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::PushError;
+use crate::control::deadline_after;
 use crate::link::{Envelope, HandleState, Link, PushFailure};
 use crate::worker::BATCH;
 
@@ -124,7 +127,8 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn push_timeout(&self, item: In, timeout: Duration) -> Result<(), PushError<In>> {
-        self.send(item, Some(Instant::now() + timeout))
+        // A timeout past the end of time waits as long as `push` does.
+        self.send(item, deadline_after(timeout))
     }
 
     /// Pushes every item of `items` in order, as [`push`](Self::push) would, but with the
@@ -144,22 +148,32 @@ impl<In> Input<In> {
     /// assert_eq!(pipeline.drain()?.sink().delivered, 1000);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    /// If `items` panics, the panic goes on to the caller once the items taken before it are
+    /// in the pipeline and counted.
     pub fn push_iter<I: IntoIterator<Item = In>>(&self, items: I) -> Result<(), PushError<In>> {
         let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            self.begin();
-            let (received, result) = match self.refusal() {
-                Err(refuse) => (0, items.next().map_or(Ok(()), |item| Err(refuse(item)))),
+        // The iterator is the caller's code, read inside the push: its panic is held until
+        // the push has ended, so that no item it gave is left uncounted.
+        let mut panicked = None;
+        while panicked.is_none() && peek(&mut items, &mut panicked) {
+            let mut push = self.begin();
+            let result = match self.refusal() {
+                Err(refuse) => items.next().map_or(Ok(()), |item| Err(refuse(item))),
                 Ok(()) => {
-                    let batch = items.by_ref().take(BATCH).map(|item| self.envelope(item));
+                    let taken = iter::from_fn(|| next(&mut items, &mut panicked));
+                    let batch = taken.take(BATCH).map(|item| self.envelope(item));
                     let (received, result) = self.link.offer(batch, None);
-                    (received, result.map_err(|(envelope, why)| why.into_error(envelope.item)))
+                    push.received = received;
+                    result.map_err(|(envelope, why)| why.into_error(envelope.item))
                 }
             };
-            self.end(received);
+            drop(push);
             result?;
         }
-        Ok(())
+        match panicked {
+            Some(panic) => resume_unwind(panic),
+            None => Ok(()),
+        }
     }
 
     /// How many items a push could put into the first stage's queue now without waiting:
@@ -201,7 +215,7 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait_for_room(&self, timeout: Duration) -> usize {
-        if self.is_closed() { 0 } else { self.link.await_room(Instant::now() + timeout) }
+        if self.is_closed() { 0 } else { self.link.await_room(deadline_after(timeout)) }
     }
 
     /// Whether the pipeline no longer takes items (drained or cancelled).
@@ -221,33 +235,26 @@ impl<In> Input<In> {
     }
 
     fn send(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
-        self.begin();
-        let (received, result) = match self.refusal() {
-            Err(refuse) => (0, Err(refuse(item))),
+        let mut push = self.begin();
+        match self.refusal() {
+            Err(refuse) => Err(refuse(item)),
             Ok(()) => {
                 let (received, result) = self.link.offer(iter::once(self.envelope(item)), deadline);
-                (received, result.map_err(|(envelope, why)| why.into_error(envelope.item)))
+                push.received = received;
+                result.map_err(|(envelope, why)| why.into_error(envelope.item))
             }
-        };
-        self.end(received);
-        result
+        }
     }
 
-    /// Marks a push in progress. The first stage does not finish while a handle is active.
-    fn begin(&self) {
+    /// Marks a push in progress until the returned guard is dropped (also by a panic). The
+    /// first stage does not finish, and `drain` does not take its report, while a handle is
+    /// active.
+    fn begin(&self) -> Push<'_, In> {
         self.state.active.store(true, Ordering::Relaxed);
         // Pairs with the fence in `Handles::all_done`: either this push sees `closed` below,
         // or the first stage sees this handle active and waits for the push to land.
         fence(Ordering::SeqCst);
-    }
-
-    /// Ends a push that put `received` items into the first stage.
-    fn end(&self, received: u64) {
-        let state = &self.state;
-        // Only this handle writes its counter (handles are not `Sync`).
-        state.received.store(state.received.load(Ordering::Relaxed) + received, Ordering::Relaxed);
-        state.active.store(false, Ordering::Release);
-        self.link.settle();
+        Push { input: self, received: 0 }
     }
 
     /// `Err` with the right error constructor if the pipeline takes no more items.
@@ -277,6 +284,50 @@ impl<In> Input<In> {
         }
     }
 }
+
+/// A push in progress; dropping it ends the push.
+struct Push<'a, In> {
+    input: &'a Input<In>,
+    /// Items the push put into the first stage (pushed, or dropped by the policy).
+    received: u64,
+}
+
+impl<In> Drop for Push<'_, In> {
+    fn drop(&mut self) {
+        let (state, link) = (&self.input.state, &self.input.link);
+        // Only this handle writes its counter (handles are not `Sync`).
+        let received = state.received.load(Ordering::Relaxed) + self.received;
+        state.received.store(received, Ordering::Relaxed);
+        state.active.store(false, Ordering::Release);
+        // Wakes the first stage's workers, and a `drain` waiting for the push to end.
+        link.settle();
+    }
+}
+
+/// Whether `items` has another item; a panic in it is kept in `panicked`.
+fn peek<I: Iterator>(items: &mut iter::Peekable<I>, panicked: &mut Option<Panic>) -> bool {
+    catch_unwind(AssertUnwindSafe(|| items.peek().is_some())).unwrap_or_else(|panic| {
+        *panicked = Some(panic);
+        false
+    })
+}
+
+/// The next of `items`; a panic in it is kept in `panicked` and ends the items.
+fn next<I: Iterator>(
+    items: &mut iter::Peekable<I>,
+    panicked: &mut Option<Panic>,
+) -> Option<I::Item> {
+    if panicked.is_some() {
+        return None;
+    }
+    catch_unwind(AssertUnwindSafe(|| items.next())).unwrap_or_else(|panic| {
+        *panicked = Some(panic);
+        None
+    })
+}
+
+/// A caught panic's payload.
+type Panic = Box<dyn Any + Send>;
 
 impl<In> Clone for Input<In> {
     fn clone(&self) -> Self {

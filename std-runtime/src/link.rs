@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use backflow_core::metrics::Counter;
 use backflow_core::overflow::{self, Overflow, PushOutcome};
+use backflow_core::ring::CapacityError;
 use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
-use crate::control::Control;
+use crate::control::{Control, DropHook};
 use crate::event::Event;
 use crate::slots::Slots;
 use crate::stats::StageCounters;
@@ -34,9 +35,6 @@ pub(crate) struct Envelope<T> {
     /// When the item was put in the queue it is in (for queue wait).
     pub(crate) queued: u64,
 }
-
-/// A user's drop hook for one stage's input items.
-pub(crate) type DropHook<T> = Arc<dyn Fn(Dropped<'_, T>) + Send + Sync>;
 
 /// The per-handle state of an [`Input`](crate::Input): written only by that handle's thread.
 #[derive(Debug, Default)]
@@ -128,10 +126,14 @@ pub(crate) struct LinkSpec<T> {
 }
 
 impl<T> Link<T> {
-    /// A link as specified; the capacity has been validated by the builder.
-    pub(crate) fn new(spec: LinkSpec<T>, control: Arc<Control>) -> Self {
-        Self {
-            ring: Slots::new(spec.capacity, spec.single),
+    /// A link as specified, its ring allocated.
+    ///
+    /// # Errors
+    ///
+    /// The ring's capacity is out of range, or its slots could not be allocated.
+    pub(crate) fn new(spec: LinkSpec<T>, control: Arc<Control>) -> Result<Self, CapacityError> {
+        Ok(Self {
+            ring: Slots::new(spec.capacity, spec.single)?,
             overflow: spec.overflow,
             marks: spec.marks,
             pressure: Mutex::new(Pressure::new(spec.marks)),
@@ -145,7 +147,7 @@ impl<T> Link<T> {
             counters: spec.counters,
             on_drop: spec.on_drop,
             control,
-        }
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -261,6 +263,15 @@ impl<T> Link<T> {
         );
     }
 
+    /// Waits until no push through an input handle is in progress. Called once the handles
+    /// are closed (no push can start), before the final sweep: whatever a push was putting in
+    /// is then in the ring, and counted.
+    pub(crate) fn wait_for_pushes(&self) {
+        if let Some(handles) = &self.handles {
+            wait_until(&self.items, self.control.strategy, || handles.all_done(), None);
+        }
+    }
+
     /// Free slots a push could fill now without waiting: none while pressure is on under
     /// `Block`.
     pub(crate) fn room(&self) -> usize {
@@ -269,13 +280,13 @@ impl<T> Link<T> {
 
     /// Waits until [`room`](Self::room) is not zero, or `deadline`, or the pipeline stops;
     /// returns the room then.
-    pub(crate) fn await_room(&self, deadline: Instant) -> usize {
+    pub(crate) fn await_room(&self, deadline: Option<Instant>) -> usize {
         loop {
             if self.stopping() {
                 return 0;
             }
             let room = self.room();
-            if room > 0 || self.wait_for_room(Some(deadline)).is_err() {
+            if room > 0 || self.wait_for_room(deadline).is_err() {
                 return if self.stopping() { 0 } else { self.room() };
             }
         }
@@ -302,11 +313,12 @@ impl<T> Link<T> {
         }
     }
 
-    /// Hands a dropped or abandoned item to the drop hook.
+    /// Hands a dropped or abandoned item to the drop hook (which does not unwind: see
+    /// [`Control::call_drop_hook`]).
     fn discard(&self, item: T, reason: DropReason) {
         self.control.emit(&Event::Dropped { stage: &self.stage, reason });
         if let Some(hook) = &self.on_drop {
-            hook(Dropped { stage: &self.stage, reason, item });
+            self.control.call_drop_hook(hook, Dropped { stage: &self.stage, reason, item });
         }
     }
 

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::builder::Source;
-use crate::control::Control;
+use crate::control::{Control, Culprit, Fatal, deadline_after};
 use crate::event::Event;
 use crate::input::Input;
 use crate::link::Link;
@@ -141,17 +141,22 @@ impl<In> Running<In> {
     /// Cancels, joins and abandons whatever is left in the queues.
     pub(crate) fn stop(&self) {
         self.cancel();
+        self.close();
         self.join();
         self.sweep();
     }
 
-    /// Abandons what is left in the stages' queues (nothing, after a clean drain).
+    /// Abandons what is left in the stages' queues (nothing, after a clean drain). Waits
+    /// first for the pushes in progress to end (the handles are closed: no new one starts),
+    /// so that nothing enters a queue after its final sweep.
     fn sweep(&self) {
+        self.input.wait_for_pushes();
         self.views.iter().for_each(|view| view.sweep());
         self.output.iter().for_each(|view| view.sweep_orphaned());
     }
 
-    fn stats(&self) -> Stats {
+    /// A snapshot; `exact` once every thread has been joined (see [`Collector::exact`]).
+    fn stats(&self, exact: bool) -> Stats {
         let stages = self
             .stages
             .iter()
@@ -165,6 +170,7 @@ impl<In> Running<In> {
             })
             .collect();
         let mut stats = Collector {
+            exact,
             now: Instant::now(),
             start: self.control.started_at(),
             stages,
@@ -174,13 +180,10 @@ impl<In> Running<In> {
         let mut checks: Vec<FlowCheck> =
             self.flows.iter().map(|flow| self.check(flow, &stats)).collect();
         // Inside each fan: a broadcast sends everything both ways, a route one way each.
-        checks.extend(self.fans.iter().enumerate().map(|(fan, counts)| {
-            let input = counts.input.get();
-            FlowCheck {
-                node: format!("fan #{fan} split"),
-                received: if counts.broadcast { 2 * input } else { input },
-                supplied: counts.main.get() + counts.side.get(),
-            }
+        checks.extend(self.fans.iter().enumerate().map(|(fan, counts)| FlowCheck {
+            node: format!("fan #{fan} split"),
+            received: counts.owed(),
+            supplied: counts.main.get() + counts.side.get(),
         }));
         stats.set_flows(checks);
         stats
@@ -213,19 +216,16 @@ impl<In> Running<In> {
 
     /// The report after every thread has been joined.
     fn report(&self) -> Result<Report, PipelineError> {
-        let report = Box::new(Report::new(self.stats()));
+        let report = Box::new(Report::new(self.stats(true)));
         self.control.emit(&Event::Drained { report: &report });
         if let Some(fatal) = self.control.fatal() {
-            Err(match fatal.worker {
-                Some(worker) => PipelineError::WorkerPanicked {
-                    stage: fatal.stage,
-                    worker,
-                    message: fatal.message,
-                    report,
-                },
-                None => {
-                    PipelineError::StageFailed { stage: fatal.stage, error: fatal.message, report }
+            let Fatal { stage, message, culprit } = fatal;
+            Err(match culprit {
+                Culprit::Worker(worker) => {
+                    PipelineError::WorkerPanicked { stage, worker, message, report }
                 }
+                Culprit::Stage => PipelineError::StageFailed { stage, error: message, report },
+                Culprit::DropHook => PipelineError::DropHookPanicked { stage, message, report },
             })
         } else if self.control.is_cancelled() {
             Err(PipelineError::Cancelled { report })
@@ -347,7 +347,7 @@ impl<In> Pipeline<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        self.running.stats()
+        self.running.stats(false)
     }
 
     /// Closes the input (pushes now return [`PushError::Closed`](crate::PushError::Closed)),
@@ -398,12 +398,13 @@ impl<In> Pipeline<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn shutdown(self, timeout: Duration) -> Result<Report, PipelineError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past the end of time drains as long as `drain` does.
+        let deadline = deadline_after(timeout);
         let was_cancelled = self.running.control.is_cancelled();
         self.running.close();
         let control = &self.running.control;
         let all_exited = || control.exited() == self.workers;
-        let finished = control.exit.park_until(all_exited, Some(deadline));
+        let finished = control.exit.park_until(all_exited, deadline);
         if !finished {
             self.running.cancel();
         }

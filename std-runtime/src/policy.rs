@@ -10,8 +10,8 @@ use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
 use backflow_core::{RetrySchedule, TokenBucket};
 
 use crate::control::Control;
+use crate::control::DropHook;
 use crate::event::Event;
-use crate::link::DropHook;
 
 /// What a stage does with an item that failed (its `process` returned an error or panicked)
 /// once its retries, if any, are used up.
@@ -236,7 +236,8 @@ impl Gate {
                 let mut b = breaker.lock().unwrap_or_else(PoisonError::into_inner);
                 // Announced under the lock, so that events come in the order they happened.
                 self.announce(b.machine.poll(now), control);
-                let (allows, reopens) = (b.machine.allows(), b.opened_at + b.cooldown);
+                let (allows, reopens) =
+                    (b.machine.allows(), b.opened_at.saturating_add(b.cooldown));
                 drop(b);
                 if allows {
                     break;

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use backflow_core::overflow::Queue;
-use backflow_core::ring::{PushError, mpmc, spsc};
+use backflow_core::ring::{CapacityError, PushError, mpmc, spsc};
 
 type SpscRing<T> = Arc<spsc::HeapRing<T>>;
 
@@ -36,15 +36,18 @@ fn locked<G>(mutex: &Mutex<G>) -> MutexGuard<'_, G> {
 }
 
 impl<T> Slots<T> {
-    /// A ring of `capacity` slots (validated by the builder), SPSC if `single`.
-    pub(crate) fn new(capacity: usize, single: bool) -> Self {
-        const VALIDATED: &str = "the builder validated the capacity before building links";
-        if single {
-            let (tx, rx) = spsc::HeapRing::with_capacity(capacity).expect(VALIDATED).into_split();
+    /// A ring of `capacity` slots, SPSC if `single`.
+    ///
+    /// # Errors
+    ///
+    /// The capacity is out of range, or the allocator refused the slots.
+    pub(crate) fn new(capacity: usize, single: bool) -> Result<Self, CapacityError> {
+        Ok(if single {
+            let (tx, rx) = spsc::HeapRing::with_capacity(capacity)?.into_split();
             Self::Single { ring: Arc::clone(tx.ring()), tx: Mutex::new(tx), rx: Mutex::new(rx) }
         } else {
-            Self::Shared(mpmc::HeapRing::with_capacity(capacity).expect(VALIDATED))
-        }
+            Self::Shared(mpmc::HeapRing::with_capacity(capacity)?)
+        })
     }
 
     pub(crate) fn len(&self) -> usize {

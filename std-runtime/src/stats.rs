@@ -203,12 +203,16 @@ impl Accounting {
         Self { emitted_inputs, dropped, errored, dead_lettered, abandoned, ..Self::default() }
     }
 
-    fn with_received(mut self, received: u64) -> Self {
+    /// Completes the accounting with `received`, counted on its own. A final one (every
+    /// thread joined) keeps both sides as counted, so that `is_balanced` catches an item
+    /// counted twice as surely as one lost. A live snapshot races with the workers (an item
+    /// may be settled a moment before its arrival is added): it shows `received` as at least
+    /// what is settled, and in flight as the rest.
+    fn with_received(mut self, received: u64, exact: bool) -> Self {
         let settled =
             self.emitted_inputs + self.dropped + self.errored + self.dead_lettered + self.abandoned;
-        // A snapshot races with the workers; never report a negative number in flight.
-        self.received = received.max(settled);
-        self.in_flight = self.received - settled;
+        self.received = if exact { received } else { received.max(settled) };
+        self.in_flight = self.received.saturating_sub(settled);
         self
     }
 }
@@ -581,6 +585,9 @@ impl Stats {
 
 /// Collects a snapshot from the shared state.
 pub(crate) struct Collector<'a> {
+    /// Every thread has been joined: the counts are final, each side taken as counted (see
+    /// [`Accounting::with_received`]).
+    pub(crate) exact: bool,
     pub(crate) now: Instant,
     pub(crate) start: Instant,
     pub(crate) stages: Vec<StageSource<'a>>,
@@ -607,7 +614,7 @@ impl Collector<'_> {
                 let shared = source.shared;
                 let c = &shared.counters;
                 let accounting = Accounting::from_counters(c)
-                    .with_received(c.received.get() + source.handle_received);
+                    .with_received(c.received.get() + source.handle_received, self.exact);
                 let done = accounting.emitted_inputs;
                 let mut window = shared.window.lock().unwrap_or_else(PoisonError::into_inner);
                 StageStats {
@@ -646,14 +653,15 @@ impl Collector<'_> {
         // (an output handle may be taking items while this runs).
         let delivered = sink.delivered.get();
         let abandoned = sink.counters.abandoned.get();
-        let received = sink.counters.received.get().max(delivered + abandoned);
+        let received = sink.counters.received.get();
+        let received = if self.exact { received } else { received.max(delivered + abandoned) };
         let mut window = sink.window.lock().unwrap_or_else(PoisonError::into_inner);
         SinkStats {
             name: name.to_string(),
             received,
             delivered,
             abandoned,
-            in_flight: received - delivered - abandoned,
+            in_flight: received.saturating_sub(delivered + abandoned),
             latency: sink.latency.snapshot().percentiles(),
             throughput_recent: window.rate(self.now, delivered),
             throughput_total: per_second(delivered, elapsed),
@@ -940,5 +948,84 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.stats.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A final report over one stage and the main sink, with the counts `count` sets.
+    fn report(count: impl FnOnce(&StageCounters, &SinkShared)) -> Report {
+        let start = Instant::now();
+        let name: Arc<str> = "parse".into();
+        let gate = Arc::new(Gate::new(Arc::clone(&name), None, None));
+        let stage = StageShared::new(name, 1, start, gate);
+        let sink = SinkShared::new(start);
+        count(&stage.counters, &sink);
+        let source = StageSource {
+            shared: &stage,
+            handle_received: 0,
+            queue_len: 0,
+            queue_capacity: 8,
+            pressure: (false, 0),
+        };
+        let collector = Collector {
+            exact: true,
+            now: start,
+            start,
+            stages: vec![source],
+            sinks: vec![(&sink, "sink")],
+        };
+        Report::new(collector.collect())
+    }
+
+    #[test]
+    fn a_report_whose_counts_add_up_is_balanced() {
+        let report = report(|stage, sink| {
+            stage.received.add(5);
+            stage.emitted_inputs.add(4);
+            stage.abandoned.add(1);
+            sink.counters.received.add(4);
+            sink.delivered.add(4);
+        });
+        assert_eq!(report.unbalanced(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_item_counted_twice_in_a_stage_is_reported_naming_the_stage() {
+        let report = report(|stage, _| {
+            stage.received.add(5);
+            stage.emitted_inputs.add(5);
+            stage.errored.add(1);
+        });
+        let unbalanced = report.unbalanced();
+        assert_eq!(unbalanced.len(), 1, "{unbalanced:?}");
+        assert!(unbalanced[0].starts_with("parse: "), "{unbalanced:?}");
+        let parse = report.stage("parse").unwrap().accounting;
+        assert_eq!((parse.received, parse.in_flight), (5, 0));
+        assert!(!parse.is_balanced());
+    }
+
+    #[test]
+    fn an_item_counted_twice_at_the_sink_is_reported_naming_the_sink() {
+        let report = report(|_, sink| {
+            sink.counters.received.add(3);
+            sink.delivered.add(3);
+            sink.counters.abandoned.add(1);
+        });
+        let unbalanced = report.unbalanced();
+        assert_eq!(unbalanced.len(), 1, "{unbalanced:?}");
+        assert!(unbalanced[0].starts_with("sink: "), "{unbalanced:?}");
+    }
+
+    #[test]
+    fn an_item_lost_in_a_stage_is_reported_as_in_flight() {
+        let report = report(|stage, _| {
+            stage.received.add(5);
+            stage.emitted_inputs.add(4);
+        });
+        assert_eq!(report.stage("parse").unwrap().accounting.in_flight, 1);
+        assert!(!report.is_balanced());
     }
 }

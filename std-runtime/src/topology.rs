@@ -33,6 +33,18 @@ pub(crate) struct FanCounts {
     pub(crate) input: Counter,
     pub(crate) main: Counter,
     pub(crate) side: Counter,
+    /// Items that went on along the main line alone because splitting them failed (a clone
+    /// or the predicate panicked): a broadcast sent no copy of them to the branch.
+    pub(crate) unsplit: Counter,
+}
+
+impl FanCounts {
+    /// What the fan's two sides must have received between them: everything once for a
+    /// route, everything twice for a broadcast (but once for what could not be copied).
+    pub(crate) fn owed(&self) -> u64 {
+        let input = self.input.get();
+        if self.broadcast { (2 * input).saturating_sub(self.unsplit.get()) } else { input }
+    }
 }
 
 /// A fan-out point: delivers each batch to the branch and to the main line.
@@ -68,9 +80,11 @@ impl<T> Fan<T> {
             Ok(mut side) => self.side.abandon(&mut side),
             Err(_) => {
                 // The clone or the predicate panics (again, most likely: this is the clean-up
-                // after a fatal panic): the main line takes the whole batch.
-                self.counts.input.add(batch.len() as u64);
-                self.counts.main.add(batch.len() as u64);
+                // after a fatal panic): the main line takes the whole batch, unsplit.
+                let n = batch.len() as u64;
+                self.counts.input.add(n);
+                self.counts.main.add(n);
+                self.counts.unsplit.add(n);
             }
         }
         self.main.abandon(batch);

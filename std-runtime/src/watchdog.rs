@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::control::Control;
+use crate::control::{Control, deadline_after};
 use crate::event::Event;
 use crate::pipeline::{LinkView, Watched};
 use crate::stats::StageShared;
@@ -69,7 +69,7 @@ pub(crate) fn start(
     let tick = (period / 4).max(Duration::from_millis(1));
     let handle = thread::Builder::new().name("backflow:watchdog".into()).spawn(move || {
         let done = || control.exited() == workers || control.is_cancelled();
-        while !control.exit.park_until(done, Some(Instant::now() + tick)) {
+        while !control.exit.park_until(done, deadline_after(tick)) {
             let now = Instant::now();
             for watch in &mut watches {
                 if let Some((queued, idle)) = watch.look(now) {

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
 
-use crate::control::{Control, Fatal};
+use crate::control::{Control, Culprit, DropHook, Fatal, panic_message};
 use crate::event::Event;
-use crate::link::{DropHook, Envelope, Link};
+use crate::link::{Envelope, Link};
 use crate::policy::{DeadLetter, Failure, Final, Policy};
 use crate::stats::{SinkShared, StageCounters, StageShared};
 use crate::topology::{Fan, HandOver, Keyed, Reorder};
@@ -139,11 +139,8 @@ impl<T> Sink<T> {
             let reason = DropReason::Abandoned;
             self.control.emit(&Event::Dropped { stage: &self.name, reason });
             if let Some(hook) = &self.on_drop {
-                hook(Dropped {
-                    stage: &self.name,
-                    reason: DropReason::Abandoned,
-                    item: envelope.item,
-                });
+                let dropped = Dropped { stage: &self.name, reason, item: envelope.item };
+                self.control.call_drop_hook(hook, dropped);
             }
         }
     }
@@ -301,7 +298,7 @@ where
         control.fail(Fatal {
             stage: id.stage.to_string(),
             message: panic_message(&*panic),
-            worker: Some(id.index),
+            culprit: Culprit::Worker(id.index),
         });
         for envelope in inputs.drain(..) {
             input.give_up(envelope.item);
@@ -329,7 +326,14 @@ fn work<In, S, F>(
 {
     let input = &*parts.input;
     let control = &*input.control;
-    let cx = Cx { stage: &id.stage, input, control, shared: &parts.shared, policy: &parts.policy };
+    let cx = Cx {
+        stage: &id.stage,
+        worker: id.index,
+        input,
+        control,
+        shared: &parts.shared,
+        policy: &parts.policy,
+    };
     let plain = parts.policy.is_plain(control);
     let mut stage = factory();
     let mut taken = VecDeque::with_capacity(if S::RUNS { BATCH } else { 0 });
@@ -362,7 +366,7 @@ fn work<In, S, F>(
             if input.finished() && input.len() == 0 {
                 break;
             }
-            let deadline = parts.flush_every.map(|period| flushed_at + period);
+            let deadline = parts.flush_every.and_then(|period| flushed_at.checked_add(period));
             input.wait_for_items(deadline);
             continue;
         }
@@ -392,7 +396,7 @@ fn work<In, S, F>(
                     // item it was processing failed with it.
                     outcomes.failed += 1;
                     outcomes.panicked += 1;
-                    stage = factory();
+                    stage = rebuild(factory);
                 }
             } else {
                 careful(&mut stage, factory, inputs, &mut out, &cx, &mut outcomes);
@@ -489,6 +493,7 @@ impl Drop for Outcomes<'_> {
 /// What a worker applies its stage's policy with.
 struct Cx<'a, In, Out> {
     stage: &'a str,
+    worker: usize,
     input: &'a Link<In>,
     control: &'a Control,
     shared: &'a StageShared,
@@ -533,7 +538,7 @@ impl<In, Out> Cx<'_, In, Out> {
             Final::FailFast => {
                 outcomes.failed += 1;
                 let message = failure.to_string();
-                control.fail(Fatal { stage: stage.to_string(), message, worker: None });
+                control.fail(Fatal { stage: stage.to_string(), message, culprit: Culprit::Stage });
             }
             Final::DeadLetter(hook) => {
                 let Some(item) = copy else {
@@ -542,7 +547,15 @@ impl<In, Out> Cx<'_, In, Out> {
                 };
                 outcomes.dead_lettered += 1;
                 control.emit(&Event::DeadLettered { stage, attempts: attempt });
-                hook(DeadLetter { stage, item, error: failure.to_string(), attempts: attempt });
+                let letter =
+                    DeadLetter { stage, item, error: failure.to_string(), attempts: attempt };
+                // The handler's panic stops the pipeline; it does not unwind through the
+                // worker, which may be holding more failed items of a run.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(letter))) {
+                    let message = panic_message(&*panic);
+                    let culprit = Culprit::Worker(self.worker);
+                    control.fail(Fatal { stage: stage.to_string(), message, culprit });
+                }
             }
         }
         Next::Settled
@@ -640,7 +653,11 @@ fn attempts<In, S, F>(
             Ok(Err(error)) => Some(Failure::Error(error)),
             Err(panic) => {
                 outcomes.panicked += 1;
-                *stage = factory();
+                // Counted as failed for good first: if the factory panics too, the worker
+                // stops with this item settled.
+                outcomes.failed += 1;
+                *stage = rebuild(factory);
+                outcomes.failed -= 1;
                 Some(Failure::Panic(panic_message(&*panic)))
             }
         };
@@ -775,7 +792,6 @@ fn in_runs<In, S, F>(
     if let Err(panic) = result {
         // Every item of the run not yet reported failed with the panic.
         outcomes.panicked += 1;
-        *stage = factory();
         let message = panic_message(&*panic);
         for Taken { copy, .. } in taken.drain(..) {
             if plain {
@@ -783,6 +799,15 @@ fn in_runs<In, S, F>(
             } else {
                 policy.gate.record(false, control);
                 failures.push((Failure::Panic(message.clone()), copy));
+            }
+        }
+        // Rebuilt once every item is counted: if the factory panics too, the worker stops
+        // with the run's failures settled as errors.
+        match catch_unwind(AssertUnwindSafe(|| rebuild(factory))) {
+            Ok(fresh) => *stage = fresh,
+            Err(factory_panic) => {
+                outcomes.failed += failures.len() as u64;
+                resume_unwind(factory_panic);
             }
         }
     }
@@ -793,16 +818,16 @@ fn in_runs<In, S, F>(
     }
 }
 
+/// A fresh stage from the factory, after the old one panicked. A panic in the factory goes
+/// on (the worker cannot go on without a stage: it is fatal), saying where it came from.
+fn rebuild<S>(factory: &impl Fn() -> S) -> S {
+    catch_unwind(AssertUnwindSafe(factory)).unwrap_or_else(|panic| {
+        let message = format!("the stage's factory panicked: {}", panic_message(&*panic));
+        resume_unwind(Box::new(message))
+    })
+}
+
 /// Nanoseconds since `start`.
 fn nanos_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The message of a panic payload, when it is a string.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(not a string)".to_string())
 }

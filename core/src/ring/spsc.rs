@@ -275,7 +275,8 @@ impl<T> Ring<T, Box<[Slot<T>]>> {
     ///
     /// # Errors
     ///
-    /// [`CapacityError`] if `capacity` is zero or above [`MAX_CAPACITY`](super::MAX_CAPACITY).
+    /// [`CapacityError`] if `capacity` is zero or above [`MAX_CAPACITY`](super::MAX_CAPACITY),
+    /// or the allocator refuses the slots ([`CapacityError::OutOfMemory`]).
     ///
     /// # Examples
     ///
@@ -284,11 +285,15 @@ impl<T> Ring<T, Box<[Slot<T>]>> {
     ///
     /// assert_eq!(HeapRing::<u8>::with_capacity(0).unwrap_err(), CapacityError::Zero);
     /// assert_eq!(HeapRing::<u8>::with_capacity(5)?.capacity(), 5);
+    /// let huge = backflow_core::ring::MAX_CAPACITY;
+    /// assert_eq!(
+    ///     HeapRing::<[u8; 64]>::with_capacity(huge).unwrap_err(),
+    ///     CapacityError::OutOfMemory { requested: huge },
+    /// );
     /// # Ok::<(), CapacityError>(())
     /// ```
     pub fn with_capacity(capacity: usize) -> Result<Self, CapacityError> {
-        check_capacity(capacity)?;
-        Self::with_storage((0..capacity).map(|_| Slot::new()).collect())
+        Self::with_storage(super::heap_slots(capacity, |_| Slot::new())?)
     }
 }
 
