@@ -34,6 +34,8 @@
 //! tx.try_push(42).unwrap();
 //! assert_eq!(rx.try_pop(), Ok(42));
 //! ```
+// docs.rs (`--cfg docsrs`, nightly) badges each feature-gated item with its feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]

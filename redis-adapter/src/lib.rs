@@ -39,6 +39,8 @@
 //! println!("{} read, {} taken over, {} acknowledged", summary.read, summary.claimed, summary.acknowledged);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// docs.rs (`--cfg docsrs`, nightly) badges each feature-gated item with its feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod config;

@@ -144,12 +144,17 @@ impl Control {
         }
     }
 
-    /// Calls `stage`'s drop hook with `dropped`. A panic in the hook does not unwind into the
-    /// caller (which may be sweeping a queue, in a destructor, or in the middle of a push): it
-    /// stops the pipeline, `drain()` reports it, and the caller goes on counting.
-    pub(crate) fn call_drop_hook<T>(&self, hook: &DropHook<T>, dropped: Dropped<'_, T>) {
+    /// Hands `dropped` to the stage's drop hook, or drops the item if there is none. A panic
+    /// in the hook (or in the item's `drop`) does not unwind into the caller (which may be
+    /// sweeping a queue, in a destructor, or in the middle of a push): it stops the pipeline,
+    /// `drain()` reports it, and the caller goes on counting.
+    pub(crate) fn discard<T>(&self, hook: Option<&DropHook<T>>, dropped: Dropped<'_, T>) {
         let stage = dropped.stage;
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(dropped))) {
+        let discarded = catch_unwind(AssertUnwindSafe(|| match hook {
+            Some(hook) => hook(dropped),
+            None => drop(dropped),
+        }));
+        if let Err(panic) = discarded {
             self.fail(Fatal {
                 stage: stage.to_string(),
                 message: panic_message(&*panic),

@@ -254,10 +254,10 @@ pub enum PipelineError {
         /// The final accounting.
         report: Box<Report>,
     },
-    /// A drop hook (a stage's, a sink's or an output's `on_drop`) panicked. The panic was
-    /// caught where the hook was called (a push, a worker, a sweep during `drain` or a drop):
-    /// the pipeline was cancelled, and the items after it were still counted and handed to
-    /// the hook.
+    /// A drop hook (a stage's, a sink's or an output's `on_drop`) panicked, or an item being
+    /// dropped without a hook panicked in its `drop`. The panic was caught where it happened
+    /// (a push, a worker, a sweep during `drain` or a drop): the pipeline was cancelled, and
+    /// the items after it were still counted and handed to the hook.
     #[error("stage `{stage}`: the drop hook panicked: {message}")]
     DropHookPanicked {
         /// The stage (or sink) whose hook panicked.

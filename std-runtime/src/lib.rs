@@ -51,6 +51,8 @@
 //! assert!(report.is_balanced());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// docs.rs (`--cfg docsrs`, nightly) badges each feature-gated item with its feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod builder;

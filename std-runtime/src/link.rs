@@ -314,12 +314,11 @@ impl<T> Link<T> {
     }
 
     /// Hands a dropped or abandoned item to the drop hook (which does not unwind: see
-    /// [`Control::call_drop_hook`]).
+    /// [`Control::discard`]).
     fn discard(&self, item: T, reason: DropReason) {
         self.control.emit(&Event::Dropped { stage: &self.stage, reason });
-        if let Some(hook) = &self.on_drop {
-            self.control.call_drop_hook(hook, Dropped { stage: &self.stage, reason, item });
-        }
+        let dropped = Dropped { stage: &self.stage, reason, item };
+        self.control.discard(self.on_drop.as_ref(), dropped);
     }
 
     /// Counts `item` as received and abandoned (it reached this link after a cancel).

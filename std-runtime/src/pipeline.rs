@@ -359,7 +359,8 @@ impl<In> Pipeline<In> {
     /// [`PipelineError::Cancelled`] if the pipeline was cancelled first,
     /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item,
     /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage (or the event
-    /// handler panicked). Each carries the report.
+    /// handler panicked), [`PipelineError::DropHookPanicked`] if a drop hook panicked. Each
+    /// carries the report.
     ///
     /// # Examples
     ///
@@ -379,11 +380,14 @@ impl<In> Pipeline<In> {
 
     /// Drains for at most `timeout`, then cancels: items not processed by then are counted as
     /// abandoned and handed to their stage's drop hook. Returns the report either way (unless
-    /// a worker panicked).
+    /// a worker panicked). `Duration::MAX` (or any timeout past the end of time) drains
+    /// without a deadline. The report is final: pushes still in progress are waited for (a
+    /// cancelled push returns at once), and no push is accepted after it.
     ///
     /// # Errors
     ///
     /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage;
+    /// [`PipelineError::DropHookPanicked`] if a drop hook panicked;
     /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item;
     /// [`PipelineError::Cancelled`] if [`cancel`](Self::cancel) was called before.
     ///

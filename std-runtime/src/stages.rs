@@ -40,8 +40,9 @@ pub struct Batches<T> {
 /// stage to flush it on a timer as well: a batch then goes out when it is full or when the timer
 /// fires, whichever comes first (batching by size or timeout).
 ///
-/// Each batch is allocated with capacity `size` when its first item arrives, so it never grows,
-/// and a stage between batches holds no memory. For a size known at compile time and no heap,
+/// Each batch is allocated with capacity `size` when its first item arrives, so it never grows
+/// (unless the allocator refuses that much at once: it then grows with its items), and a
+/// stage between batches holds no memory. For a size known at compile time and no heap,
 /// see [`batch`](crate::stage::batch).
 ///
 /// # Examples
@@ -88,7 +89,9 @@ impl<T> Stage<T> for Batches<T> {
 
     fn process(&mut self, item: T, out: &mut impl Emit<Vec<T>>) -> Result<(), Infallible> {
         if self.batch.is_empty() {
-            self.batch.reserve_exact(self.size.get());
+            // A size the allocator refuses up front (a huge one) is not an abort: the batch
+            // then grows with the items that actually arrive.
+            let _ = self.batch.try_reserve_exact(self.size.get());
         }
         self.batch.push(item);
         if self.batch.len() == self.size.get() {

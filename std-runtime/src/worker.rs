@@ -138,10 +138,8 @@ impl<T> Sink<T> {
             self.shared.counters.abandoned.increment();
             let reason = DropReason::Abandoned;
             self.control.emit(&Event::Dropped { stage: &self.name, reason });
-            if let Some(hook) = &self.on_drop {
-                let dropped = Dropped { stage: &self.name, reason, item: envelope.item };
-                self.control.call_drop_hook(hook, dropped);
-            }
+            let dropped = Dropped { stage: &self.name, reason, item: envelope.item };
+            self.control.discard(self.on_drop.as_ref(), dropped);
         }
     }
 }
@@ -801,15 +799,12 @@ fn in_runs<In, S, F>(
                 failures.push((Failure::Panic(message.clone()), copy));
             }
         }
-        // Rebuilt once every item is counted: if the factory panics too, the worker stops
-        // with the run's failures settled as errors.
-        match catch_unwind(AssertUnwindSafe(|| rebuild(factory))) {
-            Ok(fresh) => *stage = fresh,
-            Err(factory_panic) => {
-                outcomes.failed += failures.len() as u64;
-                resume_unwind(factory_panic);
-            }
-        }
+        // Counted as failed for good first: if the factory (or the old stage's `drop`)
+        // panics too, the worker stops with the run's failures settled as errors.
+        let failed = failures.len() as u64;
+        outcomes.failed += failed;
+        *stage = rebuild(factory);
+        outcomes.failed -= failed;
     }
     for (failure, copy) in failures {
         if let Next::Retry(copy) = cx.failed(&failure, copy, 1, outcomes) {
