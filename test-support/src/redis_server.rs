@@ -99,6 +99,30 @@ impl RedisServer {
         Self::start_program(OsStr::new(PROGRAM))
     }
 
+    /// The URL of a server to share instead of starting one: [`REDIS_URL_VARIABLE`]'s value,
+    /// when it is set and not empty.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use test_support::RedisServer;
+    ///
+    /// // The shared server, or one of this program's own (kept until the end).
+    /// let own;
+    /// let url = match RedisServer::shared_url() {
+    ///     Some(url) => url,
+    ///     None => {
+    ///         own = RedisServer::start()?;
+    ///         own.url().to_string()
+    ///     }
+    /// };
+    /// # let _ = url;
+    /// # Ok::<(), test_support::StartError>(())
+    /// ```
+    pub fn shared_url() -> Option<String> {
+        std::env::var(REDIS_URL_VARIABLE).ok().filter(|url| !url.is_empty())
+    }
+
     /// As [`start`](Self::start), running `program` in place of `redis-server`.
     fn start_program(program: &OsStr) -> Result<Self, StartError> {
         let mut attempt = 1;
