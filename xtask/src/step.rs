@@ -112,3 +112,36 @@ fn describe(command: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step that leaves a file behind when it runs.
+    fn touching(path: &std::path::Path, needs: &[Need]) -> Step {
+        let mut command = Command::new("touch");
+        command.arg(path);
+        Step::new("touch", command, needs)
+    }
+
+    #[test]
+    fn a_step_lacking_a_need_fails_without_running() {
+        let marker = std::env::temp_dir().join(format!("xtask-step-{}", std::process::id()));
+        let qemu = Need::Program("qemu-system-arm");
+        let outcome = execute(touching(&marker, &[qemu]), &[Need::Miri, qemu]);
+        assert!(!outcome.passed);
+        assert!(!marker.exists(), "the command ran");
+        let note = outcome.note.expect("a reason in the summary");
+        assert!(note.starts_with("qemu-system-arm is not installed: "), "{note}");
+        assert!(!note.contains("miri"), "only what the step needs: {note}");
+    }
+
+    #[test]
+    fn a_step_with_its_needs_runs() {
+        let marker = std::env::temp_dir().join(format!("xtask-step-ran-{}", std::process::id()));
+        let outcome = execute(touching(&marker, &[Need::Miri]), &[Need::MiriSysroot]);
+        let ran = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert!(outcome.passed && ran && outcome.note.is_none());
+    }
+}
