@@ -71,7 +71,7 @@ impl fmt::Display for Need {
 }
 
 impl Need {
-    /// "<what> is not installed: run `<command>`", the command fitting this machine.
+    /// `<what> is not installed: <how>`, with the install command that fits this machine.
     pub fn missing_message(self) -> String {
         let rust = |command: String| {
             if on_path("rustup") {
