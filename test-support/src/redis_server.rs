@@ -263,10 +263,10 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_port_is_no_answer() {
-        let address = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
-        // The listener is dropped: nothing listens there now.
-        assert!(!answers_ping(address));
+    fn a_silent_listener_is_no_answer() {
+        // The kernel completes the connection (backlog), but nobody ever replies.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert!(!answers_ping(listener.local_addr().unwrap()));
     }
 
     #[test]
@@ -287,6 +287,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_started_server_answers_until_dropped() {
         let server = RedisServer::start().expect("redis-server (`cargo xtask setup`)");
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
@@ -294,10 +295,7 @@ mod tests {
         assert!(answers_ping(address));
         let pid = server.pid();
         drop(server);
-        // Killed and reaped: its process is gone, and so is its listening socket.
-        if cfg!(target_os = "linux") {
-            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-        }
-        assert!(TcpStream::connect(address).is_err());
+        // Killed and reaped (no zombie left): its process is gone.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }
