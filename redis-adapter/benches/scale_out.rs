@@ -20,8 +20,8 @@
 //! so are the machine's cores when the two add up to all of them.
 //!
 //! The server is `BACKFLOW_REDIS_URL` if set, otherwise a `redis-server` of the bench's own on
-//! a free loopback port without persistence, killed at the end (the integration tests'
-//! helpers in `tests/common`). The example is built in release first.
+//! a free loopback port without persistence, killed at the end (test-support's
+//! `RedisServer`, as in the integration tests). The example is built in release first.
 //!
 //! ```text
 //! cargo bench -p backflow-redis --bench scale_out
@@ -29,10 +29,6 @@
 //! ```
 //!
 //! The markdown report is printed and written to `target/redis-bench-report.md`.
-
-// The integration tests' server and example helpers.
-#[path = "../tests/common/mod.rs"]
-mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -43,7 +39,7 @@ use std::str::FromStr;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Server, example};
+use test_support::{RedisServer, example};
 
 /// Entries in the stream of each run, unless `BACKFLOW_BENCH_REDIS_ITEMS` says otherwise.
 const DEFAULT_ITEMS: u64 = 1_000_000;
@@ -65,7 +61,7 @@ fn main() {
     let target = target_dir();
     let server = Server::get();
     let bench = Bench {
-        example: example().clone(),
+        example: example("backflow-redis", "scale_out").unwrap_or_else(|error| panic!("{error}")),
         server,
         items,
         ticks_per_second: clock_ticks_per_second(),
@@ -110,6 +106,30 @@ fn round_order(round: usize) -> Vec<usize> {
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the bench's own path");
     exe.ancestors().nth(3).expect("the bench runs from <target>/release/deps").to_path_buf()
+}
+
+/// The server the runs use: the shared one, or the bench's own (stopped when dropped).
+struct Server {
+    url: String,
+    own: Option<RedisServer>,
+}
+
+impl Server {
+    /// The server `BACKFLOW_REDIS_URL` names, else one of the bench's own.
+    fn get() -> Self {
+        match RedisServer::shared_url() {
+            Some(url) => Self { url, own: None },
+            None => {
+                let own = RedisServer::start().unwrap_or_else(|error| panic!("{error}"));
+                Self { url: own.url().to_string(), own: Some(own) }
+            }
+        }
+    }
+
+    /// The server's process id, when the bench started it.
+    fn pid(&self) -> Option<u32> {
+        self.own.as_ref().map(RedisServer::pid)
+    }
 }
 
 /// What runs need: the example, the server, and the size of the stream.
@@ -201,7 +221,9 @@ impl Bench {
 
     /// Frees the run's stream (and its group) on the server.
     fn delete(&self, stream: &str) {
-        let mut connection = self.server.connection();
+        let mut connection = redis::Client::open(self.server.url.as_str())
+            .and_then(|client| client.get_connection())
+            .expect("a connection to the server");
         redis::cmd("DEL").arg(stream).query::<()>(&mut connection).expect("deleting the stream");
     }
 }

@@ -13,24 +13,7 @@ use std::sync::OnceLock;
 fn demo() -> &'static PathBuf {
     static DEMO: OnceLock<PathBuf> = OnceLock::new();
     DEMO.get_or_init(|| {
-        // This test runs as <target dir>/<profile dir>/deps/demo-<hash>.
-        let exe = std::env::current_exe().expect("the test knows its own path");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<profile>/deps");
-        let target_dir = profile_dir.parent().expect("<target dir>/<profile dir>");
-        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => panic!("no profile directory in {}", exe.display()),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--package", "backflow", "--example", "logs"])
-            .args(["--profile", profile, "--target-dir"])
-            .arg(target_dir)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the example failed: {status}");
-        let name = format!("logs{}", std::env::consts::EXE_SUFFIX);
-        profile_dir.join("examples").join(name)
+        test_support::example("backflow", "logs").unwrap_or_else(|error| panic!("{error}"))
     })
 }
 

@@ -13,5 +13,5 @@ pub fn step() -> Step {
         .args(["--target-dir", "target/loom"])
         .env("RUSTFLAGS", "--cfg loom")
         .env("LOOM_MAX_PREEMPTIONS", MAX_PREEMPTIONS);
-    Step { name: "loom".into(), command }
+    Step::new("loom", command, &[])
 }

@@ -1,7 +1,10 @@
 //! backflow's task runner: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
-//! - `ci`: every check, in order, with a pass/fail summary; exits non-zero on any failure.
-//!   Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops it.
+//! - `setup`: installs what the checks need and a fresh machine lacks (thumb targets, nightly
+//!   with miri, `qemu-system-arm`, `redis-server`); quiet and quick when all is there.
+//! - `ci`: `setup`, then every check, in order, with a pass/fail summary; exits non-zero on any
+//!   failure. Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops
+//!   it.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
@@ -13,16 +16,17 @@ mod ci;
 mod loom;
 mod miri;
 mod qemu;
-mod redis;
+mod setup;
 mod step;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <ci | loom | miri | qemu | bench [--criterion]>";
+const USAGE: &str = "usage: cargo xtask <setup | ci | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::run(),
         Some("ci") => ci::run(),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),

@@ -7,26 +7,33 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::setup::{self, Need};
 use crate::step::{Step, cargo, root};
 
-const TARGET: &str = "thumbv7m-none-eabi";
+/// The demo's target: Cortex-M3, as QEMU's lm3s6965evb board has.
+pub const TARGET: &str = "thumbv7m-none-eabi";
 const TIME_LIMIT: Duration = Duration::from_secs(120);
+const NEEDS: [Need; 2] = [Need::Target(TARGET), Need::Program("qemu-system-arm")];
 
 /// The `ci` step: this task, run as `cargo xtask qemu` so its output lands in the log.
 pub fn step() -> Step {
-    Step { name: "qemu".into(), command: cargo(["xtask", "qemu"]) }
+    Step::new("qemu", cargo(["xtask", "qemu"]), &NEEDS)
 }
 
 pub fn run() -> Result<(), String> {
+    setup::require(&NEEDS)?;
     let dir = root().join("core").join("bare-metal");
-    let status = cargo(["build", "--release", "--target", TARGET])
+    // Its own target directory (whatever CARGO_TARGET_DIR says): the image is read from it.
+    let target_dir = dir.join("target");
+    let status = cargo(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
         .current_dir(&dir)
         .status()
         .map_err(|e| format!("could not run cargo build: {e}"))?;
     if !status.success() {
         return Err("the bare-metal build failed".into());
     }
-    let elf = dir.join("target").join(TARGET).join("release").join("backflow-bare-metal");
+    let elf = target_dir.join(TARGET).join("release").join("backflow-bare-metal");
     let image =
         std::fs::read(&elf).map_err(|e| format!("could not read {}: {e}", elf.display()))?;
 

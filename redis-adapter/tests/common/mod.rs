@@ -7,51 +7,37 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use test_support::RedisServer;
 
 /// A Redis server the tests can use.
 pub struct Server {
     pub url: String,
-    child: Option<Child>,
+    child: Option<RedisServer>,
 }
 
 impl Server {
     /// The shared server if one is configured, else a server of this test's own.
     pub fn get() -> Self {
-        match std::env::var("BACKFLOW_REDIS_URL") {
-            Ok(url) if !url.is_empty() => Self { url, child: None },
-            _ => Self::own(),
+        match RedisServer::shared_url() {
+            Some(url) => Self { url, child: None },
+            None => Self::own(),
         }
     }
 
     /// A server of this test's own, for tests that disturb it (drop its clients).
     pub fn own() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (install it: apt-get install redis-server)");
-        let server = Self { url: format!("redis://127.0.0.1:{port}/"), child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.try_connection().is_err() {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
+        let server = RedisServer::start().unwrap_or_else(|error| panic!("{error}"));
+        Self { url: server.url().to_string(), child: Some(server) }
     }
 
     /// The server's process id, when it was started here.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(RedisServer::pid)
     }
 
     fn try_connection(&self) -> redis::RedisResult<redis::Connection> {
@@ -111,15 +97,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Key names for one test: its stream, group and output stream.
 pub fn keys(test: &str) -> (String, String, String) {
     let tag = format!("{test}-{}", std::process::id());
@@ -130,23 +107,8 @@ pub fn keys(test: &str) -> (String, String, String) {
 pub fn example() -> &'static PathBuf {
     static EXAMPLE: OnceLock<PathBuf> = OnceLock::new();
     EXAMPLE.get_or_init(|| {
-        // A test runs as <target dir>/<profile dir>/deps/<name>-<hash>.
-        let exe = std::env::current_exe().expect("the test knows its own path");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<profile>/deps");
-        let target_dir = profile_dir.parent().expect("<target dir>/<profile dir>");
-        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => panic!("no profile directory in {}", exe.display()),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--package", "backflow-redis", "--example", "scale_out"])
-            .args(["--profile", profile, "--target-dir"])
-            .arg(target_dir)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the example failed: {status}");
-        profile_dir.join("examples").join(format!("scale_out{}", std::env::consts::EXE_SUFFIX))
+        test_support::example("backflow-redis", "scale_out")
+            .unwrap_or_else(|error| panic!("{error}"))
     })
 }
 

@@ -1,0 +1,28 @@
+//! What backflow's integration tests, benches and `xtask` share, written once:
+//!
+//! - [`RedisServer`]: a `redis-server` of its own on a free loopback port, without
+//!   persistence, ready when [`RedisServer::start`] returns and stopped when dropped.
+//! - [`example`]: one of a package's examples, built (or found up to date) by cargo into the
+//!   target directory and profile of the running test or bench, and its executable's path.
+//!
+//! Not published: the crates use it as a dev-dependency, `xtask` as a dependency.
+//!
+//! ```no_run
+//! use test_support::{RedisServer, example};
+//!
+//! let server = RedisServer::start()?;
+//! let scale_out = example("backflow-redis", "scale_out")?;
+//! let status = std::process::Command::new(scale_out)
+//!     .args(["--url", server.url(), "--fill", "100"])
+//!     .status()?;
+//! assert!(status.success());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod example;
+mod redis_server;
+
+pub use example::{ExampleError, example};
+pub use redis_server::{REDIS_URL_VARIABLE, RedisServer, StartError};
