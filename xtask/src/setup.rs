@@ -9,9 +9,12 @@
 //!   --profile minimal --component miri,rust-src` (or `rustup component add` when nightly is
 //!   there), then miri's sysroot: `cargo +nightly miri setup` (quick when it is built);
 //! - `qemu-system-arm` and `redis-server` on `PATH`: the Debian packages of the same names,
-//!   through `apt-get update` and `apt-get install --no-remove` (it never removes a package to
-//!   make room), when `apt-get` is there and may be used (as root, or through `sudo -n`). The `redis-server` package starts a system service on
-//!   the default port; setup stops it, as the tests start servers of their own.
+//!   through `apt-get update` and `apt-get install`, when `apt-get` is there and may be used
+//!   (as root, or through `sudo -n`). It asks apt not to remove anything first; only when a
+//!   package cannot be installed otherwise (it conflicts with one installed from elsewhere)
+//!   does it let apt remove what conflicts, which apt names. The `redis-server` package starts
+//!   a system service on the default port; setup stops it, as the tests start servers of
+//!   their own.
 //!
 //! What it could not install it names with the command that would, and the steps that need
 //! it fail with that message instead of running.
@@ -344,10 +347,18 @@ fn install_packages(packages: &[&str]) -> bool {
     if !announce_and_run(apt.command("apt-get", &[&lock[..], &["-q", "update"]].concat())) {
         return false;
     }
-    // `--no-remove`: when the package conflicts with an installed one, fail rather than remove it.
-    let install =
-        [&lock[..], &["-q", "-y", "--no-install-recommends", "--no-remove", "install"], packages];
-    announce_and_run(apt.command("apt-get", &install.concat()));
+    // First without removing anything. A package can conflict with one installed from
+    // elsewhere (a machine with `qemu-utils` from backports cannot take the distribution's
+    // `qemu-system-arm` next to it): then apt resolves it as a plain install would, and its
+    // output names what it removed.
+    let options = ["-q", "-y", "--no-install-recommends"];
+    let keep = [&lock[..], &options, &["--no-remove", "install"], packages].concat();
+    if !announce_and_run(apt.command("apt-get", &keep)) {
+        let names = packages.join(" ");
+        println!("setup: apt cannot install {names} without removing a package; letting it");
+        let plain = [&lock[..], &options, &["install"], packages].concat();
+        announce_and_run(apt.command("apt-get", &plain));
+    }
     if packages.contains(&"redis-server") && on_path("redis-server") {
         // The package starts a system service on the default port; the tests start their own.
         let _ = apt
