@@ -36,8 +36,9 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::{self, BufRead, IsTerminal, Write as _};
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,7 +48,8 @@ use backflow::{
     DEFAULT_CAPACITY, DeadLetter, Dropped, Input, Overflow, Pipeline, Report, StageStats, Stats,
     stage,
 };
-use clap::{Parser, ValueEnum};
+use clap::builder::{RangedU64ValueParser, TypedValueParser};
+use clap::{Parser, ValueEnum, value_parser};
 
 // ---------------------------------------------------------------------------------------------
 // Flags
@@ -66,37 +68,63 @@ Try:  --slow-sink-us 200                        pressure builds up behind a slow
 struct Args {
     /// Read access-log lines from this file (`-`: stdin) instead of generating them.
     input: Option<PathBuf>,
-    /// Lines to generate [default: 3000000; with --slow-sink-us and --overflow block, about
-    /// 3 s worth of the slow store].
-    #[arg(long, value_name = "N")]
+    /// Lines to generate, 1 to 1,000,000,000 [default: 3000000; with --slow-sink-us and
+    /// --overflow block, about 3 s worth of the slow store].
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..=MAX_ITEMS))]
     items: Option<u64>,
     /// Seed of the line generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Worker threads of the `enrich` stage.
-    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(2).unwrap())]
+    /// Worker threads of the `enrich` stage, 1 to 64.
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(2).unwrap(),
+          value_parser = workers())]
     workers: NonZeroUsize,
-    /// Worker threads of the `aggregate` stage (each emits partial totals; the sink merges).
-    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::MIN)]
+    /// Worker threads of the `aggregate` stage, 1 to 64 (each emits partial totals; the sink
+    /// merges).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::MIN, value_parser = workers())]
     aggregate_workers: NonZeroUsize,
-    /// Capacity of every stage's input queue.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    /// Capacity of every stage's input queue, 1 to 65,536.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CAPACITY))]
     capacity: usize,
     /// What the full queue in front of the store does: the policy of the `encode` stage,
     /// which hands records to the store. The other stages always block, so the totals stay
     /// exact and the reader waits when the pipeline is full.
     #[arg(long, value_enum, default_value_t = Policy::Block)]
     overflow: Policy,
-    /// The store (the main sink) sleeps this long per record, like a slow database.
-    #[arg(long, value_name = "µs")]
+    /// The store (the main sink) sleeps this long per record, like a slow database: 0 (not
+    /// slow) to 1,000,000 (a second).
+    #[arg(long, value_name = "µs", value_parser = value_parser!(u64).range(..=MAX_SLOW_SINK_US))]
     slow_sink_us: Option<u64>,
     /// At the end, write the final stats in the Prometheus text format to FILE.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
-    /// How often the live table is redrawn (a plain status line each second when stderr
-    /// is not a terminal).
-    #[arg(long, value_name = "MS", default_value_t = 250)]
+    /// How often the live table is redrawn, 10 to 60,000 ms (a plain status line each second
+    /// when stderr is not a terminal, or less often if this is longer).
+    #[arg(long, value_name = "MS", default_value_t = 250,
+          value_parser = value_parser!(u64).range(REFRESH_MS))]
     refresh_ms: u64,
+}
+
+// The limits of the numeric flags: larger values are refused with the flag's name and range,
+// before anything runs. The README's "See it work" lists them too.
+
+/// `--items`: 10⁹ generated lines take several minutes even in release.
+const MAX_ITEMS: u64 = 1_000_000_000;
+/// `--workers`, `--aggregate-workers`: far more threads than the demo's work can use.
+const MAX_WORKERS: u64 = 64;
+/// `--capacity`: each of the four queues holds up to this many lines or records.
+const MAX_CAPACITY: u64 = 65_536;
+/// `--slow-sink-us`: a second per record.
+const MAX_SLOW_SINK_US: u64 = 1_000_000;
+/// `--refresh-ms`.
+const REFRESH_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+
+/// The parser of `--workers` and `--aggregate-workers`: 1 to [`MAX_WORKERS`].
+fn workers() -> impl TypedValueParser<Value = NonZeroUsize> {
+    value_parser!(u64)
+        .range(1..=MAX_WORKERS)
+        .try_map(|n| NonZeroU64::try_from(n).and_then(NonZeroUsize::try_from))
 }
 
 /// `--overflow`: [`Overflow`] without `Fail`, which only a first stage may have.
@@ -130,8 +158,33 @@ impl fmt::Display for Policy {
 // The pipeline
 // ---------------------------------------------------------------------------------------------
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Why the demo stopped early; each names what it was about.
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error("the pipeline's configuration: {0}")]
+    Config(#[from] backflow::ConfigError),
+    #[error("the pipeline: {0}")]
+    Pipeline(#[from] backflow::PipelineError),
+    #[error("the pipeline stopped taking lines after {lines}")]
+    Stopped { lines: u64 },
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot write --prometheus {}: {source}", path.display())]
+    Prometheus { path: PathBuf, source: io::Error },
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), DemoError> {
     let items = args.items.unwrap_or(match args.slow_sink_us {
         // A slow store holds the whole pipeline back: about 3 s of it (sleeping N µs takes
         // about N + 60 µs). With a drop policy the store loses records instead, and the rest
@@ -140,14 +193,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => 3_000_000,
     });
     let tally = Arc::new(Tally::default());
-    let pipeline = build(&args, &tally)?;
-    print_header(&args, items);
+    let pipeline = build(args, &tally)?;
+    print_header(args, items);
 
     let started = Instant::now();
-    let mut live = Live::new(Duration::from_millis(args.refresh_ms.max(10)));
-    let lines = std::thread::scope(|scope| -> io::Result<u64> {
+    let mut live = Live::new(Duration::from_millis(args.refresh_ms));
+    let lines = std::thread::scope(|scope| {
         let input = pipeline.input();
-        let producer = scope.spawn(|| produce(&args, items, input));
+        let producer = scope.spawn(|| produce(args, items, input));
         // Redraw until every line is in and has gone all the way through; then drain() only
         // has the aggregates' totals to flush.
         loop {
@@ -165,7 +218,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed();
 
     if let Some(path) = &args.prometheus {
-        std::fs::write(path, report.stats().to_prometheus("logs"))?;
+        std::fs::write(path, report.stats().to_prometheus("logs"))
+            .map_err(|source| DemoError::Prometheus { path: path.clone(), source })?;
     }
     print_results(&report, &tally, lines, elapsed);
     if let Some(path) = &args.prometheus {
@@ -252,26 +306,27 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<String>, backflow::
 }
 
 /// Pushes every line, from the generator or from a reader; returns how many.
-fn produce(args: &Args, items: u64, input: Input<String>) -> io::Result<u64> {
+fn produce(args: &Args, items: u64, input: Input<String>) -> Result<u64, DemoError> {
     let mut lines = 0;
     let counted = |line| {
         lines += 1;
         line
     };
-    let closed = |_| io::Error::other("the pipeline stopped taking lines");
-    match &args.input {
-        None => {
-            input.push_iter(LogGenerator::new(args.seed, items).map(counted)).map_err(closed)?
-        }
+    let pushed = match &args.input {
+        None => input.push_iter(LogGenerator::new(args.seed, items).map(counted)),
         Some(path) if path == Path::new("-") => {
-            input.push_iter(read_lines(io::stdin().lock()).map(counted)).map_err(closed)?;
+            input.push_iter(read_lines(io::stdin().lock()).map(counted))
         }
         Some(path) => {
-            let file = io::BufReader::new(std::fs::File::open(path)?);
-            input.push_iter(read_lines(file).map(counted)).map_err(closed)?;
+            let file = std::fs::File::open(path)
+                .map_err(|source| DemoError::Open { path: path.clone(), source })?;
+            input.push_iter(read_lines(io::BufReader::new(file)).map(counted))
         }
+    };
+    match pushed {
+        Ok(()) => Ok(lines),
+        Err(_) => Err(DemoError::Stopped { lines }),
     }
-    Ok(lines)
 }
 
 /// Lines of a reader, invalid UTF-8 replaced, until the end or the first read error.

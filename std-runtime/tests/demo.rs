@@ -4,8 +4,8 @@
 //! examples too) and runs it from `target/<profile>/examples`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The example's executable, built (or found up to date) by cargo once per run of these
@@ -43,18 +43,35 @@ fn run(args: &[&str]) -> (String, HashMap<String, String>) {
     // stderr is not a terminal here: plain status lines, no escape codes.
     assert!(!stderr.contains('\x1b'), "escape codes on a non-terminal stderr:\n{stderr}");
     assert!(stderr.contains(" lines, "), "no status line on stderr:\n{stderr}");
+    let fields = summary(&stdout);
+    (stdout, fields)
+}
+
+/// The fields of the `summary:` line.
+fn summary(stdout: &str) -> HashMap<String, String> {
     let summary = stdout
         .lines()
         .find_map(|line| line.strip_prefix("summary: "))
         .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
-    let fields = summary
+    summary
         .split_whitespace()
         .map(|field| {
             let (key, value) = field.split_once('=').expect("key=value");
             (key.to_string(), value.to_string())
         })
-        .collect();
-    (stdout, fields)
+        .collect()
+}
+
+/// Runs the demo with `args` and an empty stdin, expecting it to fail; returns its stderr.
+/// A failure prints one `error:` line naming what it was about, and no results.
+fn refused(args: &[&Path]) -> String {
+    let output = Command::new(demo()).args(args).stdin(Stdio::null()).output().expect("runs");
+    let Output { status, stdout, stderr } = output;
+    let (stdout, stderr) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
+    assert!(!status.success(), "{args:?} succeeded:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    assert!(!stdout.contains("summary:"), "{args:?} printed results:\n{stdout}");
+    stderr.into_owned()
 }
 
 fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
@@ -108,4 +125,47 @@ fn a_slow_store_turns_pressure_on_and_is_the_bottleneck() {
     assert_eq!((n("dropped"), n("report_dropped")), (0, 0));
     assert_eq!(n("alerts") + n("stored"), n("enriched"));
     assert_eq!(f["balanced"], "true");
+}
+
+#[test]
+fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
+    let max = u64::MAX.to_string();
+    let cases = [
+        ("--slow-sink-us", max.as_str()),
+        ("--slow-sink-us", "1000001"),
+        ("--items", "0"),
+        ("--items", &max),
+        ("--workers", "0"),
+        ("--workers", &max),
+        ("--aggregate-workers", "0"),
+        ("--aggregate-workers", "100000"),
+        ("--capacity", "0"),
+        ("--capacity", &max),
+        ("--refresh-ms", "0"),
+        ("--refresh-ms", &max),
+    ];
+    for (flag, value) in cases {
+        // Lines from an empty stdin: a value that slipped through would end the run at once
+        // instead of hanging the test.
+        let args = [flag, value, "-"].map(Path::new);
+        let stderr = refused(&args);
+        assert!(
+            stderr.contains("invalid value") && stderr.contains(flag) && stderr.contains(value),
+            "{flag} {value}: no message naming the flag and the value:\n{stderr}"
+        );
+    }
+    // The largest values allowed run.
+    let largest = [
+        ["--slow-sink-us", "1000000"],
+        ["--items", "1000000000"],
+        ["--workers", "64"],
+        ["--aggregate-workers", "64"],
+        ["--capacity", "65536"],
+        ["--refresh-ms", "60000"],
+    ];
+    let output =
+        Command::new(demo()).args(largest.as_flattened()).arg("-").stdin(Stdio::null()).output();
+    let output = output.expect("the demo runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(count(&summary(&String::from_utf8_lossy(&output.stdout)), "lines"), 0);
 }
