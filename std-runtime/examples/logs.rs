@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::fs::File;
 use std::io::{self, BufRead, IsTerminal, Write as _};
 use std::net::IpAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
@@ -169,6 +170,8 @@ enum DemoError {
     Stopped { lines: u64 },
     #[error("cannot open {}: {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {input} after {lines} lines: {source}")]
+    Read { input: String, lines: u64, source: io::Error },
     #[error("cannot write --prometheus {}: {source}", path.display())]
     Prometheus { path: PathBuf, source: io::Error },
 }
@@ -192,6 +195,8 @@ fn run(args: &Args) -> Result<(), DemoError> {
         Some(us) if us > 0 && args.overflow == Policy::Block => 3_000_000 / (us + 60),
         _ => 3_000_000,
     });
+    // What can fail before the first line moves fails here, before any thread starts.
+    let source = Source::open(args, items)?;
     let tally = Arc::new(Tally::default());
     let pipeline = build(args, &tally)?;
     print_header(args, items);
@@ -200,7 +205,7 @@ fn run(args: &Args) -> Result<(), DemoError> {
     let mut live = Live::new(Duration::from_millis(args.refresh_ms));
     let lines = std::thread::scope(|scope| {
         let input = pipeline.input();
-        let producer = scope.spawn(|| produce(args, items, input));
+        let producer = scope.spawn(move || produce(source, &input));
         // Redraw until every line is in and has gone all the way through; then drain() only
         // has the aggregates' totals to flush.
         loop {
@@ -305,40 +310,91 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<String>, backflow::
         .build()
 }
 
-/// Pushes every line, from the generator or from a reader; returns how many.
-fn produce(args: &Args, items: u64, input: Input<String>) -> Result<u64, DemoError> {
-    let mut lines = 0;
-    let counted = |line| {
-        lines += 1;
-        line
-    };
-    let pushed = match &args.input {
-        None => input.push_iter(LogGenerator::new(args.seed, items).map(counted)),
-        Some(path) if path == Path::new("-") => {
-            input.push_iter(read_lines(io::stdin().lock()).map(counted))
-        }
-        Some(path) => {
-            let file = std::fs::File::open(path)
-                .map_err(|source| DemoError::Open { path: path.clone(), source })?;
-            input.push_iter(read_lines(io::BufReader::new(file)).map(counted))
-        }
-    };
-    match pushed {
-        Ok(()) => Ok(lines),
-        Err(_) => Err(DemoError::Stopped { lines }),
+/// Where the lines come from: the generator, stdin, or a file opened before the pipeline
+/// starts.
+enum Source {
+    Generated { seed: u64, items: u64 },
+    Stdin,
+    File { path: PathBuf, file: File },
+}
+
+impl Source {
+    fn open(args: &Args, items: u64) -> Result<Self, DemoError> {
+        Ok(match &args.input {
+            None => Self::Generated { seed: args.seed, items },
+            Some(path) if path == Path::new("-") => Self::Stdin,
+            Some(path) => match File::open(path) {
+                Ok(file) => Self::File { path: path.clone(), file },
+                Err(source) => return Err(DemoError::Open { path: path.clone(), source }),
+            },
+        })
     }
 }
 
-/// Lines of a reader, invalid UTF-8 replaced, until the end or the first read error.
-fn read_lines(mut reader: impl BufRead) -> impl Iterator<Item = String> {
-    let mut buf = Vec::new();
-    std::iter::from_fn(move || {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(String::from_utf8_lossy(&buf).into_owned()),
+/// Pushes every line of `source`; returns how many.
+fn produce(source: Source, input: &Input<String>) -> Result<u64, DemoError> {
+    match source {
+        Source::Generated { seed, items } => {
+            push_lines(input, LogGenerator::new(seed, items).map(Ok), "the generator")
         }
-    })
+        Source::Stdin => push_lines(input, Lines::new(io::stdin().lock()), "stdin"),
+        Source::File { path, file } => {
+            push_lines(input, Lines::new(io::BufReader::new(file)), path.display())
+        }
+    }
+}
+
+/// Pushes lines until the end or the first read error, which is the error of the whole run:
+/// the results of part of the input would pass for the results of all of it.
+fn push_lines(
+    input: &Input<String>,
+    lines: impl Iterator<Item = io::Result<String>>,
+    name: impl fmt::Display,
+) -> Result<u64, DemoError> {
+    let (mut count, mut error) = (0, None);
+    let pushed = input.push_iter(lines.map_while(|line| match line {
+        Ok(line) => {
+            count += 1;
+            Some(line)
+        }
+        Err(read) => {
+            error = Some(read);
+            None
+        }
+    }));
+    if let Some(source) = error {
+        return Err(DemoError::Read { input: name.to_string(), lines: count, source });
+    }
+    match pushed {
+        Ok(()) => Ok(count),
+        Err(_) => Err(DemoError::Stopped { lines: count }),
+    }
+}
+
+/// The lines of a reader, newline included, invalid UTF-8 replaced; a read error is the last
+/// item.
+struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(reader: R) -> Self {
+        Self { reader, buf: Vec::new() }
+    }
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = io::Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.buf.clear();
+        match self.reader.read_until(b'\n', &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(String::from_utf8_lossy(&self.buf).into_owned())),
+            Err(error) => Some(Err(error)),
+        }
+    }
 }
 
 /// What the stages, hooks and sinks count on their own, besides the pipeline's stats: the
@@ -1323,6 +1379,36 @@ mod tests {
         assert!((1_970..2_000).contains(&good), "{good} good lines");
         let first = parsed[0].as_ref().unwrap();
         assert_eq!(first.time, LOG_START);
+    }
+
+    /// A reader that fails: a disk error, a file on a network share that went away.
+    struct Broken;
+
+    impl io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("input/output error"))
+        }
+    }
+
+    #[test]
+    fn a_read_error_in_the_middle_ends_the_run_with_the_error() {
+        use io::Read as _;
+        let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
+        let mut lines = Lines::new(reader);
+        assert_eq!(lines.next().unwrap().unwrap(), "a\n");
+        assert_eq!(lines.next().unwrap().unwrap(), "b\n");
+        assert_eq!(lines.next().unwrap().unwrap_err().to_string(), "input/output error");
+
+        let (pipeline, output) = Pipeline::<String>::builder()
+            .stage("id", || |line: String| line)
+            .output()
+            .build()
+            .unwrap();
+        let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
+        let error = push_lines(&pipeline.input(), Lines::new(reader), "access.log").unwrap_err();
+        assert_eq!(error.to_string(), "cannot read access.log after 2 lines: input/output error");
+        pipeline.drain().unwrap();
+        assert_eq!(output.collect::<Vec<_>>(), ["a\n", "b\n"]);
     }
 
     #[test]

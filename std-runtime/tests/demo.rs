@@ -74,6 +74,14 @@ fn refused(args: &[&Path]) -> String {
     stderr.into_owned()
 }
 
+/// A fresh directory of this test's own under cargo's temporary directory.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("demo-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the target directory is writable");
+    dir
+}
+
 fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
     fields[key].parse().unwrap_or_else(|_| panic!("{key} is a count: {}", fields[key]))
 }
@@ -168,4 +176,14 @@ fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
     let output = output.expect("the demo runs");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(count(&summary(&String::from_utf8_lossy(&output.stdout)), "lines"), 0);
+}
+
+#[test]
+fn an_input_that_cannot_be_read_is_an_error_naming_it() {
+    let dir = scratch("unreadable-input");
+    let stderr = refused(&[&dir]);
+    assert!(stderr.contains(&format!("error: cannot read {}", dir.display())), "{stderr}");
+    let missing = dir.join("missing.log");
+    let stderr = refused(&[&missing]);
+    assert!(stderr.contains(&format!("error: cannot open {}", missing.display())), "{stderr}");
 }
