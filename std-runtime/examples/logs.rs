@@ -197,6 +197,13 @@ fn run(args: &Args) -> Result<(), DemoError> {
     });
     // What can fail before the first line moves fails here, before any thread starts.
     let source = Source::open(args, items)?;
+    let prometheus = match &args.prometheus {
+        Some(path) => match File::create(path) {
+            Ok(file) => Some((path, file)),
+            Err(source) => return Err(DemoError::Prometheus { path: path.clone(), source }),
+        },
+        None => None,
+    };
     let tally = Arc::new(Tally::default());
     let pipeline = build(args, &tally)?;
     print_header(args, items);
@@ -222,12 +229,11 @@ fn run(args: &Args) -> Result<(), DemoError> {
     let report = pipeline.drain()?;
     let elapsed = started.elapsed();
 
-    if let Some(path) = &args.prometheus {
-        std::fs::write(path, report.stats().to_prometheus("logs"))
-            .map_err(|source| DemoError::Prometheus { path: path.clone(), source })?;
-    }
     print_results(&report, &tally, lines, elapsed);
-    if let Some(path) = &args.prometheus {
+    if let Some((path, mut file)) = prometheus {
+        let text = report.stats().to_prometheus("logs");
+        file.write_all(text.as_bytes())
+            .map_err(|source| DemoError::Prometheus { path: path.clone(), source })?;
         println!("prometheus: final stats written to {}", path.display());
     }
     Ok(())

@@ -187,3 +187,19 @@ fn an_input_that_cannot_be_read_is_an_error_naming_it() {
     let stderr = refused(&[&missing]);
     assert!(stderr.contains(&format!("error: cannot open {}", missing.display())), "{stderr}");
 }
+
+#[test]
+fn a_prometheus_file_that_cannot_be_created_is_refused_before_the_run() {
+    let dir = scratch("prometheus");
+    let unwritable = dir.join("no-such-dir").join("stats.prom");
+    let stderr =
+        refused(&[Path::new("--items"), Path::new("2000"), Path::new("--prometheus"), &unwritable]);
+    assert!(stderr.contains(&format!("--prometheus {}", unwritable.display())), "{stderr}");
+    assert!(!stderr.contains(" lines, "), "it ran first:\n{stderr}");
+    // A file that can be created gets the final stats.
+    let file = dir.join("stats.prom");
+    let (stdout, _) = run(&["--items", "2000", "--prometheus", file.to_str().expect("UTF-8")]);
+    let text = std::fs::read_to_string(&file).expect("the stats file was written");
+    assert!(text.contains(r#"stage="parse""#), "{text}");
+    assert!(stdout.contains(&format!("written to {}", file.display())), "{stdout}");
+}
