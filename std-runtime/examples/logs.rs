@@ -97,6 +97,12 @@ struct Args {
     /// slow) to 1,000,000 (a second).
     #[arg(long, value_name = "µs", value_parser = value_parser!(u64).range(..=MAX_SLOW_SINK_US))]
     slow_sink_us: Option<u64>,
+    /// Longest line taken from the input file or stdin, 1 to 16,777,216 bytes, not counting
+    /// its newline. A longer line is dead-lettered as `line too long` with its first bytes;
+    /// the rest of it is skipped as it is read, never held in memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_LINE_BYTES))]
+    max_line_bytes: usize,
     /// At the end, write the final stats in the Prometheus text format to FILE.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
@@ -118,6 +124,9 @@ const MAX_WORKERS: u64 = 64;
 const MAX_CAPACITY: u64 = 65_536;
 /// `--slow-sink-us`: a second per record.
 const MAX_SLOW_SINK_US: u64 = 1_000_000;
+/// `--max-line-bytes`: a line of the input is held whole until it is parsed, so the first
+/// queue holds at most `--capacity` × this many bytes of lines.
+const MAX_LINE_BYTES: u64 = 16 << 20;
 /// `--refresh-ms`.
 const REFRESH_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
@@ -212,7 +221,7 @@ fn run(args: &Args) -> Result<(), DemoError> {
     let mut live = Live::new(Duration::from_millis(args.refresh_ms));
     let lines = std::thread::scope(|scope| {
         let input = pipeline.input();
-        let producer = scope.spawn(move || produce(source, &input));
+        let producer = scope.spawn(move || produce(source, args.max_line_bytes, &input));
         // Redraw until every line is in and has gone all the way through; then drain() only
         // has the aggregates' totals to flush.
         loop {
@@ -247,16 +256,20 @@ fn in_flight(stats: &Stats) -> u64 {
 
 /// The pipeline: `parse` (malformed lines dead-lettered) → `enrich` → a copy of every record to
 /// `aggregate` → `totals`; then 5xx records to `alerts`, the others to `encode` → the store.
-fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<String>, backflow::ConfigError> {
+fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::ConfigError> {
     let capacity = args.capacity;
     let [dlq, health, totals, alerts, drops, store] = [(); 6].map(|()| Arc::clone(tally));
     let slow = args.slow_sink_us.filter(|&us| us > 0).map(Duration::from_micros);
-    Pipeline::<String>::builder()
-        .stage("parse", || stage::try_map(parse_line))
+    Pipeline::<Line>::builder()
+        .stage("parse", || stage::try_map(parse))
         .capacity(capacity)
-        .dead_letter(move |letter: DeadLetter<'_, String>| {
+        .dead_letter(move |letter: DeadLetter<'_, Line>| {
             if dlq.dead_lettered.fetch_add(1, Ordering::Relaxed) < EXAMPLES as u64 {
-                lock(&dlq.dead_examples).push((letter.item, letter.error));
+                let line = match letter.item {
+                    Line::Text(text) => text,
+                    Line::TooLong { head, .. } => head + "…",
+                };
+                lock(&dlq.dead_examples).push((line, letter.error));
             }
         })
         .stage("enrich", move || {
@@ -338,14 +351,16 @@ impl Source {
 }
 
 /// Pushes every line of `source`; returns how many.
-fn produce(source: Source, input: &Input<String>) -> Result<u64, DemoError> {
+fn produce(source: Source, max_line_bytes: usize, input: &Input<Line>) -> Result<u64, DemoError> {
     match source {
         Source::Generated { seed, items } => {
-            push_lines(input, LogGenerator::new(seed, items).map(Ok), "the generator")
+            let lines = LogGenerator::new(seed, items).map(|line| Ok(Line::Text(line)));
+            push_lines(input, lines, "the generator")
         }
-        Source::Stdin => push_lines(input, Lines::new(io::stdin().lock()), "stdin"),
+        Source::Stdin => push_lines(input, Lines::new(io::stdin().lock(), max_line_bytes), "stdin"),
         Source::File { path, file } => {
-            push_lines(input, Lines::new(io::BufReader::new(file)), path.display())
+            let lines = Lines::new(io::BufReader::new(file), max_line_bytes);
+            push_lines(input, lines, path.display())
         }
     }
 }
@@ -353,8 +368,8 @@ fn produce(source: Source, input: &Input<String>) -> Result<u64, DemoError> {
 /// Pushes lines until the end or the first read error, which is the error of the whole run:
 /// the results of part of the input would pass for the results of all of it.
 fn push_lines(
-    input: &Input<String>,
-    lines: impl Iterator<Item = io::Result<String>>,
+    input: &Input<Line>,
+    lines: impl Iterator<Item = io::Result<Line>>,
     name: impl fmt::Display,
 ) -> Result<u64, DemoError> {
     let (mut count, mut error) = (0, None);
@@ -377,29 +392,72 @@ fn push_lines(
     }
 }
 
-/// The lines of a reader, newline included, invalid UTF-8 replaced; a read error is the last
-/// item.
+/// A line as the reader hands it to `parse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    /// The line, newline included, invalid UTF-8 replaced.
+    Text(String),
+    /// A line longer than `--max-line-bytes`: its first bytes (at most [`LINE_HEAD`]) and its
+    /// length, newline not counted.
+    TooLong { head: String, bytes: u64 },
+}
+
+/// How much of a line that is too long its dead letter quotes.
+const LINE_HEAD: usize = 256;
+
+/// How much of the rest of a line that is too long is read at a time to be skipped.
+const SKIP_PIECE: usize = 8 * 1024;
+
+/// The lines of a reader, read into a buffer of at most `max` + 1 bytes: a longer line
+/// becomes a [`Line::TooLong`]. A read error is the last item.
 struct Lines<R> {
     reader: R,
+    max: usize,
     buf: Vec<u8>,
 }
 
 impl<R: BufRead> Lines<R> {
-    fn new(reader: R) -> Self {
-        Self { reader, buf: Vec::new() }
+    fn new(reader: R, max: usize) -> Self {
+        Self { reader, max, buf: Vec::new() }
+    }
+
+    /// Reads up to `limit` bytes of the current line into `buf` (cleared first), newline
+    /// included; returns how many, 0 at the end.
+    fn read(&mut self, limit: usize) -> io::Result<usize> {
+        self.buf.clear();
+        io::Read::take(&mut self.reader, limit as u64).read_until(b'\n', &mut self.buf)
     }
 }
 
 impl<R: BufRead> Iterator for Lines<R> {
-    type Item = io::Result<String>;
+    type Item = io::Result<Line>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.buf.clear();
-        match self.reader.read_until(b'\n', &mut self.buf) {
-            Ok(0) => None,
-            Ok(_) => Some(Ok(String::from_utf8_lossy(&self.buf).into_owned())),
-            Err(error) => Some(Err(error)),
+        // One byte more than a line may have tells a line of `max` bytes without its newline
+        // (the last line) from a longer one.
+        match self.read(self.max.saturating_add(1)) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(error) => return Some(Err(error)),
         }
+        if self.buf.len() <= self.max || self.buf.ends_with(b"\n") {
+            return Some(Ok(Line::Text(String::from_utf8_lossy(&self.buf).into_owned())));
+        }
+        let head = String::from_utf8_lossy(&self.buf[..self.max.min(LINE_HEAD)]).into_owned();
+        // Skip to the end of the line a piece at a time.
+        let mut bytes = self.buf.len() as u64;
+        loop {
+            match self.read(SKIP_PIECE) {
+                Ok(0) => break,
+                Ok(n) => bytes += n as u64,
+                Err(error) => return Some(Err(error)),
+            }
+            if self.buf.ends_with(b"\n") {
+                bytes -= 1;
+                break;
+            }
+        }
+        Some(Ok(Line::TooLong { head, bytes }))
     }
 }
 
@@ -762,6 +820,8 @@ struct Access {
 /// Why a line is not an access-log line: the field that is missing or does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ParseError {
+    /// Longer than `--max-line-bytes`; the length, newline not counted.
+    TooLong(u64),
     Empty,
     Missing(&'static str),
     Invalid(&'static str),
@@ -770,10 +830,19 @@ enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::TooLong(bytes) => write!(f, "line too long ({bytes} bytes)"),
             Self::Empty => f.write_str("empty line"),
             Self::Missing(field) => write!(f, "no {field}"),
             Self::Invalid(field) => write!(f, "invalid {field}"),
         }
+    }
+}
+
+/// Parses a line as read; one that was too long to read whole is an error as it is.
+fn parse(line: Line) -> Result<Access, ParseError> {
+    match line {
+        Line::Text(text) => parse_line(text),
+        Line::TooLong { bytes, .. } => Err(ParseError::TooLong(bytes)),
     }
 }
 
@@ -1054,10 +1123,19 @@ type Key = (StatusClass, Arc<str>);
 // ---------------------------------------------------------------------------------------------
 
 fn print_header(args: &Args, items: u64) {
+    let max_line = args.max_line_bytes as u64;
     let source = match &args.input {
         None => format!("{} generated access-log lines (seed {})", group(items), args.seed),
-        Some(path) if path == Path::new("-") => "access-log lines from stdin".to_string(),
-        Some(path) => format!("access-log lines from {}", path.display()),
+        Some(path) if path == Path::new("-") => {
+            format!("access-log lines from stdin (at most {} bytes each)", group(max_line))
+        }
+        Some(path) => {
+            format!(
+                "access-log lines from {} (at most {} bytes each)",
+                path.display(),
+                group(max_line)
+            )
+        }
     };
     let store = match args.slow_sink_us {
         Some(us) if us > 0 => format!("the store sleeps {us} µs per record"),
@@ -1400,21 +1478,59 @@ mod tests {
     fn a_read_error_in_the_middle_ends_the_run_with_the_error() {
         use io::Read as _;
         let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
-        let mut lines = Lines::new(reader);
-        assert_eq!(lines.next().unwrap().unwrap(), "a\n");
-        assert_eq!(lines.next().unwrap().unwrap(), "b\n");
+        let mut lines = Lines::new(reader, 80);
+        assert_eq!(lines.next().unwrap().unwrap(), text("a\n"));
+        assert_eq!(lines.next().unwrap().unwrap(), text("b\n"));
         assert_eq!(lines.next().unwrap().unwrap_err().to_string(), "input/output error");
 
-        let (pipeline, output) = Pipeline::<String>::builder()
-            .stage("id", || |line: String| line)
-            .output()
-            .build()
-            .unwrap();
+        let (pipeline, output) =
+            Pipeline::<Line>::builder().stage("id", || |line: Line| line).output().build().unwrap();
         let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
-        let error = push_lines(&pipeline.input(), Lines::new(reader), "access.log").unwrap_err();
+        let error =
+            push_lines(&pipeline.input(), Lines::new(reader, 80), "access.log").unwrap_err();
         assert_eq!(error.to_string(), "cannot read access.log after 2 lines: input/output error");
         pipeline.drain().unwrap();
-        assert_eq!(output.collect::<Vec<_>>(), ["a\n", "b\n"]);
+        assert_eq!(output.collect::<Vec<_>>(), [text("a\n"), text("b\n")]);
+    }
+
+    fn text(line: &str) -> Line {
+        Line::Text(line.to_string())
+    }
+
+    fn too_long(head: &str, bytes: u64) -> Line {
+        Line::TooLong { head: head.to_string(), bytes }
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_cut_to_its_head_and_the_rest_skipped() {
+        let read =
+            |input: &[u8], max| Lines::new(input, max).collect::<io::Result<Vec<_>>>().unwrap();
+        // Up to the cap, with or without a newline; then one byte over, with or without.
+        assert_eq!(read(b"12345678\n12345678", 8), [text("12345678\n"), text("12345678")]);
+        assert_eq!(
+            read(b"123456789\nok\n123456789", 8),
+            [too_long("12345678", 9), text("ok\n"), too_long("12345678", 9)]
+        );
+        // A long line goes by in pieces: what is held stays near the cap, and the line after
+        // it is read whole.
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\nnext\n");
+        let mut lines = Lines::new(io::BufReader::new(&input[..]), 1000);
+        let head = "x".repeat(LINE_HEAD);
+        assert_eq!(lines.next().unwrap().unwrap(), too_long(&head, 1 << 20));
+        assert!(lines.buf.capacity() <= 2 * SKIP_PIECE, "{}", lines.buf.capacity());
+        assert_eq!(lines.next().unwrap().unwrap(), text("next\n"));
+        assert!(lines.next().is_none());
+        // The head is cut at a byte; a character cut in two is replaced.
+        assert_eq!(read("ééé\n".as_bytes(), 3), [too_long("é\u{FFFD}", 6)]);
+    }
+
+    #[test]
+    fn a_line_too_long_is_its_own_parse_error() {
+        assert_eq!(
+            parse(too_long("x", 70_000)).unwrap_err().to_string(),
+            "line too long (70000 bytes)"
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! Runs the demo, `examples/logs.rs`, as a user would, and checks that its counts add up.
+//! Runs the demo, `examples/logs.rs`, as a user would, and checks that its counts add up,
+//! and as a user abusing it would: flags out of range, inputs and outputs that cannot be read
+//! or written, a line with no end; each gets an error naming it, never a panic, a hang or a
+//! process that grows with its input.
 //!
 //! The test asks cargo to build the example (a no-op after `cargo test`, which builds the
 //! examples too) and runs it from `target/<profile>/examples`.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -62,14 +66,15 @@ fn summary(stdout: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// Runs the demo with `args` and an empty stdin, expecting it to fail; returns its stderr.
-/// A failure prints one `error:` line naming what it was about, and no results.
+/// Runs the demo with `args` and an empty stdin, expecting it to fail without printing
+/// results; returns its stderr, for the caller to check that it names what was wrong.
 fn refused(args: &[&Path]) -> String {
     let output = Command::new(demo()).args(args).stdin(Stdio::null()).output().expect("runs");
     let Output { status, stdout, stderr } = output;
     let (stdout, stderr) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
     assert!(!status.success(), "{args:?} succeeded:\n{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    assert!(stderr.contains("error: "), "{args:?} printed no error:\n{stderr}");
     assert!(!stdout.contains("summary:"), "{args:?} printed results:\n{stdout}");
     stderr.into_owned()
 }
@@ -151,6 +156,8 @@ fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
         ("--capacity", &max),
         ("--refresh-ms", "0"),
         ("--refresh-ms", &max),
+        ("--max-line-bytes", "0"),
+        ("--max-line-bytes", &max),
     ];
     for (flag, value) in cases {
         // Lines from an empty stdin: a value that slipped through would end the run at once
@@ -170,6 +177,7 @@ fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
         ["--aggregate-workers", "64"],
         ["--capacity", "65536"],
         ["--refresh-ms", "60000"],
+        ["--max-line-bytes", "16777216"],
     ];
     let output =
         Command::new(demo()).args(largest.as_flattened()).arg("-").stdin(Stdio::null()).output();
@@ -202,4 +210,46 @@ fn a_prometheus_file_that_cannot_be_created_is_refused_before_the_run() {
     let text = std::fs::read_to_string(&file).expect("the stats file was written");
     assert!(text.contains(r#"stage="parse""#), "{text}");
     assert!(stdout.contains(&format!("written to {}", file.display())), "{stdout}");
+}
+
+/// The high-water mark of a process's resident memory, from `/proc/<pid>/status`.
+#[cfg(target_os = "linux")]
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).expect("VmHWM");
+    line.trim().trim_end_matches("kB").trim().parse().expect("VmHWM in kB")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_line_over_the_cap_is_dead_lettered_without_being_buffered() {
+    const LONG: usize = 64 << 20;
+    let mut child = Command::new(demo())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the demo runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..LONG / chunk.len() {
+        stdin.write_all(&chunk).expect("the demo reads stdin");
+    }
+    // The demo has read all of the long line but what the pipe holds (64 KiB): a reader that
+    // keeps a line whole holds 64 MiB now. The process is still running (stdin is open).
+    let peak = peak_rss_kib(child.id());
+    let good = "203.0.113.9 - - [10/Oct/2024:13:55:36 +0000] \"GET /api/v1/users/12 HTTP/1.1\" \
+                200 1234 \"-\" \"curl/8.5.0\" 0.012";
+    write!(stdin, "\n{good}\n").expect("the demo reads stdin");
+    drop(stdin);
+    let output = child.wait_with_output().expect("the demo ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(peak < 32 << 10, "peak RSS {peak} KiB while reading a {LONG}-byte line");
+    let f = summary(&stdout);
+    let n = |key| count(&f, key);
+    assert_eq!((n("lines"), n("parsed"), n("dead_lettered")), (2, 1, 1), "{stdout}");
+    assert!(stdout.contains(&format!("line too long ({LONG} bytes)")), "{stdout}");
+    assert!(stdout.contains("xxxxxxxxxxxxxxxx"), "the dead letter quotes the line:\n{stdout}");
 }
