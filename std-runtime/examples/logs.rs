@@ -17,7 +17,8 @@
 //! ```
 //!
 //! - `parse` turns a line into a record; a malformed line is the stage's error, handed to a
-//!   dead-letter handler and counted.
+//!   dead-letter handler and counted. So is a line longer than `--max-line-bytes`, which the
+//!   reader hands on as its first bytes and its length, without holding the rest.
 //! - `enrich` (two workers) drops health checks, normalizes the route (`/users/123` becomes
 //!   `/users/:id`) and classifies the status.
 //! - A broadcast sends every enriched record to `aggregate`, which totals requests, bytes and
