@@ -184,6 +184,8 @@ enum DemoError {
     Read { input: String, lines: u64, source: io::Error },
     #[error("cannot write --prometheus {}: {source}", path.display())]
     Prometheus { path: PathBuf, source: io::Error },
+    #[error("cannot write the results to stdout: {0}")]
+    Stdout(io::Error),
 }
 
 fn main() -> ExitCode {
@@ -216,7 +218,8 @@ fn run(args: &Args) -> Result<(), DemoError> {
     };
     let tally = Arc::new(Tally::default());
     let pipeline = build(args, &tally)?;
-    print_header(args, items);
+    let mut out = io::stdout().lock();
+    print_header(&mut out, args, items).map_err(DemoError::Stdout)?;
 
     let started = Instant::now();
     let mut live = Live::new(Duration::from_millis(args.refresh_ms));
@@ -239,14 +242,15 @@ fn run(args: &Args) -> Result<(), DemoError> {
     let report = pipeline.drain()?;
     let elapsed = started.elapsed();
 
-    print_results(&report, &tally, lines, elapsed);
+    print_results(&mut out, &report, &tally, lines, elapsed).map_err(DemoError::Stdout)?;
     if let Some((path, mut file)) = prometheus {
         let text = report.stats().to_prometheus("logs");
         file.write_all(text.as_bytes())
             .map_err(|source| DemoError::Prometheus { path: path.clone(), source })?;
-        println!("prometheus: final stats written to {}", path.display());
+        writeln!(out, "prometheus: final stats written to {}", path.display())
+            .map_err(DemoError::Stdout)?;
     }
-    Ok(())
+    out.flush().map_err(DemoError::Stdout)
 }
 
 /// Items anywhere between the input and the sinks.
@@ -1123,7 +1127,7 @@ type Key = (StatusClass, Arc<str>);
 // Output
 // ---------------------------------------------------------------------------------------------
 
-fn print_header(args: &Args, items: u64) {
+fn print_header(out: &mut impl io::Write, args: &Args, items: u64) -> io::Result<()> {
     let max_line = args.max_line_bytes as u64;
     let source = match &args.input {
         None => format!("{} generated access-log lines (seed {})", group(items), args.seed),
@@ -1142,20 +1146,22 @@ fn print_header(args: &Args, items: u64) {
         Some(us) if us > 0 => format!("the store sleeps {us} µs per record"),
         _ => "the store takes records at once".to_string(),
     };
-    println!("backflow demo: {source}");
-    println!();
-    println!(
+    writeln!(out, "backflow demo: {source}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "  lines ─► parse ─► enrich ×{} ─┬─► aggregate ×{} ─► totals  (every record)",
         args.workers, args.aggregate_workers
-    );
-    println!("             │                 └─┬─► alerts                 (5xx)");
-    println!("        dead letters             └─► encode ─► sink (store)   (the rest)");
-    println!();
-    println!(
+    )?;
+    writeln!(out, "             │                 └─┬─► alerts                 (5xx)")?;
+    writeln!(out, "        dead letters             └─► encode ─► sink (store)   (the rest)")?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "  queues of {} items; the store's queue (encode) when full: {}; {store}",
         args.capacity, args.overflow
-    );
-    println!();
+    )?;
+    writeln!(out)
 }
 
 /// The live table on stderr: redrawn in place on a terminal, one status line a second
@@ -1284,19 +1290,26 @@ fn status_line(stats: &Stats) -> String {
     line
 }
 
-fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) {
+fn print_results(
+    out: &mut impl io::Write,
+    report: &Report,
+    tally: &Tally,
+    lines: u64,
+    elapsed: Duration,
+) -> io::Result<()> {
     let stats = report.stats();
     let stage = |name: &str| report.stage(name).expect("the pipeline has this stage");
     let (parse, enrich, aggregate) = (stage("parse"), stage("enrich"), stage("aggregate"));
 
-    println!("── final report {}", "─".repeat(64));
-    println!("{report}");
+    writeln!(out, "── final report {}", "─".repeat(64))?;
+    writeln!(out, "{report}")?;
     if report.is_balanced() {
-        println!(
+        writeln!(
+            out,
             "accounting: balanced: every line was delivered, dead-lettered, filtered or dropped"
-        );
+        )?;
     } else {
-        println!("accounting: NOT balanced: {}", report.unbalanced().join("; "));
+        writeln!(out, "accounting: NOT balanced: {}", report.unbalanced().join("; "))?;
     }
 
     let totals = lock(&tally.totals);
@@ -1312,9 +1325,10 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
     let mut top: Vec<_> = routes.iter().collect();
     top.sort_by(|a, b| b.1.0.requests.cmp(&a.1.0.requests).then(a.0.cmp(b.0)));
 
-    println!();
-    println!("── results {}", "─".repeat(69));
-    println!(
+    writeln!(out)?;
+    writeln!(out, "── results {}", "─".repeat(69))?;
+    writeln!(
+        out,
         "{:<34} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9}",
         format!("top routes (of {})", top.len()),
         "requests",
@@ -1324,10 +1338,11 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
         "p50",
         "p99",
         "bytes"
-    );
+    )?;
     for (route, (all, by_class)) in top.iter().take(10) {
         let share = |n: u64| percent(n as f64 / all.requests.max(1) as f64);
-        println!(
+        writeln!(
+            out,
             "{:<34} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9}",
             truncate(route, 34),
             group(all.requests),
@@ -1337,7 +1352,7 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
             latency(&all.latency, 0.5),
             latency(&all.latency, 0.99),
             bytes(all.bytes),
-        );
+        )?;
     }
     let mut by_class: Vec<_> = classes.into_iter().collect();
     by_class.sort();
@@ -1347,46 +1362,49 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
             format!("{class} {} ({})", group(*n), percent(*n as f64 / aggregated.max(1) as f64))
         })
         .collect();
-    println!("status: {}", by_class.join(", "));
+    writeln!(out, "status: {}", by_class.join(", "))?;
 
     let dead = tally.dead_lettered.load(Ordering::Relaxed);
     let share = dead as f64 * 100.0 / lines.max(1) as f64;
     let eg = if dead > 0 { ", e.g.:" } else { "" };
-    println!("dead letters: {} malformed lines ({share:.2} %){eg}", group(dead));
+    writeln!(out, "dead letters: {} malformed lines ({share:.2} %){eg}", group(dead))?;
     for (line, error) in lock(&tally.dead_examples).iter() {
         // From the request on: the client and time are not where lines break.
         let from_request = line.find('"').map_or(line.as_str(), |at| &line[at..]);
         let printable: String =
             from_request.trim_end().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-        println!("  {error:<22} {}", truncate(&printable, 62));
+        writeln!(out, "  {error:<22} {}", truncate(&printable, 62))?;
     }
     let alerts = tally.alerts.load(Ordering::Relaxed);
     let first = if alerts > 0 { ", the first:" } else { "" };
-    println!("alerts: {} server errors{first}", group(alerts));
+    writeln!(out, "alerts: {} server errors{first}", group(alerts))?;
     for alert in lock(&tally.alert_examples).iter() {
-        println!("  {alert}");
+        writeln!(out, "  {alert}")?;
     }
     let health = tally.health_checks.load(Ordering::Relaxed);
     let stored = tally.stored.load(Ordering::Relaxed);
     let dropped = tally.dropped.load(Ordering::Relaxed);
-    println!(
+    writeln!(
+        out,
         "store: {} records ({}), {} dropped on the way, {} health checks filtered",
         group(stored),
         bytes(tally.stored_bytes.load(Ordering::Relaxed)),
         group(dropped),
         group(health)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{} lines in {:.2} s: {}",
         group(lines),
         elapsed.as_secs_f64(),
         rate(lines as f64 / elapsed.as_secs_f64()).replace("/s", " lines/s")
-    );
+    )?;
 
     let enriched = enrich.emitted_outputs;
     let report_drops: u64 = stats.stages().iter().map(|s| s.accounting.dropped).sum();
     let transitions: u64 = stats.stages().iter().map(|s| s.pressure_transitions).sum();
-    println!(
+    writeln!(
+        out,
         "summary: lines={lines} parsed={} dead_lettered={dead} health_checks={health} \
          enriched={enriched} aggregated={aggregated} aggregate_in={} alerts={alerts} \
          stored={stored} dropped={dropped} report_dropped={report_drops} \
@@ -1394,7 +1412,7 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
         parse.accounting.emitted_inputs,
         aggregate.accounting.emitted_inputs,
         report.is_balanced()
-    );
+    )
 }
 
 fn truncate(s: &str, width: usize) -> String {

@@ -253,3 +253,16 @@ fn a_line_over_the_cap_is_dead_lettered_without_being_buffered() {
     assert!(stdout.contains(&format!("line too long ({LONG} bytes)")), "{stdout}");
     assert!(stdout.contains("xxxxxxxxxxxxxxxx"), "the dead letter quotes the line:\n{stdout}");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_naming_it() {
+    // Every write to /dev/full fails with "No space left on device".
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let output = Command::new(demo()).args(["--items", "100"]).stdout(full).output();
+    let output = output.expect("the demo runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("error: cannot write the results to stdout: "), "{stderr}");
+}
