@@ -176,7 +176,7 @@ enum DemoError {
     Config(#[from] backflow::ConfigError),
     #[error("the pipeline: {0}")]
     Pipeline(#[from] backflow::PipelineError),
-    #[error("the pipeline stopped taking lines after {lines}")]
+    #[error("the pipeline stopped taking lines after {lines} lines")]
     Stopped { lines: u64 },
     #[error("cannot open {}: {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
