@@ -17,7 +17,8 @@
 //! ```
 //!
 //! - `parse` turns a line into a record; a malformed line is the stage's error, handed to a
-//!   dead-letter handler and counted.
+//!   dead-letter handler and counted. So is a line longer than `--max-line-bytes`, which the
+//!   reader hands on as its first bytes and its length, without holding the rest.
 //! - `enrich` (two workers) drops health checks, normalizes the route (`/users/123` becomes
 //!   `/users/:id`) and classifies the status.
 //! - A broadcast sends every enriched record to `aggregate`, which totals requests, bytes and
@@ -34,10 +35,12 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::fs::File;
 use std::io::{self, BufRead, IsTerminal, Write as _};
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,7 +50,8 @@ use backflow::{
     DEFAULT_CAPACITY, DeadLetter, Dropped, Input, Overflow, Pipeline, Report, StageStats, Stats,
     stage,
 };
-use clap::{Parser, ValueEnum};
+use clap::builder::{RangedU64ValueParser, TypedValueParser};
+use clap::{Parser, ValueEnum, value_parser};
 
 // ---------------------------------------------------------------------------------------------
 // Flags
@@ -66,37 +70,72 @@ Try:  --slow-sink-us 200                        pressure builds up behind a slow
 struct Args {
     /// Read access-log lines from this file (`-`: stdin) instead of generating them.
     input: Option<PathBuf>,
-    /// Lines to generate [default: 3000000; with --slow-sink-us and --overflow block, about
-    /// 3 s worth of the slow store].
-    #[arg(long, value_name = "N")]
+    /// Lines to generate, 1 to 1,000,000,000 [default: 3000000; with --slow-sink-us and
+    /// --overflow block, about 3 s worth of the slow store].
+    #[arg(long, value_name = "N", value_parser = value_parser!(u64).range(1..=MAX_ITEMS))]
     items: Option<u64>,
     /// Seed of the line generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Worker threads of the `enrich` stage.
-    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(2).unwrap())]
+    /// Worker threads of the `enrich` stage, 1 to 64.
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::new(2).unwrap(),
+          value_parser = workers())]
     workers: NonZeroUsize,
-    /// Worker threads of the `aggregate` stage (each emits partial totals; the sink merges).
-    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::MIN)]
+    /// Worker threads of the `aggregate` stage, 1 to 64 (each emits partial totals; the sink
+    /// merges).
+    #[arg(long, value_name = "N", default_value_t = NonZeroUsize::MIN, value_parser = workers())]
     aggregate_workers: NonZeroUsize,
-    /// Capacity of every stage's input queue.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    /// Capacity of every stage's input queue, 1 to 65,536.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CAPACITY))]
     capacity: usize,
     /// What the full queue in front of the store does: the policy of the `encode` stage,
     /// which hands records to the store. The other stages always block, so the totals stay
     /// exact and the reader waits when the pipeline is full.
     #[arg(long, value_enum, default_value_t = Policy::Block)]
     overflow: Policy,
-    /// The store (the main sink) sleeps this long per record, like a slow database.
-    #[arg(long, value_name = "µs")]
+    /// The store (the main sink) sleeps this long per record, like a slow database: 0 (not
+    /// slow) to 1,000,000 (a second).
+    #[arg(long, value_name = "µs", value_parser = value_parser!(u64).range(..=MAX_SLOW_SINK_US))]
     slow_sink_us: Option<u64>,
+    /// Longest line taken from the input file or stdin, 1 to 16,777,216 bytes, not counting
+    /// its newline. A longer line is dead-lettered as `line too long` with its first bytes;
+    /// the rest of it is skipped as it is read, never held in memory.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_LINE_BYTES))]
+    max_line_bytes: usize,
     /// At the end, write the final stats in the Prometheus text format to FILE.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
-    /// How often the live table is redrawn (a plain status line each second when stderr
-    /// is not a terminal).
-    #[arg(long, value_name = "MS", default_value_t = 250)]
+    /// How often the live table is redrawn, 10 to 60,000 ms (a plain status line each second
+    /// when stderr is not a terminal, or less often if this is longer).
+    #[arg(long, value_name = "MS", default_value_t = 250,
+          value_parser = value_parser!(u64).range(REFRESH_MS))]
     refresh_ms: u64,
+}
+
+// The limits of the numeric flags: larger values are refused with the flag's name and range,
+// before anything runs. The README's "See it work" lists them too.
+
+/// `--items`: 10⁹ generated lines take several minutes even in release.
+const MAX_ITEMS: u64 = 1_000_000_000;
+/// `--workers`, `--aggregate-workers`: far more threads than the demo's work can use.
+const MAX_WORKERS: u64 = 64;
+/// `--capacity`: each of the four queues holds up to this many lines or records.
+const MAX_CAPACITY: u64 = 65_536;
+/// `--slow-sink-us`: a second per record.
+const MAX_SLOW_SINK_US: u64 = 1_000_000;
+/// `--max-line-bytes`: a line of the input is held whole until it is parsed, so the first
+/// queue holds at most `--capacity` × this many bytes of lines.
+const MAX_LINE_BYTES: u64 = 16 << 20;
+/// `--refresh-ms`.
+const REFRESH_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
+
+/// The parser of `--workers` and `--aggregate-workers`: 1 to [`MAX_WORKERS`].
+fn workers() -> impl TypedValueParser<Value = NonZeroUsize> {
+    value_parser!(u64)
+        .range(1..=MAX_WORKERS)
+        .try_map(|n| NonZeroU64::try_from(n).and_then(NonZeroUsize::try_from))
 }
 
 /// `--overflow`: [`Overflow`] without `Fail`, which only a first stage may have.
@@ -130,8 +169,37 @@ impl fmt::Display for Policy {
 // The pipeline
 // ---------------------------------------------------------------------------------------------
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Why the demo stopped early; each names what it was about.
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error("the pipeline's configuration: {0}")]
+    Config(#[from] backflow::ConfigError),
+    #[error("the pipeline: {0}")]
+    Pipeline(#[from] backflow::PipelineError),
+    #[error("the pipeline stopped taking lines after {lines} lines")]
+    Stopped { lines: u64 },
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {input} after {lines} lines: {source}")]
+    Read { input: String, lines: u64, source: io::Error },
+    #[error("cannot write --prometheus {}: {source}", path.display())]
+    Prometheus { path: PathBuf, source: io::Error },
+    #[error("cannot write the results to stdout: {0}")]
+    Stdout(io::Error),
+}
+
+fn main() -> ExitCode {
     let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), DemoError> {
     let items = args.items.unwrap_or(match args.slow_sink_us {
         // A slow store holds the whole pipeline back: about 3 s of it (sleeping N µs takes
         // about N + 60 µs). With a drop policy the store loses records instead, and the rest
@@ -139,15 +207,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(us) if us > 0 && args.overflow == Policy::Block => 3_000_000 / (us + 60),
         _ => 3_000_000,
     });
+    // What can fail before the first line moves fails here, before any thread starts.
+    let source = Source::open(args, items)?;
+    let prometheus = match &args.prometheus {
+        Some(path) => match File::create(path) {
+            Ok(file) => Some((path, file)),
+            Err(source) => return Err(DemoError::Prometheus { path: path.clone(), source }),
+        },
+        None => None,
+    };
     let tally = Arc::new(Tally::default());
-    let pipeline = build(&args, &tally)?;
-    print_header(&args, items);
+    let pipeline = build(args, &tally)?;
+    let mut out = io::stdout().lock();
+    print_header(&mut out, args, items).map_err(DemoError::Stdout)?;
 
     let started = Instant::now();
-    let mut live = Live::new(Duration::from_millis(args.refresh_ms.max(10)));
-    let lines = std::thread::scope(|scope| -> io::Result<u64> {
+    let mut live = Live::new(Duration::from_millis(args.refresh_ms));
+    let lines = std::thread::scope(|scope| {
         let input = pipeline.input();
-        let producer = scope.spawn(|| produce(&args, items, input));
+        let producer = scope.spawn(move || produce(source, args.max_line_bytes, &input));
         // Redraw until every line is in and has gone all the way through; then drain() only
         // has the aggregates' totals to flush.
         loop {
@@ -164,14 +242,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = pipeline.drain()?;
     let elapsed = started.elapsed();
 
-    if let Some(path) = &args.prometheus {
-        std::fs::write(path, report.stats().to_prometheus("logs"))?;
+    print_results(&mut out, &report, &tally, lines, elapsed).map_err(DemoError::Stdout)?;
+    if let Some((path, mut file)) = prometheus {
+        let text = report.stats().to_prometheus("logs");
+        file.write_all(text.as_bytes())
+            .map_err(|source| DemoError::Prometheus { path: path.clone(), source })?;
+        writeln!(out, "prometheus: final stats written to {}", path.display())
+            .map_err(DemoError::Stdout)?;
     }
-    print_results(&report, &tally, lines, elapsed);
-    if let Some(path) = &args.prometheus {
-        println!("prometheus: final stats written to {}", path.display());
-    }
-    Ok(())
+    out.flush().map_err(DemoError::Stdout)
 }
 
 /// Items anywhere between the input and the sinks.
@@ -182,16 +261,20 @@ fn in_flight(stats: &Stats) -> u64 {
 
 /// The pipeline: `parse` (malformed lines dead-lettered) → `enrich` → a copy of every record to
 /// `aggregate` → `totals`; then 5xx records to `alerts`, the others to `encode` → the store.
-fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<String>, backflow::ConfigError> {
+fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::ConfigError> {
     let capacity = args.capacity;
     let [dlq, health, totals, alerts, drops, store] = [(); 6].map(|()| Arc::clone(tally));
     let slow = args.slow_sink_us.filter(|&us| us > 0).map(Duration::from_micros);
-    Pipeline::<String>::builder()
-        .stage("parse", || stage::try_map(parse_line))
+    Pipeline::<Line>::builder()
+        .stage("parse", || stage::try_map(parse))
         .capacity(capacity)
-        .dead_letter(move |letter: DeadLetter<'_, String>| {
+        .dead_letter(move |letter: DeadLetter<'_, Line>| {
             if dlq.dead_lettered.fetch_add(1, Ordering::Relaxed) < EXAMPLES as u64 {
-                lock(&dlq.dead_examples).push((letter.item, letter.error));
+                let line = match letter.item {
+                    Line::Text(text) => text,
+                    Line::TooLong { head, .. } => head + "…",
+                };
+                lock(&dlq.dead_examples).push((line, letter.error));
             }
         })
         .stage("enrich", move || {
@@ -251,39 +334,136 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<String>, backflow::
         .build()
 }
 
-/// Pushes every line, from the generator or from a reader; returns how many.
-fn produce(args: &Args, items: u64, input: Input<String>) -> io::Result<u64> {
-    let mut lines = 0;
-    let counted = |line| {
-        lines += 1;
-        line
-    };
-    let closed = |_| io::Error::other("the pipeline stopped taking lines");
-    match &args.input {
-        None => {
-            input.push_iter(LogGenerator::new(args.seed, items).map(counted)).map_err(closed)?
-        }
-        Some(path) if path == Path::new("-") => {
-            input.push_iter(read_lines(io::stdin().lock()).map(counted)).map_err(closed)?;
-        }
-        Some(path) => {
-            let file = io::BufReader::new(std::fs::File::open(path)?);
-            input.push_iter(read_lines(file).map(counted)).map_err(closed)?;
-        }
-    }
-    Ok(lines)
+/// Where the lines come from: the generator, stdin, or a file opened before the pipeline
+/// starts.
+enum Source {
+    Generated { seed: u64, items: u64 },
+    Stdin,
+    File { path: PathBuf, file: File },
 }
 
-/// Lines of a reader, invalid UTF-8 replaced, until the end or the first read error.
-fn read_lines(mut reader: impl BufRead) -> impl Iterator<Item = String> {
-    let mut buf = Vec::new();
-    std::iter::from_fn(move || {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(String::from_utf8_lossy(&buf).into_owned()),
+impl Source {
+    fn open(args: &Args, items: u64) -> Result<Self, DemoError> {
+        Ok(match &args.input {
+            None => Self::Generated { seed: args.seed, items },
+            Some(path) if path == Path::new("-") => Self::Stdin,
+            Some(path) => match File::open(path) {
+                Ok(file) => Self::File { path: path.clone(), file },
+                Err(source) => return Err(DemoError::Open { path: path.clone(), source }),
+            },
+        })
+    }
+}
+
+/// Pushes every line of `source`; returns how many.
+fn produce(source: Source, max_line_bytes: usize, input: &Input<Line>) -> Result<u64, DemoError> {
+    match source {
+        Source::Generated { seed, items } => {
+            let lines = LogGenerator::new(seed, items).map(|line| Ok(Line::Text(line)));
+            push_lines(input, lines, "the generator")
         }
-    })
+        Source::Stdin => push_lines(input, Lines::new(io::stdin().lock(), max_line_bytes), "stdin"),
+        Source::File { path, file } => {
+            let lines = Lines::new(io::BufReader::new(file), max_line_bytes);
+            push_lines(input, lines, path.display())
+        }
+    }
+}
+
+/// Pushes lines until the end or the first read error, which is the error of the whole run:
+/// the results of part of the input would pass for the results of all of it.
+fn push_lines(
+    input: &Input<Line>,
+    lines: impl Iterator<Item = io::Result<Line>>,
+    name: impl fmt::Display,
+) -> Result<u64, DemoError> {
+    let (mut count, mut error) = (0, None);
+    let pushed = input.push_iter(lines.map_while(|line| match line {
+        Ok(line) => {
+            count += 1;
+            Some(line)
+        }
+        Err(read) => {
+            error = Some(read);
+            None
+        }
+    }));
+    if let Some(source) = error {
+        return Err(DemoError::Read { input: name.to_string(), lines: count, source });
+    }
+    match pushed {
+        Ok(()) => Ok(count),
+        Err(_) => Err(DemoError::Stopped { lines: count }),
+    }
+}
+
+/// A line as the reader hands it to `parse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    /// The line, newline included, invalid UTF-8 replaced.
+    Text(String),
+    /// A line longer than `--max-line-bytes`: its first bytes (at most [`LINE_HEAD`]) and its
+    /// length, newline not counted.
+    TooLong { head: String, bytes: u64 },
+}
+
+/// How much of a line that is too long its dead letter quotes.
+const LINE_HEAD: usize = 256;
+
+/// How much of the rest of a line that is too long is read at a time to be skipped.
+const SKIP_PIECE: usize = 8 * 1024;
+
+/// The lines of a reader, read into a buffer of at most `max` + 1 bytes: a longer line
+/// becomes a [`Line::TooLong`]. A read error is the last item.
+struct Lines<R> {
+    reader: R,
+    max: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self { reader, max, buf: Vec::new() }
+    }
+
+    /// Reads up to `limit` bytes of the current line into `buf` (cleared first), newline
+    /// included; returns how many, 0 at the end.
+    fn read(&mut self, limit: usize) -> io::Result<usize> {
+        self.buf.clear();
+        io::Read::take(&mut self.reader, limit as u64).read_until(b'\n', &mut self.buf)
+    }
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = io::Result<Line>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // One byte more than a line may have tells a line of `max` bytes without its newline
+        // (the last line) from a longer one.
+        match self.read(self.max.saturating_add(1)) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(error) => return Some(Err(error)),
+        }
+        if self.buf.len() <= self.max || self.buf.ends_with(b"\n") {
+            return Some(Ok(Line::Text(String::from_utf8_lossy(&self.buf).into_owned())));
+        }
+        let head = String::from_utf8_lossy(&self.buf[..self.max.min(LINE_HEAD)]).into_owned();
+        // Skip to the end of the line a piece at a time.
+        let mut bytes = self.buf.len() as u64;
+        loop {
+            match self.read(SKIP_PIECE) {
+                Ok(0) => break,
+                Ok(n) => bytes += n as u64,
+                Err(error) => return Some(Err(error)),
+            }
+            if self.buf.ends_with(b"\n") {
+                bytes -= 1;
+                break;
+            }
+        }
+        Some(Ok(Line::TooLong { head, bytes }))
+    }
 }
 
 /// What the stages, hooks and sinks count on their own, besides the pipeline's stats: the
@@ -645,6 +825,8 @@ struct Access {
 /// Why a line is not an access-log line: the field that is missing or does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ParseError {
+    /// Longer than `--max-line-bytes`; the length, newline not counted.
+    TooLong(u64),
     Empty,
     Missing(&'static str),
     Invalid(&'static str),
@@ -653,10 +835,19 @@ enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::TooLong(bytes) => write!(f, "line too long ({bytes} bytes)"),
             Self::Empty => f.write_str("empty line"),
             Self::Missing(field) => write!(f, "no {field}"),
             Self::Invalid(field) => write!(f, "invalid {field}"),
         }
+    }
+}
+
+/// Parses a line as read; one that was too long to read whole is an error as it is.
+fn parse(line: Line) -> Result<Access, ParseError> {
+    match line {
+        Line::Text(text) => parse_line(text),
+        Line::TooLong { bytes, .. } => Err(ParseError::TooLong(bytes)),
     }
 }
 
@@ -936,30 +1127,41 @@ type Key = (StatusClass, Arc<str>);
 // Output
 // ---------------------------------------------------------------------------------------------
 
-fn print_header(args: &Args, items: u64) {
+fn print_header(out: &mut impl io::Write, args: &Args, items: u64) -> io::Result<()> {
+    let max_line = args.max_line_bytes as u64;
     let source = match &args.input {
         None => format!("{} generated access-log lines (seed {})", group(items), args.seed),
-        Some(path) if path == Path::new("-") => "access-log lines from stdin".to_string(),
-        Some(path) => format!("access-log lines from {}", path.display()),
+        Some(path) if path == Path::new("-") => {
+            format!("access-log lines from stdin (at most {} bytes each)", group(max_line))
+        }
+        Some(path) => {
+            format!(
+                "access-log lines from {} (at most {} bytes each)",
+                path.display(),
+                group(max_line)
+            )
+        }
     };
     let store = match args.slow_sink_us {
         Some(us) if us > 0 => format!("the store sleeps {us} µs per record"),
         _ => "the store takes records at once".to_string(),
     };
-    println!("backflow demo: {source}");
-    println!();
-    println!(
+    writeln!(out, "backflow demo: {source}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "  lines ─► parse ─► enrich ×{} ─┬─► aggregate ×{} ─► totals  (every record)",
         args.workers, args.aggregate_workers
-    );
-    println!("             │                 └─┬─► alerts                 (5xx)");
-    println!("        dead letters             └─► encode ─► sink (store)   (the rest)");
-    println!();
-    println!(
+    )?;
+    writeln!(out, "             │                 └─┬─► alerts                 (5xx)")?;
+    writeln!(out, "        dead letters             └─► encode ─► sink (store)   (the rest)")?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "  queues of {} items; the store's queue (encode) when full: {}; {store}",
         args.capacity, args.overflow
-    );
-    println!();
+    )?;
+    writeln!(out)
 }
 
 /// The live table on stderr: redrawn in place on a terminal, one status line a second
@@ -1088,19 +1290,26 @@ fn status_line(stats: &Stats) -> String {
     line
 }
 
-fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) {
+fn print_results(
+    out: &mut impl io::Write,
+    report: &Report,
+    tally: &Tally,
+    lines: u64,
+    elapsed: Duration,
+) -> io::Result<()> {
     let stats = report.stats();
     let stage = |name: &str| report.stage(name).expect("the pipeline has this stage");
     let (parse, enrich, aggregate) = (stage("parse"), stage("enrich"), stage("aggregate"));
 
-    println!("── final report {}", "─".repeat(64));
-    println!("{report}");
+    writeln!(out, "── final report {}", "─".repeat(64))?;
+    writeln!(out, "{report}")?;
     if report.is_balanced() {
-        println!(
+        writeln!(
+            out,
             "accounting: balanced: every line was delivered, dead-lettered, filtered or dropped"
-        );
+        )?;
     } else {
-        println!("accounting: NOT balanced: {}", report.unbalanced().join("; "));
+        writeln!(out, "accounting: NOT balanced: {}", report.unbalanced().join("; "))?;
     }
 
     let totals = lock(&tally.totals);
@@ -1116,9 +1325,10 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
     let mut top: Vec<_> = routes.iter().collect();
     top.sort_by(|a, b| b.1.0.requests.cmp(&a.1.0.requests).then(a.0.cmp(b.0)));
 
-    println!();
-    println!("── results {}", "─".repeat(69));
-    println!(
+    writeln!(out)?;
+    writeln!(out, "── results {}", "─".repeat(69))?;
+    writeln!(
+        out,
         "{:<34} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9}",
         format!("top routes (of {})", top.len()),
         "requests",
@@ -1128,10 +1338,11 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
         "p50",
         "p99",
         "bytes"
-    );
+    )?;
     for (route, (all, by_class)) in top.iter().take(10) {
         let share = |n: u64| percent(n as f64 / all.requests.max(1) as f64);
-        println!(
+        writeln!(
+            out,
             "{:<34} {:>10} {:>6} {:>6} {:>6} {:>8} {:>8} {:>9}",
             truncate(route, 34),
             group(all.requests),
@@ -1141,7 +1352,7 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
             latency(&all.latency, 0.5),
             latency(&all.latency, 0.99),
             bytes(all.bytes),
-        );
+        )?;
     }
     let mut by_class: Vec<_> = classes.into_iter().collect();
     by_class.sort();
@@ -1151,46 +1362,49 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
             format!("{class} {} ({})", group(*n), percent(*n as f64 / aggregated.max(1) as f64))
         })
         .collect();
-    println!("status: {}", by_class.join(", "));
+    writeln!(out, "status: {}", by_class.join(", "))?;
 
     let dead = tally.dead_lettered.load(Ordering::Relaxed);
     let share = dead as f64 * 100.0 / lines.max(1) as f64;
     let eg = if dead > 0 { ", e.g.:" } else { "" };
-    println!("dead letters: {} malformed lines ({share:.2} %){eg}", group(dead));
+    writeln!(out, "dead letters: {} malformed lines ({share:.2} %){eg}", group(dead))?;
     for (line, error) in lock(&tally.dead_examples).iter() {
         // From the request on: the client and time are not where lines break.
         let from_request = line.find('"').map_or(line.as_str(), |at| &line[at..]);
         let printable: String =
             from_request.trim_end().chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-        println!("  {error:<22} {}", truncate(&printable, 62));
+        writeln!(out, "  {error:<22} {}", truncate(&printable, 62))?;
     }
     let alerts = tally.alerts.load(Ordering::Relaxed);
     let first = if alerts > 0 { ", the first:" } else { "" };
-    println!("alerts: {} server errors{first}", group(alerts));
+    writeln!(out, "alerts: {} server errors{first}", group(alerts))?;
     for alert in lock(&tally.alert_examples).iter() {
-        println!("  {alert}");
+        writeln!(out, "  {alert}")?;
     }
     let health = tally.health_checks.load(Ordering::Relaxed);
     let stored = tally.stored.load(Ordering::Relaxed);
     let dropped = tally.dropped.load(Ordering::Relaxed);
-    println!(
+    writeln!(
+        out,
         "store: {} records ({}), {} dropped on the way, {} health checks filtered",
         group(stored),
         bytes(tally.stored_bytes.load(Ordering::Relaxed)),
         group(dropped),
         group(health)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{} lines in {:.2} s: {}",
         group(lines),
         elapsed.as_secs_f64(),
         rate(lines as f64 / elapsed.as_secs_f64()).replace("/s", " lines/s")
-    );
+    )?;
 
     let enriched = enrich.emitted_outputs;
     let report_drops: u64 = stats.stages().iter().map(|s| s.accounting.dropped).sum();
     let transitions: u64 = stats.stages().iter().map(|s| s.pressure_transitions).sum();
-    println!(
+    writeln!(
+        out,
         "summary: lines={lines} parsed={} dead_lettered={dead} health_checks={health} \
          enriched={enriched} aggregated={aggregated} aggregate_in={} alerts={alerts} \
          stored={stored} dropped={dropped} report_dropped={report_drops} \
@@ -1198,7 +1412,7 @@ fn print_results(report: &Report, tally: &Tally, lines: u64, elapsed: Duration) 
         parse.accounting.emitted_inputs,
         aggregate.accounting.emitted_inputs,
         report.is_balanced()
-    );
+    )
 }
 
 fn truncate(s: &str, width: usize) -> String {
@@ -1268,6 +1482,74 @@ mod tests {
         assert!((1_970..2_000).contains(&good), "{good} good lines");
         let first = parsed[0].as_ref().unwrap();
         assert_eq!(first.time, LOG_START);
+    }
+
+    /// A reader that fails: a disk error, a file on a network share that went away.
+    struct Broken;
+
+    impl io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("input/output error"))
+        }
+    }
+
+    #[test]
+    fn a_read_error_in_the_middle_ends_the_run_with_the_error() {
+        use io::Read as _;
+        let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
+        let mut lines = Lines::new(reader, 80);
+        assert_eq!(lines.next().unwrap().unwrap(), text("a\n"));
+        assert_eq!(lines.next().unwrap().unwrap(), text("b\n"));
+        assert_eq!(lines.next().unwrap().unwrap_err().to_string(), "input/output error");
+
+        let (pipeline, output) =
+            Pipeline::<Line>::builder().stage("id", || |line: Line| line).output().build().unwrap();
+        let reader = io::BufReader::new(io::Cursor::new("a\nb\n").chain(Broken));
+        let error =
+            push_lines(&pipeline.input(), Lines::new(reader, 80), "access.log").unwrap_err();
+        assert_eq!(error.to_string(), "cannot read access.log after 2 lines: input/output error");
+        pipeline.drain().unwrap();
+        assert_eq!(output.collect::<Vec<_>>(), [text("a\n"), text("b\n")]);
+    }
+
+    fn text(line: &str) -> Line {
+        Line::Text(line.to_string())
+    }
+
+    fn too_long(head: &str, bytes: u64) -> Line {
+        Line::TooLong { head: head.to_string(), bytes }
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_cut_to_its_head_and_the_rest_skipped() {
+        let read =
+            |input: &[u8], max| Lines::new(input, max).collect::<io::Result<Vec<_>>>().unwrap();
+        // Up to the cap, with or without a newline; then one byte over, with or without.
+        assert_eq!(read(b"12345678\n12345678", 8), [text("12345678\n"), text("12345678")]);
+        assert_eq!(
+            read(b"123456789\nok\n123456789", 8),
+            [too_long("12345678", 9), text("ok\n"), too_long("12345678", 9)]
+        );
+        // A long line goes by in pieces: what is held stays near the cap, and the line after
+        // it is read whole.
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\nnext\n");
+        let mut lines = Lines::new(io::BufReader::new(&input[..]), 1000);
+        let head = "x".repeat(LINE_HEAD);
+        assert_eq!(lines.next().unwrap().unwrap(), too_long(&head, 1 << 20));
+        assert!(lines.buf.capacity() <= 2 * SKIP_PIECE, "{}", lines.buf.capacity());
+        assert_eq!(lines.next().unwrap().unwrap(), text("next\n"));
+        assert!(lines.next().is_none());
+        // The head is cut at a byte; a character cut in two is replaced.
+        assert_eq!(read("ééé\n".as_bytes(), 3), [too_long("é\u{FFFD}", 6)]);
+    }
+
+    #[test]
+    fn a_line_too_long_is_its_own_parse_error() {
+        assert_eq!(
+            parse(too_long("x", 70_000)).unwrap_err().to_string(),
+            "line too long (70000 bytes)"
+        );
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! Runs the demo, `examples/logs.rs`, as a user would, and checks that its counts add up.
+//! Runs the demo, `examples/logs.rs`, as a user would, and checks that its counts add up,
+//! and as a user abusing it would: flags out of range, inputs and outputs that cannot be read
+//! or written, a line with no end; each gets an error naming it, never a panic, a hang or a
+//! process that grows with its input.
 //!
 //! The test asks cargo to build the example (a no-op after `cargo test`, which builds the
 //! examples too) and runs it from `target/<profile>/examples`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The example's executable, built (or found up to date) by cargo once per run of these
@@ -26,18 +30,44 @@ fn run(args: &[&str]) -> (String, HashMap<String, String>) {
     // stderr is not a terminal here: plain status lines, no escape codes.
     assert!(!stderr.contains('\x1b'), "escape codes on a non-terminal stderr:\n{stderr}");
     assert!(stderr.contains(" lines, "), "no status line on stderr:\n{stderr}");
+    let fields = summary(&stdout);
+    (stdout, fields)
+}
+
+/// The fields of the `summary:` line.
+fn summary(stdout: &str) -> HashMap<String, String> {
     let summary = stdout
         .lines()
         .find_map(|line| line.strip_prefix("summary: "))
         .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"));
-    let fields = summary
+    summary
         .split_whitespace()
         .map(|field| {
             let (key, value) = field.split_once('=').expect("key=value");
             (key.to_string(), value.to_string())
         })
-        .collect();
-    (stdout, fields)
+        .collect()
+}
+
+/// Runs the demo with `args` and an empty stdin, expecting it to fail without printing
+/// results; returns its stderr, for the caller to check that it names what was wrong.
+fn refused(args: &[&Path]) -> String {
+    let output = Command::new(demo()).args(args).stdin(Stdio::null()).output().expect("runs");
+    let Output { status, stdout, stderr } = output;
+    let (stdout, stderr) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr));
+    assert!(!status.success(), "{args:?} succeeded:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    assert!(stderr.contains("error: "), "{args:?} printed no error:\n{stderr}");
+    assert!(!stdout.contains("summary:"), "{args:?} printed results:\n{stdout}");
+    stderr.into_owned()
+}
+
+/// A fresh directory of this test's own under cargo's temporary directory.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("demo-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the target directory is writable");
+    dir
 }
 
 fn count(fields: &HashMap<String, String>, key: &str) -> u64 {
@@ -91,4 +121,131 @@ fn a_slow_store_turns_pressure_on_and_is_the_bottleneck() {
     assert_eq!((n("dropped"), n("report_dropped")), (0, 0));
     assert_eq!(n("alerts") + n("stored"), n("enriched"));
     assert_eq!(f["balanced"], "true");
+}
+
+#[test]
+fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
+    let max = u64::MAX.to_string();
+    let cases = [
+        ("--slow-sink-us", max.as_str()),
+        ("--slow-sink-us", "1000001"),
+        ("--items", "0"),
+        ("--items", &max),
+        ("--workers", "0"),
+        ("--workers", &max),
+        ("--aggregate-workers", "0"),
+        ("--aggregate-workers", "100000"),
+        ("--capacity", "0"),
+        ("--capacity", &max),
+        ("--refresh-ms", "0"),
+        ("--refresh-ms", &max),
+        ("--max-line-bytes", "0"),
+        ("--max-line-bytes", &max),
+    ];
+    for (flag, value) in cases {
+        // Lines from an empty stdin: a value that slipped through would end the run at once
+        // instead of hanging the test.
+        let args = [flag, value, "-"].map(Path::new);
+        let stderr = refused(&args);
+        assert!(
+            stderr.contains("invalid value") && stderr.contains(flag) && stderr.contains(value),
+            "{flag} {value}: no message naming the flag and the value:\n{stderr}"
+        );
+    }
+    // The largest values allowed run.
+    let largest = [
+        ["--slow-sink-us", "1000000"],
+        ["--items", "1000000000"],
+        ["--workers", "64"],
+        ["--aggregate-workers", "64"],
+        ["--capacity", "65536"],
+        ["--refresh-ms", "60000"],
+        ["--max-line-bytes", "16777216"],
+    ];
+    let output =
+        Command::new(demo()).args(largest.as_flattened()).arg("-").stdin(Stdio::null()).output();
+    let output = output.expect("the demo runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(count(&summary(&String::from_utf8_lossy(&output.stdout)), "lines"), 0);
+}
+
+#[test]
+fn an_input_that_cannot_be_read_is_an_error_naming_it() {
+    let dir = scratch("unreadable-input");
+    let stderr = refused(&[&dir]);
+    assert!(stderr.contains(&format!("error: cannot read {}", dir.display())), "{stderr}");
+    let missing = dir.join("missing.log");
+    let stderr = refused(&[&missing]);
+    assert!(stderr.contains(&format!("error: cannot open {}", missing.display())), "{stderr}");
+}
+
+#[test]
+fn a_prometheus_file_that_cannot_be_created_is_refused_before_the_run() {
+    let dir = scratch("prometheus");
+    let unwritable = dir.join("no-such-dir").join("stats.prom");
+    let stderr =
+        refused(&[Path::new("--items"), Path::new("2000"), Path::new("--prometheus"), &unwritable]);
+    assert!(stderr.contains(&format!("--prometheus {}", unwritable.display())), "{stderr}");
+    assert!(!stderr.contains(" lines, "), "it ran first:\n{stderr}");
+    // A file that can be created gets the final stats.
+    let file = dir.join("stats.prom");
+    let (stdout, _) = run(&["--items", "2000", "--prometheus", file.to_str().expect("UTF-8")]);
+    let text = std::fs::read_to_string(&file).expect("the stats file was written");
+    assert!(text.contains(r#"stage="parse""#), "{text}");
+    assert!(stdout.contains(&format!("written to {}", file.display())), "{stdout}");
+}
+
+/// The high-water mark of a process's resident memory, from `/proc/<pid>/status`.
+#[cfg(target_os = "linux")]
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).expect("VmHWM");
+    line.trim().trim_end_matches("kB").trim().parse().expect("VmHWM in kB")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_line_over_the_cap_is_dead_lettered_without_being_buffered() {
+    const LONG: usize = 64 << 20;
+    let mut child = Command::new(demo())
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the demo runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..LONG / chunk.len() {
+        stdin.write_all(&chunk).expect("the demo reads stdin");
+    }
+    // The demo has read all of the long line but what the pipe holds (64 KiB): a reader that
+    // keeps a line whole holds 64 MiB now. The process is still running (stdin is open).
+    let peak = peak_rss_kib(child.id());
+    let good = "203.0.113.9 - - [10/Oct/2024:13:55:36 +0000] \"GET /api/v1/users/12 HTTP/1.1\" \
+                200 1234 \"-\" \"curl/8.5.0\" 0.012";
+    write!(stdin, "\n{good}\n").expect("the demo reads stdin");
+    drop(stdin);
+    let output = child.wait_with_output().expect("the demo ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(peak < 32 << 10, "peak RSS {peak} KiB while reading a {LONG}-byte line");
+    let f = summary(&stdout);
+    let n = |key| count(&f, key);
+    assert_eq!((n("lines"), n("parsed"), n("dead_lettered")), (2, 1, 1), "{stdout}");
+    assert!(stdout.contains(&format!("line too long ({LONG} bytes)")), "{stdout}");
+    assert!(stdout.contains("xxxxxxxxxxxxxxxx"), "the dead letter quotes the line:\n{stdout}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_naming_it() {
+    // Every write to /dev/full fails with "No space left on device".
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let output = Command::new(demo()).args(["--items", "100"]).stdout(full).output();
+    let output = output.expect("the demo runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("error: cannot write the results to stdout: "), "{stderr}");
 }
