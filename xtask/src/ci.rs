@@ -8,7 +8,7 @@ use test_support::{REDIS_URL_VARIABLE, RedisServer};
 
 use crate::setup::{self, Need};
 use crate::step::{Outcome, Step, cargo, execute, summarize};
-use crate::{loom, miri, qemu};
+use crate::{loom, miri, qemu, release};
 
 /// Bare-metal targets the core must build for: Cortex-M4F, and Cortex-M0 (no compare-and-swap:
 /// the SPSC ring works there, the MPMC ring is compiled out).
@@ -96,6 +96,8 @@ pub fn run() -> Result<(), String> {
             steps.push(Step::new(name, command, &[Need::Target(target)]));
         }
     }
+    steps.push(release::msrv_step());
+    steps.push(release::package_step());
     steps.push(qemu::step());
     steps.push(loom::step());
     steps.push(miri::step());

@@ -5,6 +5,7 @@
 //! - `ci`: `setup`, then every check, in order, with a pass/fail summary; exits non-zero on any
 //!   failure. Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops
 //!   it.
+//! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
@@ -16,18 +17,21 @@ mod ci;
 mod loom;
 mod miri;
 mod qemu;
+mod release;
 mod setup;
 mod step;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <setup | ci | loom | miri | qemu | bench [--criterion]>";
+const USAGE: &str =
+    "usage: cargo xtask <setup | ci | msrv | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup::run(),
         Some("ci") => ci::run(),
+        Some("msrv") => release::msrv(),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),

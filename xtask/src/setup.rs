@@ -8,6 +8,8 @@
 //! - a nightly toolchain with `miri` and `rust-src`: `rustup toolchain install nightly
 //!   --profile minimal --component miri,rust-src` (or `rustup component add` when nightly is
 //!   there), then miri's sysroot: `cargo +nightly miri setup` (quick when it is built);
+//! - the toolchains of the published crates' `rust-version`s (see [`release::TOOLCHAINS`]):
+//!   `rustup toolchain install <version> --profile minimal`;
 //! - `qemu-system-arm` and `redis-server` on `PATH`: the Debian packages of the same names,
 //!   through `apt-get update` and `apt-get install`, when `apt-get` is there and may be used
 //!   (as root, or through `sudo -n`). It asks apt not to remove anything first; only when a
@@ -24,8 +26,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::miri;
 use crate::step::root;
+use crate::{miri, release};
 
 /// Something a check needs that a machine with only stable Rust may lack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +42,12 @@ pub enum Need {
     MiriSysroot,
     /// A program on `PATH`, from the system package of the same name.
     Program(&'static str),
+    /// A Rust toolchain of this version (a published crate's `rust-version`).
+    Toolchain(&'static str),
 }
 
 /// Everything setup looks for, in the order it installs it.
-const EVERYTHING: [Need; 9] = [
+const EVERYTHING: [Need; 11] = [
     Need::Target("thumbv7em-none-eabihf"),
     Need::Target("thumbv6m-none-eabi"),
     Need::Target("thumbv7m-none-eabi"),
@@ -53,6 +57,8 @@ const EVERYTHING: [Need; 9] = [
     Need::MiriSysroot,
     Need::Program("qemu-system-arm"),
     Need::Program("redis-server"),
+    Need::Toolchain(release::TOOLCHAINS[0]),
+    Need::Toolchain(release::TOOLCHAINS[1]),
 ];
 
 /// The nightly components the miri step uses.
@@ -69,6 +75,7 @@ impl fmt::Display for Need {
             Need::Miri => write!(f, "miri (nightly, with rust-src)"),
             Need::MiriSysroot => write!(f, "miri's sysroot"),
             Need::Program(program) => write!(f, "{program}"),
+            Need::Toolchain(version) => write!(f, "Rust {version}"),
         }
     }
 }
@@ -91,6 +98,9 @@ impl Need {
                     .into(),
             ),
             Need::MiriSysroot => rust("cargo +nightly miri setup".into()),
+            Need::Toolchain(version) => {
+                rust(format!("rustup toolchain install {version} --profile minimal"))
+            }
             Need::Program(program) => match Apt::access() {
                 Apt::Root => format!("run `apt-get install {program}`"),
                 Apt::Sudo | Apt::NotAllowed => format!("run `sudo apt-get install {program}`"),
@@ -170,6 +180,8 @@ struct Installed {
     components: Vec<String>,
     /// Components of nightly; `None` when there is no nightly toolchain.
     nightly: Option<Vec<String>>,
+    /// Installed toolchains (`1.87-x86_64-unknown-linux-gnu`, `nightly-…`).
+    toolchains: Vec<String>,
 }
 
 impl Installed {
@@ -185,6 +197,11 @@ impl Installed {
             targets: targets.unwrap_or_default(),
             components: list(&["component", "list", "--installed"]).unwrap_or_default(),
             nightly: list(&["component", "list", "--installed", "--toolchain", "nightly"]),
+            toolchains: list(&["toolchain", "list"])
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+                .collect(),
         }
     }
 
@@ -197,6 +214,10 @@ impl Installed {
             }),
             Need::MiriSysroot => true,
             Need::Program(program) => on_path(program),
+            Need::Toolchain(version) => self
+                .toolchains
+                .iter()
+                .any(|t| t.strip_prefix(version).is_some_and(|rest| rest.starts_with('-'))),
         }
     }
 }
@@ -241,6 +262,12 @@ fn install_rust(installed: &Installed) -> bool {
             ),
         };
         ran |= announce_and_run(command);
+    }
+    for need in EVERYTHING.into_iter().filter(|need| !installed.has(*need)) {
+        if let Need::Toolchain(version) = need {
+            let install = ["toolchain", "install", version, "--profile", "minimal"];
+            ran |= announce_and_run(rustup(&install));
+        }
     }
     ran
 }
@@ -431,10 +458,28 @@ mod tests {
             targets: Vec::new(),
             components: Vec::new(),
             nightly: nightly.map(names),
+            toolchains: Vec::new(),
         };
         assert!(!installed(None).has(Need::Miri));
         assert!(!installed(Some(&["miri-x86_64-unknown-linux-gnu"])).has(Need::Miri));
         assert!(installed(Some(&["miri-x86_64-unknown-linux-gnu", "rust-src"])).has(Need::Miri));
+    }
+
+    #[test]
+    fn a_toolchain_is_found_by_its_version_with_the_host_after_it() {
+        let installed = Installed {
+            rustup: true,
+            targets: Vec::new(),
+            components: Vec::new(),
+            nightly: None,
+            toolchains: names(&[
+                "stable-x86_64-unknown-linux-gnu",
+                "1.88-x86_64-unknown-linux-gnu",
+            ]),
+        };
+        assert!(installed.has(Need::Toolchain("1.88")));
+        assert!(!installed.has(Need::Toolchain("1.8")));
+        assert!(!installed.has(Need::Toolchain("1.87")));
     }
 
     #[test]
