@@ -15,6 +15,37 @@ use crate::Error;
 /// ```
 pub const DEFAULT_BATCH: usize = 128;
 
+/// The most entries [`ConsumerConfig::batch`] accepts. The server sets memory aside for the
+/// whole count of each `XAUTOCLAIM` before it looks for entries, and a read this large is
+/// already far past the size that makes round trips cheap.
+///
+/// # Examples
+///
+/// ```
+/// use backflow_redis::{ConsumerConfig, MAX_BATCH};
+///
+/// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c");
+/// assert!(config.clone().batch(MAX_BATCH).validate().is_ok());
+/// assert!(config.batch(MAX_BATCH + 1).validate().is_err());
+/// ```
+pub const MAX_BATCH: usize = 1_000_000;
+
+/// The longest any duration setting may be: 365 days. Longer waits are of no use, and this
+/// keeps every deadline within what the clock and the server (milliseconds in a signed
+/// 64-bit count) take.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backflow_redis::{ConsumerConfig, MAX_DURATION};
+///
+/// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c");
+/// assert!(config.clone().claim_idle(MAX_DURATION).validate().is_ok());
+/// assert!(config.claim_idle(Duration::MAX).validate().is_err());
+/// ```
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The reconnect schedule when nothing else is said: 8 retries, 50 ms doubling to 2 s (about
 /// 6 s in all before giving up).
 ///
@@ -94,7 +125,7 @@ impl ConsumerConfig {
         }
     }
 
-    /// Entries asked for per read (`COUNT`); default [`DEFAULT_BATCH`].
+    /// Entries asked for per read (`COUNT`), at most [`MAX_BATCH`]; default [`DEFAULT_BATCH`].
     ///
     /// # Examples
     ///
@@ -109,8 +140,9 @@ impl ConsumerConfig {
         self
     }
 
-    /// How long one read waits on the server for new entries (`BLOCK`); default 100 ms. The
-    /// consumer checks for a stop, and sends acknowledgements, at least this often.
+    /// How long one read waits on the server for new entries (`BLOCK`); default 100 ms, at
+    /// most [`MAX_DURATION`]. The consumer checks for a stop, and sends acknowledgements, at
+    /// least this often.
     ///
     /// # Examples
     ///
@@ -128,8 +160,8 @@ impl ConsumerConfig {
 
     /// How long an entry must have been pending, unacknowledged, before this consumer takes
     /// it over (`XAUTOCLAIM`) from whichever consumer had it: one that died, or one much
-    /// slower than this. Default 30 s; set it well above the time an entry takes through the
-    /// pipeline, or live consumers' entries are processed twice.
+    /// slower than this. Default 30 s, at most [`MAX_DURATION`]; set it well above the time
+    /// an entry takes through the pipeline, or live consumers' entries are processed twice.
     ///
     /// # Examples
     ///
@@ -145,7 +177,8 @@ impl ConsumerConfig {
         self
     }
 
-    /// How often to look for entries to take over; default 5 s. The first look is at start.
+    /// How often to look for entries to take over; default 5 s, at most [`MAX_DURATION`].
+    /// The first look is at start.
     ///
     /// # Examples
     ///
@@ -197,8 +230,8 @@ impl ConsumerConfig {
     }
 
     /// Stops by itself, draining the pipeline, once it has read and claimed nothing for
-    /// `idle` (a batch job over what the stream holds). Without it the consumer runs until
-    /// [`ConsumerHandle::stop`](crate::ConsumerHandle::stop).
+    /// `idle` (a batch job over what the stream holds); at most [`MAX_DURATION`]. Without it
+    /// the consumer runs until [`ConsumerHandle::stop`](crate::ConsumerHandle::stop).
     ///
     /// # Examples
     ///
@@ -219,8 +252,9 @@ impl ConsumerConfig {
     /// # Errors
     ///
     /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL),
-    /// `stream`, `group` or `consumer` (empty), `batch`, `max_pending` (zero), `block`,
-    /// `claim_idle`, `claim_every` or `stop_when_idle` (under a millisecond).
+    /// `stream`, `group` or `consumer` (empty), `batch` (zero or over [`MAX_BATCH`]),
+    /// `max_pending` (zero), `block`, `claim_idle`, `claim_every` or `stop_when_idle` (under a
+    /// millisecond or over [`MAX_DURATION`]).
     ///
     /// # Examples
     ///
@@ -235,11 +269,14 @@ impl ConsumerConfig {
         not_empty("group", &self.group)?;
         not_empty("consumer", &self.consumer)?;
         positive("batch", self.batch)?;
+        if self.batch > MAX_BATCH {
+            return Err(invalid("batch", "at most MAX_BATCH (1 000 000)"));
+        }
         positive("max_pending", self.max_pending.unwrap_or(1))?;
-        at_least_a_millisecond("block", self.block)?;
-        at_least_a_millisecond("claim_idle", self.claim_idle)?;
-        at_least_a_millisecond("claim_every", self.claim_every)?;
-        at_least_a_millisecond("stop_when_idle", self.stop_when_idle.unwrap_or(self.block))?;
+        duration("block", self.block)?;
+        duration("claim_idle", self.claim_idle)?;
+        duration("claim_every", self.claim_every)?;
+        duration("stop_when_idle", self.stop_when_idle.unwrap_or(self.block))?;
         Ok(())
     }
 }
@@ -277,7 +314,8 @@ impl WriterConfig {
     }
 
     /// Trims the stream to about `entries` as it grows (`MAXLEN ~`: the server trims whole
-    /// nodes, so the length may be somewhat above). Default: no trimming.
+    /// nodes, so the length may be somewhat above); at most `i64::MAX`, the server's largest
+    /// count. Default: no trimming.
     ///
     /// # Examples
     ///
@@ -315,7 +353,7 @@ impl WriterConfig {
     /// # Errors
     ///
     /// [`Error::Config`] naming the field: `url` (not a Redis URL), `stream` (empty),
-    /// `max_len` (zero).
+    /// `max_len` (zero, or over `i64::MAX`).
     ///
     /// # Examples
     ///
@@ -328,6 +366,9 @@ impl WriterConfig {
         check_url(&self.url)?;
         not_empty("stream", &self.stream)?;
         positive("max_len", self.max_len.unwrap_or(1))?;
+        if self.max_len.is_some_and(|entries| i64::try_from(entries).is_err()) {
+            return Err(invalid("max_len", "at most i64::MAX"));
+        }
         Ok(())
     }
 }
@@ -353,6 +394,15 @@ fn positive(field: &'static str, value: usize) -> Result<(), Error> {
     if value == 0 { Err(invalid(field, "at least 1")) } else { Ok(()) }
 }
 
-fn at_least_a_millisecond(field: &'static str, value: Duration) -> Result<(), Error> {
-    if value < Duration::from_millis(1) { Err(invalid(field, "at least 1 ms")) } else { Ok(()) }
+fn duration(field: &'static str, value: Duration) -> Result<(), Error> {
+    if value < Duration::from_millis(1) || value > MAX_DURATION {
+        Err(invalid(field, "at least 1 ms and at most MAX_DURATION (365 days)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `duration` in whole milliseconds, as the server takes it (validated settings always fit).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -39,7 +39,7 @@ impl Reconnecting {
         name: &'static str,
         mut command: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             let result = self.connection().and_then(&mut command);
             let error = match result {
@@ -48,7 +48,7 @@ impl Reconnecting {
                 Err(source) => return Err(Error::Command { command: name, source }),
             };
             self.connection = None;
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             let Some(delay) = self.schedule.delay(attempt) else {
                 return Err(Error::Connection { attempts: attempt, source: error });
             };
@@ -60,7 +60,7 @@ impl Reconnecting {
     fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
         if self.connection.is_none() {
             let connection = self.client.get_connection_with_timeout(Duration::from_secs(5))?;
-            connection.set_read_timeout(Some(self.longest + READ_MARGIN))?;
+            connection.set_read_timeout(Some(self.longest.saturating_add(READ_MARGIN)))?;
             connection.set_write_timeout(Some(READ_MARGIN))?;
             self.connection = Some(connection);
         }

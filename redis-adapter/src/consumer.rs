@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backflow::{Input, Pipeline, PushError, Report};
 use redis::Value;
 
-use crate::config::client;
+use crate::config::{client, millis};
 use crate::connection::{RawEntry, Reconnecting, claim_reply, read_reply};
 use crate::entry::{Entry, Ledger, Receipt};
 use crate::{ConsumerConfig, Error};
@@ -260,7 +260,8 @@ impl Consumer {
     pub fn run(mut self, pipeline: Pipeline<Entry>) -> Result<Summary, Error> {
         self.ledger.watch(pipeline.watch());
         let input = pipeline.input();
-        let max_pending = self.config.max_pending.unwrap_or(input.room() + self.config.batch);
+        let max_pending =
+            self.config.max_pending.unwrap_or(input.room().saturating_add(self.config.batch));
         let mut reader = Reader {
             consumer: &mut self,
             max_pending,
@@ -317,7 +318,8 @@ impl Reader<'_> {
         // then other consumers' idle ones and new ones.
         let mut from = START.to_string();
         let mut claim_from = START.to_string();
-        let mut next_claim = Instant::now();
+        // `None`: not again (a period past what the clock can count).
+        let mut next_claim = Some(Instant::now());
         let mut last_taken = Instant::now();
         loop {
             let progress = &self.consumer.progress;
@@ -328,11 +330,11 @@ impl Reader<'_> {
                 return Ok(());
             }
             // Not while reading its own pending list: claimed entries would be on it too.
-            if from == NEW && Instant::now() >= next_claim {
+            if from == NEW && next_claim.is_some_and(|at| Instant::now() >= at) {
                 if self.claim(input, &mut claim_from)? > 0 {
                     last_taken = Instant::now();
                 }
-                next_claim = Instant::now() + config.claim_every;
+                next_claim = Instant::now().checked_add(config.claim_every);
             }
             let started = Instant::now();
             let window = self.window();
@@ -379,7 +381,7 @@ impl Reader<'_> {
     fn read(&mut self, from: &str, count: usize) -> Result<Vec<RawEntry>, Error> {
         let config = &self.consumer.config;
         let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
-        let block = u64::try_from(config.block.as_millis()).unwrap_or(u64::MAX);
+        let block = millis(config.block);
         let to_ack = &self.to_ack;
         let started = Instant::now();
         let reply = self.consumer.redis.run("XREADGROUP", |c| {
@@ -433,7 +435,7 @@ impl Reader<'_> {
             }
             let config = &self.consumer.config;
             let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
-            let idle = u64::try_from(config.claim_idle.as_millis()).unwrap_or(u64::MAX);
+            let idle = millis(config.claim_idle);
             let count = window.min(config.batch);
             let from = cursor.clone();
             let started = Instant::now();

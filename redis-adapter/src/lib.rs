@@ -48,7 +48,9 @@ mod entry;
 mod error;
 mod writer;
 
-pub use config::{ConsumerConfig, DEFAULT_BATCH, DEFAULT_RECONNECT, WriterConfig};
+pub use config::{
+    ConsumerConfig, DEFAULT_BATCH, DEFAULT_RECONNECT, MAX_BATCH, MAX_DURATION, WriterConfig,
+};
 pub use consumer::{Consumer, ConsumerHandle, Summary};
 pub use entry::{Entry, Fields, Receipt};
 pub use error::Error;
