@@ -210,8 +210,11 @@ impl ConsumerConfig {
         self
     }
 
-    /// Delays between reconnect attempts after the connection is lost, and how many attempts
-    /// before giving up with [`Error::Connection`]; default [`DEFAULT_RECONNECT`].
+    /// Delays between attempts after the connection is lost, or while the server answers
+    /// that it cannot serve yet (`LOADING` after a restart, `BUSY`, `TRYAGAIN`, `MASTERDOWN`),
+    /// and how many attempts before giving up with [`Error::Connection`]; default
+    /// [`DEFAULT_RECONNECT`]. Make it last longer than the server takes to load its data
+    /// after a restart. The delays are slept as they are (a stop is noticed after them).
     ///
     /// # Examples
     ///
@@ -330,7 +333,8 @@ impl WriterConfig {
         self
     }
 
-    /// Delays between reconnect attempts, and how many before a batch fails; default
+    /// Delays between attempts after the connection is lost, or while the server answers
+    /// that it cannot serve yet, and how many before a batch fails; default
     /// [`DEFAULT_RECONNECT`].
     ///
     /// # Examples

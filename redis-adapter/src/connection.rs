@@ -12,6 +12,9 @@ use crate::entry::Fields;
 /// Room left on top of a blocking read before a silent server counts as a lost connection.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One Redis connection, opened on first use and opened again after it is lost.
 pub(crate) struct Reconnecting {
     client: Client,
@@ -30,10 +33,12 @@ impl Reconnecting {
         Self { client, connection: None, schedule, longest, reconnects: 0 }
     }
 
-    /// Runs `command` on the connection. When the connection is lost (or cannot be opened) it
-    /// is opened again after the schedule's delay and `command` runs again, until the schedule
-    /// runs out. A command that may have reached the server before the connection dropped
-    /// runs twice: every caller sends only commands for which that is harmless or handled.
+    /// Runs `command` on the connection. When the connection is lost (or cannot be opened),
+    /// or the server answers that it cannot serve yet ([`is_transient`]), `command` runs
+    /// again after the schedule's delay (on a new connection if it was lost), until the
+    /// schedule runs out. A command that may have reached the server before the connection
+    /// dropped runs twice: every caller sends only commands for which that is harmless or
+    /// handled.
     pub(crate) fn run<T>(
         &mut self,
         name: &'static str,
@@ -44,22 +49,27 @@ impl Reconnecting {
             let result = self.connection().and_then(&mut command);
             let error = match result {
                 Ok(value) => return Ok(value),
-                Err(error) if is_connection_loss(&error) => error,
+                Err(error) if is_connection_loss(&error) => {
+                    self.connection = None;
+                    error
+                }
+                Err(error) if is_transient(&error) => error,
                 Err(source) => return Err(Error::Command { command: name, source }),
             };
-            self.connection = None;
             attempt = attempt.saturating_add(1);
             let Some(delay) = self.schedule.delay(attempt) else {
                 return Err(Error::Connection { attempts: attempt, source: error });
             };
             thread::sleep(delay);
-            self.reconnects += 1;
+            if self.connection.is_none() {
+                self.reconnects += 1;
+            }
         }
     }
 
     fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
         if self.connection.is_none() {
-            let connection = self.client.get_connection_with_timeout(Duration::from_secs(5))?;
+            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
             connection.set_read_timeout(Some(self.longest.saturating_add(READ_MARGIN)))?;
             connection.set_write_timeout(Some(READ_MARGIN))?;
             self.connection = Some(connection);
@@ -74,6 +84,19 @@ fn is_connection_loss(error: &RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.is_unrecoverable_error()
+}
+
+/// Replies that say the server cannot serve now and will soon: it is loading its data after a
+/// restart, running a script past its time limit, or (in a cluster or behind a replica)
+/// between owners of the data.
+const TRANSIENT: [&str; 4] = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"];
+
+/// Whether the server answered every failed command of `error` (one command, or several in
+/// a pipeline) with a [`TRANSIENT`] reply.
+pub(crate) fn is_transient(error: &RedisError) -> bool {
+    error.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty() && errors.iter().all(|(_, error)| TRANSIENT.contains(&error.code()))
+    })
 }
 
 /// One entry as the server sent it: id, and fields (`None` for an entry deleted while pending).
@@ -200,5 +223,35 @@ mod tests {
             Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n")])])]),
         ])]);
         assert!(read_reply(field_without_value).is_err());
+    }
+    /// The error a reply line such as `-LOADING …` turns into.
+    fn server_error(line: &str) -> RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap() {
+            Value::ServerError(error) => error.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn loading_busy_tryagain_and_masterdown_are_transient_and_nothing_else_is() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        ] {
+            assert!(is_transient(&server_error(line)), "{line}");
+        }
+        for line in [
+            "ERR unknown command",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOGROUP No such key 's' or consumer group 'g'",
+            "BUSYGROUP Consumer Group name already exists",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert!(!is_transient(&server_error(line)), "{line}");
+        }
+        let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_transient(&lost) && is_connection_loss(&lost));
     }
 }

@@ -28,7 +28,9 @@ const START: &str = "0-0";
 /// than `claim_idle` are taken over with `XAUTOCLAIM`, at start and every `claim_every`.
 /// Each entry is acknowledged (`XACK`) after its [`Receipt`] is gone, that is after the entry
 /// has left the pipeline. A process that crashes leaves its entries pending, and another
-/// consumer takes them over: every entry is processed at least once.
+/// consumer takes them over: every entry is processed at least once. A lost connection, or
+/// a server that answers it cannot serve yet (`LOADING` while it loads its data after a
+/// restart, `BUSY`, `TRYAGAIN`, `MASTERDOWN`), is retried on the reconnect schedule.
 ///
 /// # Examples
 ///
@@ -193,8 +195,8 @@ impl Consumer {
     /// # Errors
     ///
     /// [`Error::Config`] for a bad setting; [`Error::Connection`] if the server cannot be
-    /// reached within the reconnect schedule; [`Error::Command`] if it refuses (the key is not
-    /// a stream).
+    /// reached, or cannot serve, within the reconnect schedule; [`Error::Command`] if it
+    /// refuses (the key is not a stream).
     ///
     /// # Examples
     ///
@@ -249,8 +251,9 @@ impl Consumer {
     ///
     /// # Errors
     ///
-    /// [`Error::Connection`] when the connection is lost for good (the pipeline is cancelled:
-    /// its entries stay pending); [`Error::Pipeline`] when the pipeline failed;
+    /// [`Error::Connection`] when the connection is lost for good, or the server stays
+    /// unable to serve past the reconnect schedule (the pipeline is cancelled: its entries
+    /// stay pending); [`Error::Pipeline`] when the pipeline failed;
     /// [`Error::Command`] or [`Error::Reply`] when the server refused a command or answered
     /// oddly.
     ///
