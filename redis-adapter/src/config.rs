@@ -46,6 +46,16 @@ pub const MAX_BATCH: usize = 1_000_000;
 /// ```
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// How many times an entry is handed out, and not acknowledged, before a consumer moves it
+/// to the dead-letter stream, when nothing else is said.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(backflow_redis::DEFAULT_MAX_DELIVERIES, 5);
+/// ```
+pub const DEFAULT_MAX_DELIVERIES: u64 = 5;
+
 /// The reconnect schedule when nothing else is said: 8 retries, 50 ms doubling to 2 s (about
 /// 6 s in all before giving up).
 ///
@@ -91,6 +101,8 @@ pub struct ConsumerConfig {
     pub(crate) max_pending: Option<usize>,
     pub(crate) reconnect: RetrySchedule,
     pub(crate) stop_when_idle: Option<Duration>,
+    pub(crate) max_deliveries: u64,
+    pub(crate) dead_letter_stream: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -122,6 +134,8 @@ impl ConsumerConfig {
             max_pending: None,
             reconnect: DEFAULT_RECONNECT,
             stop_when_idle: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            dead_letter_stream: None,
         }
     }
 
@@ -160,8 +174,11 @@ impl ConsumerConfig {
 
     /// How long an entry must have been pending, unacknowledged, before this consumer takes
     /// it over (`XAUTOCLAIM`) from whichever consumer had it: one that died, or one much
-    /// slower than this. Default 30 s, at most [`MAX_DURATION`]; set it well above the time
-    /// an entry takes through the pipeline, or live consumers' entries are processed twice.
+    /// slower than this. It is also how long an entry this consumer let go unacknowledged
+    /// (its stage panicked) waits before this consumer tries it again. Default 30 s, at most
+    /// [`MAX_DURATION`]; set it well above the time an entry takes through the pipeline, or
+    /// live consumers' entries are processed twice (and their deliveries counted twice
+    /// towards [`max_deliveries`](Self::max_deliveries)).
     ///
     /// # Examples
     ///
@@ -177,8 +194,8 @@ impl ConsumerConfig {
         self
     }
 
-    /// How often to look for entries to take over; default 5 s, at most [`MAX_DURATION`].
-    /// The first look is at start.
+    /// How often to look for entries to take over, or to try again; default 5 s, at most
+    /// [`MAX_DURATION`]. The first look is at start.
     ///
     /// # Examples
     ///
@@ -194,8 +211,10 @@ impl ConsumerConfig {
         self
     }
 
-    /// The most entries this consumer holds read and not yet acknowledged; it reads no more
-    /// until some are. Default: the first stage's queue capacity plus one batch.
+    /// The most entries this consumer holds unacknowledged: read or taken over and not yet
+    /// acknowledged, including those let go unacknowledged (a panic) that are still pending
+    /// under its name, waiting to be tried again. It reads no more until some are
+    /// acknowledged. Default: the first stage's queue capacity plus one batch.
     ///
     /// # Examples
     ///
@@ -235,6 +254,8 @@ impl ConsumerConfig {
     /// Stops by itself, draining the pipeline, once it has read and claimed nothing for
     /// `idle` (a batch job over what the stream holds); at most [`MAX_DURATION`]. Without it
     /// the consumer runs until [`ConsumerHandle::stop`](crate::ConsumerHandle::stop).
+    /// Entries waiting to be tried again when it stops stay pending (see
+    /// [`Summary::pending`](crate::Summary::pending)).
     ///
     /// # Examples
     ///
@@ -250,14 +271,67 @@ impl ConsumerConfig {
         self
     }
 
+    /// How many times an entry may be handed out without being acknowledged (default
+    /// [`DEFAULT_MAX_DELIVERIES`]). The count is the server's (`XPENDING`): every read and
+    /// every take-over counts, by any consumer of the group. An entry handed out more often
+    /// than this (it made its stage panic every time, or crashed every process that took it)
+    /// is not processed again: it goes to the [dead-letter stream](Self::dead_letter_stream)
+    /// and is acknowledged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").max_deliveries(3);
+    /// assert!(config.validate().is_ok());
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").max_deliveries(0);
+    /// assert!(config.validate().unwrap_err().to_string().contains("`max_deliveries`"));
+    /// ```
+    #[must_use]
+    pub fn max_deliveries(mut self, deliveries: u64) -> Self {
+        self.max_deliveries = deliveries;
+        self
+    }
+
+    /// The stream entries handed out more than [`max_deliveries`](Self::max_deliveries) times
+    /// go to; default `<stream>:dead`. Each dead letter holds the entry's fields after these:
+    /// `dead.id` (its id in the stream), `dead.stream`, `dead.group`, `dead.consumer` (the one
+    /// that gave up on it), `dead.deliveries` (times handed out and not acknowledged),
+    /// `dead.stage` and `dead.error` (the last failure this consumer saw: the stage, and
+    /// `panicked` or the error it was kept pending with; `unknown` when another process
+    /// failed it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let config = ConsumerConfig::new("redis://localhost/", "orders", "g", "c")
+    ///     .dead_letter_stream("orders:poison");
+    /// assert!(config.validate().is_ok());
+    /// let config = ConsumerConfig::new("redis://localhost/", "orders", "g", "c")
+    ///     .dead_letter_stream("orders");
+    /// assert!(config.validate().unwrap_err().to_string().contains("`dead_letter_stream`"));
+    /// ```
+    #[must_use]
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.dead_letter_stream = Some(stream.into());
+        self
+    }
+
+    /// The dead-letter stream's name: the one set, or `<stream>:dead`.
+    pub(crate) fn dead_letters(&self) -> String {
+        self.dead_letter_stream.clone().unwrap_or_else(|| format!("{}:dead", self.stream))
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL),
     /// `stream`, `group` or `consumer` (empty), `batch` (zero or over [`MAX_BATCH`]),
-    /// `max_pending` (zero), `block`, `claim_idle`, `claim_every` or `stop_when_idle` (under a
-    /// millisecond or over [`MAX_DURATION`]).
+    /// `max_pending` or `max_deliveries` (zero), `block`, `claim_idle`, `claim_every` or
+    /// `stop_when_idle` (under a millisecond or over [`MAX_DURATION`]),
+    /// `dead_letter_stream` (empty, or the stream read).
     ///
     /// # Examples
     ///
@@ -276,10 +350,18 @@ impl ConsumerConfig {
             return Err(invalid("batch", "at most MAX_BATCH (1 000 000)"));
         }
         positive("max_pending", self.max_pending.unwrap_or(1))?;
+        if self.max_deliveries == 0 {
+            return Err(invalid("max_deliveries", "at least 1"));
+        }
         duration("block", self.block)?;
         duration("claim_idle", self.claim_idle)?;
         duration("claim_every", self.claim_every)?;
         duration("stop_when_idle", self.stop_when_idle.unwrap_or(self.block))?;
+        let dead_letters = self.dead_letters();
+        not_empty("dead_letter_stream", &dead_letters)?;
+        if dead_letters == self.stream {
+            return Err(invalid("dead_letter_stream", "a stream other than the one read"));
+        }
         Ok(())
     }
 }

@@ -172,6 +172,65 @@ pub(crate) fn read_reply(value: Value) -> Result<Vec<RawEntry>, Error> {
     }
 }
 
+/// An `XCLAIM` reply: `[entry, …]`, where an entry deleted from the stream may be `nil` or
+/// `[id, nil]` (servers before 7 keep it pending; later ones drop it and leave it out).
+pub(crate) fn claimed_reply(value: Value) -> Result<Vec<RawEntry>, Error> {
+    const COMMAND: &str = "XCLAIM";
+    let entries = array(value, COMMAND)?.into_iter().filter(|entry| *entry != Value::Nil);
+    entries.map(|e| entry(e, COMMAND)).collect()
+}
+
+/// What `XPENDING <stream> <group> <id> <id> 1` says of one entry: who holds it, how long
+/// since it was last handed out, and how many times it was; `None` if it is not pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) consumer: String,
+    pub(crate) idle: Duration,
+    pub(crate) deliveries: u64,
+}
+
+/// An `XPENDING` reply for one entry: `[]`, or `[[id, consumer, idle ms, deliveries]]`.
+pub(crate) fn pending_reply(value: Value) -> Result<Option<Pending>, Error> {
+    const COMMAND: &str = "XPENDING";
+    let Some(first) = array(value, COMMAND)?.into_iter().next() else { return Ok(None) };
+    let mut parts = array(first, COMMAND)?.into_iter();
+    let (Some(_id), Some(consumer), Some(idle), Some(deliveries)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(unexpected(COMMAND, "an entry that is not [id, consumer, idle, deliveries]"));
+    };
+    let number = |value: Value| match value {
+        Value::Int(n) => u64::try_from(n).map_err(|_| unexpected(COMMAND, "a negative count")),
+        other => Err(unexpected(COMMAND, format!("expected a number, got {other:?}"))),
+    };
+    Ok(Some(Pending {
+        consumer: text(consumer, COMMAND)?,
+        idle: Duration::from_millis(number(idle)?),
+        deliveries: number(deliveries)?,
+    }))
+}
+
+/// An `XPENDING <stream> <group>` reply: `[count, first id, last id, [[consumer, count], …]]`;
+/// how many entries `consumer` holds.
+pub(crate) fn pending_of(value: Value, consumer: &str) -> Result<u64, Error> {
+    const COMMAND: &str = "XPENDING";
+    let consumers = array(value, COMMAND)?.into_iter().nth(3).unwrap_or(Value::Nil);
+    if consumers == Value::Nil {
+        return Ok(0);
+    }
+    for pair in array(consumers, COMMAND)? {
+        let mut parts = array(pair, COMMAND)?.into_iter();
+        let (Some(name), Some(count)) = (parts.next(), parts.next()) else {
+            return Err(unexpected(COMMAND, "a consumer without a count"));
+        };
+        if text(name, COMMAND)? == consumer {
+            let count = text(count, COMMAND)?;
+            return count.parse().map_err(|_| unexpected(COMMAND, format!("a count {count:?}")));
+        }
+    }
+    Ok(0)
+}
+
 /// An `XAUTOCLAIM` reply: `[next cursor, [entry, …], [deleted id, …]]`; the cursor and the
 /// entries (deleted ones are dropped from the pending list by the server).
 pub(crate) fn claim_reply(value: Value) -> Result<(String, Vec<RawEntry>), Error> {
@@ -224,6 +283,7 @@ mod tests {
         ])]);
         assert!(read_reply(field_without_value).is_err());
     }
+
     /// The error a reply line such as `-LOADING …` turns into.
     fn server_error(line: &str) -> RedisError {
         match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap() {
@@ -253,5 +313,48 @@ mod tests {
         }
         let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!is_transient(&lost) && is_connection_loss(&lost));
+    }
+
+    #[test]
+    fn parses_pending_replies() {
+        let one = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            bulk("c"),
+            Value::Int(1500),
+            Value::Int(4),
+        ])]);
+        let pending =
+            Pending { consumer: "c".into(), idle: Duration::from_millis(1500), deliveries: 4 };
+        assert_eq!(pending_reply(one).unwrap(), Some(pending));
+        assert_eq!(pending_reply(Value::Array(Vec::new())).unwrap(), None);
+        let short = Value::Array(vec![Value::Array(vec![bulk("1-0"), bulk("c")])]);
+        assert!(pending_reply(short).is_err());
+
+        let summary = Value::Array(vec![
+            Value::Int(5),
+            bulk("1-0"),
+            bulk("9-0"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("a"), bulk("2")]),
+                Value::Array(vec![bulk("c"), bulk("3")]),
+            ]),
+        ]);
+        assert_eq!(pending_of(summary.clone(), "c").unwrap(), 3);
+        assert_eq!(pending_of(summary, "b").unwrap(), 0);
+        let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert_eq!(pending_of(none, "c").unwrap(), 0);
+    }
+
+    #[test]
+    fn parses_a_claimed_reply_with_deleted_entries() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n"), bulk("1")])]),
+            Value::Nil,
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+        ]);
+        let entries = claimed_reply(reply).unwrap();
+        assert_eq!(entries[0], ("1-0".to_string(), Some(vec![("n".to_string(), b"1".to_vec())])));
+        assert_eq!(entries[1], ("2-0".to_string(), None));
+        assert_eq!(entries.len(), 2);
     }
 }

@@ -367,6 +367,9 @@ fn bad_settings_are_config_errors_naming_the_field() {
         (valid().claim_idle(Duration::from_micros(10)), "claim_idle"),
         (valid().claim_every(Duration::ZERO), "claim_every"),
         (valid().stop_when_idle(Duration::ZERO), "stop_when_idle"),
+        (valid().max_deliveries(0), "max_deliveries"),
+        (valid().dead_letter_stream(""), "dead_letter_stream"),
+        (valid().dead_letter_stream("s"), "dead_letter_stream"),
     ];
     for (config, field) in cases {
         match Consumer::connect(config) {
@@ -451,6 +454,7 @@ fn the_largest_accepted_settings_run() {
         .claim_every(year)
         .reconnect(forever)
         .stop_when_idle(Duration::from_millis(200));
+    let settings = settings.max_deliveries(u64::MAX);
     let summary = Consumer::connect(settings).unwrap().run(pipeline).unwrap();
     assert_eq!((summary.read, summary.acknowledged), (TOTAL, TOTAL));
     assert_eq!(server.entries(&output).len() as u64, TOTAL);
