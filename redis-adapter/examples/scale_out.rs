@@ -163,13 +163,16 @@ fn consume(args: &Args) -> Result<(), BoxError> {
     let report = &summary.report;
     eprintln!("{report}");
     println!(
-        "summary: consumer={} read={} claimed={} acknowledged={} released={} reconnects={} \
-         delivered={} elapsed_ms={} reading_ms={} waiting_ms={} pushing_ms={} balanced={}",
+        "summary: consumer={} read={} claimed={} acknowledged={} released={} dead_lettered={} \
+         pending={} reconnects={} delivered={} elapsed_ms={} reading_ms={} waiting_ms={} \
+         pushing_ms={} balanced={}",
         args.consumer,
         summary.read,
         summary.claimed,
         summary.acknowledged,
         summary.released,
+        summary.dead_lettered,
+        summary.pending,
         summary.reconnects,
         report.sink().delivered,
         started.elapsed().as_millis(),

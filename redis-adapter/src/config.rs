@@ -15,6 +15,47 @@ use crate::Error;
 /// ```
 pub const DEFAULT_BATCH: usize = 128;
 
+/// The most entries [`ConsumerConfig::batch`] accepts. The server sets memory aside for the
+/// whole count of each `XAUTOCLAIM` before it looks for entries, and a read this large is
+/// already far past the size that makes round trips cheap.
+///
+/// # Examples
+///
+/// ```
+/// use backflow_redis::{ConsumerConfig, MAX_BATCH};
+///
+/// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c");
+/// assert!(config.clone().batch(MAX_BATCH).validate().is_ok());
+/// assert!(config.batch(MAX_BATCH + 1).validate().is_err());
+/// ```
+pub const MAX_BATCH: usize = 1_000_000;
+
+/// The longest any duration setting may be: 365 days. Longer waits are of no use, and this
+/// keeps every deadline within what the clock and the server (milliseconds in a signed
+/// 64-bit count) take.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use backflow_redis::{ConsumerConfig, MAX_DURATION};
+///
+/// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c");
+/// assert!(config.clone().claim_idle(MAX_DURATION).validate().is_ok());
+/// assert!(config.claim_idle(Duration::MAX).validate().is_err());
+/// ```
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How many times an entry is handed out, and not acknowledged, before a consumer moves it
+/// to the dead-letter stream, when nothing else is said.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(backflow_redis::DEFAULT_MAX_DELIVERIES, 5);
+/// ```
+pub const DEFAULT_MAX_DELIVERIES: u64 = 5;
+
 /// The reconnect schedule when nothing else is said: 8 retries, 50 ms doubling to 2 s (about
 /// 6 s in all before giving up).
 ///
@@ -60,6 +101,8 @@ pub struct ConsumerConfig {
     pub(crate) max_pending: Option<usize>,
     pub(crate) reconnect: RetrySchedule,
     pub(crate) stop_when_idle: Option<Duration>,
+    pub(crate) max_deliveries: u64,
+    pub(crate) dead_letter_stream: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -91,10 +134,12 @@ impl ConsumerConfig {
             max_pending: None,
             reconnect: DEFAULT_RECONNECT,
             stop_when_idle: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            dead_letter_stream: None,
         }
     }
 
-    /// Entries asked for per read (`COUNT`); default [`DEFAULT_BATCH`].
+    /// Entries asked for per read (`COUNT`), at most [`MAX_BATCH`]; default [`DEFAULT_BATCH`].
     ///
     /// # Examples
     ///
@@ -109,8 +154,9 @@ impl ConsumerConfig {
         self
     }
 
-    /// How long one read waits on the server for new entries (`BLOCK`); default 100 ms. The
-    /// consumer checks for a stop, and sends acknowledgements, at least this often.
+    /// How long one read waits on the server for new entries (`BLOCK`); default 100 ms, at
+    /// most [`MAX_DURATION`]. The consumer checks for a stop, and sends acknowledgements, at
+    /// least this often.
     ///
     /// # Examples
     ///
@@ -128,8 +174,11 @@ impl ConsumerConfig {
 
     /// How long an entry must have been pending, unacknowledged, before this consumer takes
     /// it over (`XAUTOCLAIM`) from whichever consumer had it: one that died, or one much
-    /// slower than this. Default 30 s; set it well above the time an entry takes through the
-    /// pipeline, or live consumers' entries are processed twice.
+    /// slower than this. It is also how long an entry this consumer let go unacknowledged
+    /// (its stage panicked) waits before this consumer tries it again. Default 30 s, at most
+    /// [`MAX_DURATION`]; set it well above the time an entry takes through the pipeline, or
+    /// live consumers' entries are processed twice (and their deliveries counted twice
+    /// towards [`max_deliveries`](Self::max_deliveries)).
     ///
     /// # Examples
     ///
@@ -145,7 +194,8 @@ impl ConsumerConfig {
         self
     }
 
-    /// How often to look for entries to take over; default 5 s. The first look is at start.
+    /// How often to look for entries to take over, or to try again; default 5 s, at most
+    /// [`MAX_DURATION`]. The first look is at start.
     ///
     /// # Examples
     ///
@@ -161,8 +211,10 @@ impl ConsumerConfig {
         self
     }
 
-    /// The most entries this consumer holds read and not yet acknowledged; it reads no more
-    /// until some are. Default: the first stage's queue capacity plus one batch.
+    /// The most entries this consumer holds unacknowledged: read or taken over and not yet
+    /// acknowledged, including those let go unacknowledged (a panic) that are still pending
+    /// under its name, waiting to be tried again. It reads no more until some are
+    /// acknowledged. Default: the first stage's queue capacity plus one batch.
     ///
     /// # Examples
     ///
@@ -177,8 +229,11 @@ impl ConsumerConfig {
         self
     }
 
-    /// Delays between reconnect attempts after the connection is lost, and how many attempts
-    /// before giving up with [`Error::Connection`]; default [`DEFAULT_RECONNECT`].
+    /// Delays between attempts after the connection is lost, or while the server answers
+    /// that it cannot serve yet (`LOADING` after a restart, `BUSY`, `TRYAGAIN`, `MASTERDOWN`),
+    /// and how many attempts before giving up with [`Error::Connection`]; default
+    /// [`DEFAULT_RECONNECT`]. Make it last longer than the server takes to load its data
+    /// after a restart. The delays are slept as they are (a stop is noticed after them).
     ///
     /// # Examples
     ///
@@ -197,8 +252,10 @@ impl ConsumerConfig {
     }
 
     /// Stops by itself, draining the pipeline, once it has read and claimed nothing for
-    /// `idle` (a batch job over what the stream holds). Without it the consumer runs until
-    /// [`ConsumerHandle::stop`](crate::ConsumerHandle::stop).
+    /// `idle` (a batch job over what the stream holds); at most [`MAX_DURATION`]. Without it
+    /// the consumer runs until [`ConsumerHandle::stop`](crate::ConsumerHandle::stop).
+    /// Entries waiting to be tried again when it stops stay pending (see
+    /// [`Summary::pending`](crate::Summary::pending)).
     ///
     /// # Examples
     ///
@@ -214,13 +271,67 @@ impl ConsumerConfig {
         self
     }
 
+    /// How many times an entry may be handed out without being acknowledged (default
+    /// [`DEFAULT_MAX_DELIVERIES`]). The count is the server's (`XPENDING`): every read and
+    /// every take-over counts, by any consumer of the group. An entry handed out more often
+    /// than this (it made its stage panic every time, or crashed every process that took it)
+    /// is not processed again: it goes to the [dead-letter stream](Self::dead_letter_stream)
+    /// and is acknowledged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").max_deliveries(3);
+    /// assert!(config.validate().is_ok());
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").max_deliveries(0);
+    /// assert!(config.validate().unwrap_err().to_string().contains("`max_deliveries`"));
+    /// ```
+    #[must_use]
+    pub fn max_deliveries(mut self, deliveries: u64) -> Self {
+        self.max_deliveries = deliveries;
+        self
+    }
+
+    /// The stream entries handed out more than [`max_deliveries`](Self::max_deliveries) times
+    /// go to; default `<stream>:dead`. Each dead letter holds the entry's fields after these:
+    /// `dead.id` (its id in the stream), `dead.stream`, `dead.group`, `dead.consumer` (the one
+    /// that gave up on it), `dead.deliveries` (times handed out and not acknowledged),
+    /// `dead.stage` and `dead.error` (the last failure this consumer saw: the stage, and
+    /// `panicked` or the error it was kept pending with; `unknown` when another process
+    /// failed it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let config = ConsumerConfig::new("redis://localhost/", "orders", "g", "c")
+    ///     .dead_letter_stream("orders:poison");
+    /// assert!(config.validate().is_ok());
+    /// let config = ConsumerConfig::new("redis://localhost/", "orders", "g", "c")
+    ///     .dead_letter_stream("orders");
+    /// assert!(config.validate().unwrap_err().to_string().contains("`dead_letter_stream`"));
+    /// ```
+    #[must_use]
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.dead_letter_stream = Some(stream.into());
+        self
+    }
+
+    /// The dead-letter stream's name: the one set, or `<stream>:dead`.
+    pub(crate) fn dead_letters(&self) -> String {
+        self.dead_letter_stream.clone().unwrap_or_else(|| format!("{}:dead", self.stream))
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL),
-    /// `stream`, `group` or `consumer` (empty), `batch`, `max_pending` (zero), `block`,
-    /// `claim_idle`, `claim_every` or `stop_when_idle` (under a millisecond).
+    /// `stream`, `group` or `consumer` (empty), `batch` (zero or over [`MAX_BATCH`]),
+    /// `max_pending` or `max_deliveries` (zero), `block`, `claim_idle`, `claim_every` or
+    /// `stop_when_idle` (under a millisecond or over [`MAX_DURATION`]),
+    /// `dead_letter_stream` (empty, or the stream read).
     ///
     /// # Examples
     ///
@@ -235,11 +346,22 @@ impl ConsumerConfig {
         not_empty("group", &self.group)?;
         not_empty("consumer", &self.consumer)?;
         positive("batch", self.batch)?;
+        if self.batch > MAX_BATCH {
+            return Err(invalid("batch", "at most MAX_BATCH (1 000 000)"));
+        }
         positive("max_pending", self.max_pending.unwrap_or(1))?;
-        at_least_a_millisecond("block", self.block)?;
-        at_least_a_millisecond("claim_idle", self.claim_idle)?;
-        at_least_a_millisecond("claim_every", self.claim_every)?;
-        at_least_a_millisecond("stop_when_idle", self.stop_when_idle.unwrap_or(self.block))?;
+        if self.max_deliveries == 0 {
+            return Err(invalid("max_deliveries", "at least 1"));
+        }
+        duration("block", self.block)?;
+        duration("claim_idle", self.claim_idle)?;
+        duration("claim_every", self.claim_every)?;
+        duration("stop_when_idle", self.stop_when_idle.unwrap_or(self.block))?;
+        let dead_letters = self.dead_letters();
+        not_empty("dead_letter_stream", &dead_letters)?;
+        if dead_letters == self.stream {
+            return Err(invalid("dead_letter_stream", "a stream other than the one read"));
+        }
         Ok(())
     }
 }
@@ -277,7 +399,8 @@ impl WriterConfig {
     }
 
     /// Trims the stream to about `entries` as it grows (`MAXLEN ~`: the server trims whole
-    /// nodes, so the length may be somewhat above). Default: no trimming.
+    /// nodes, so the length may be somewhat above); at most `i64::MAX`, the server's largest
+    /// count. Default: no trimming.
     ///
     /// # Examples
     ///
@@ -292,7 +415,8 @@ impl WriterConfig {
         self
     }
 
-    /// Delays between reconnect attempts, and how many before a batch fails; default
+    /// Delays between attempts after the connection is lost, or while the server answers
+    /// that it cannot serve yet, and how many before a batch fails; default
     /// [`DEFAULT_RECONNECT`].
     ///
     /// # Examples
@@ -315,7 +439,7 @@ impl WriterConfig {
     /// # Errors
     ///
     /// [`Error::Config`] naming the field: `url` (not a Redis URL), `stream` (empty),
-    /// `max_len` (zero).
+    /// `max_len` (zero, or over `i64::MAX`).
     ///
     /// # Examples
     ///
@@ -328,6 +452,9 @@ impl WriterConfig {
         check_url(&self.url)?;
         not_empty("stream", &self.stream)?;
         positive("max_len", self.max_len.unwrap_or(1))?;
+        if self.max_len.is_some_and(|entries| i64::try_from(entries).is_err()) {
+            return Err(invalid("max_len", "at most i64::MAX"));
+        }
         Ok(())
     }
 }
@@ -353,6 +480,15 @@ fn positive(field: &'static str, value: usize) -> Result<(), Error> {
     if value == 0 { Err(invalid(field, "at least 1")) } else { Ok(()) }
 }
 
-fn at_least_a_millisecond(field: &'static str, value: Duration) -> Result<(), Error> {
-    if value < Duration::from_millis(1) { Err(invalid(field, "at least 1 ms")) } else { Ok(()) }
+fn duration(field: &'static str, value: Duration) -> Result<(), Error> {
+    if value < Duration::from_millis(1) || value > MAX_DURATION {
+        Err(invalid(field, "at least 1 ms and at most MAX_DURATION (365 days)"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `duration` in whole milliseconds, as the server takes it (validated settings always fit).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

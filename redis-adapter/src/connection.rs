@@ -12,6 +12,9 @@ use crate::entry::Fields;
 /// Room left on top of a blocking read before a silent server counts as a lost connection.
 const READ_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One Redis connection, opened on first use and opened again after it is lost.
 pub(crate) struct Reconnecting {
     client: Client,
@@ -30,37 +33,44 @@ impl Reconnecting {
         Self { client, connection: None, schedule, longest, reconnects: 0 }
     }
 
-    /// Runs `command` on the connection. When the connection is lost (or cannot be opened) it
-    /// is opened again after the schedule's delay and `command` runs again, until the schedule
-    /// runs out. A command that may have reached the server before the connection dropped
-    /// runs twice: every caller sends only commands for which that is harmless or handled.
+    /// Runs `command` on the connection. When the connection is lost (or cannot be opened),
+    /// or the server answers that it cannot serve yet ([`is_transient`]), `command` runs
+    /// again after the schedule's delay (on a new connection if it was lost), until the
+    /// schedule runs out. A command that may have reached the server before the connection
+    /// dropped runs twice: every caller sends only commands for which that is harmless or
+    /// handled.
     pub(crate) fn run<T>(
         &mut self,
         name: &'static str,
         mut command: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             let result = self.connection().and_then(&mut command);
             let error = match result {
                 Ok(value) => return Ok(value),
-                Err(error) if is_connection_loss(&error) => error,
+                Err(error) if is_connection_loss(&error) => {
+                    self.connection = None;
+                    error
+                }
+                Err(error) if is_transient(&error) => error,
                 Err(source) => return Err(Error::Command { command: name, source }),
             };
-            self.connection = None;
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             let Some(delay) = self.schedule.delay(attempt) else {
                 return Err(Error::Connection { attempts: attempt, source: error });
             };
             thread::sleep(delay);
-            self.reconnects += 1;
+            if self.connection.is_none() {
+                self.reconnects += 1;
+            }
         }
     }
 
     fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
         if self.connection.is_none() {
-            let connection = self.client.get_connection_with_timeout(Duration::from_secs(5))?;
-            connection.set_read_timeout(Some(self.longest + READ_MARGIN))?;
+            let connection = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            connection.set_read_timeout(Some(self.longest.saturating_add(READ_MARGIN)))?;
             connection.set_write_timeout(Some(READ_MARGIN))?;
             self.connection = Some(connection);
         }
@@ -74,6 +84,19 @@ fn is_connection_loss(error: &RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.is_unrecoverable_error()
+}
+
+/// Replies that say the server cannot serve now and will soon: it is loading its data after a
+/// restart, running a script past its time limit, or (in a cluster or behind a replica)
+/// between owners of the data.
+const TRANSIENT: [&str; 4] = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"];
+
+/// Whether the server answered every failed command of `error` (one command, or several in
+/// a pipeline) with a [`TRANSIENT`] reply.
+pub(crate) fn is_transient(error: &RedisError) -> bool {
+    error.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty() && errors.iter().all(|(_, error)| TRANSIENT.contains(&error.code()))
+    })
 }
 
 /// One entry as the server sent it: id, and fields (`None` for an entry deleted while pending).
@@ -149,6 +172,65 @@ pub(crate) fn read_reply(value: Value) -> Result<Vec<RawEntry>, Error> {
     }
 }
 
+/// An `XCLAIM` reply: `[entry, …]`, where an entry deleted from the stream may be `nil` or
+/// `[id, nil]` (servers before 7 keep it pending; later ones drop it and leave it out).
+pub(crate) fn claimed_reply(value: Value) -> Result<Vec<RawEntry>, Error> {
+    const COMMAND: &str = "XCLAIM";
+    let entries = array(value, COMMAND)?.into_iter().filter(|entry| *entry != Value::Nil);
+    entries.map(|e| entry(e, COMMAND)).collect()
+}
+
+/// What `XPENDING <stream> <group> <id> <id> 1` says of one entry: who holds it, how long
+/// since it was last handed out, and how many times it was; `None` if it is not pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) consumer: String,
+    pub(crate) idle: Duration,
+    pub(crate) deliveries: u64,
+}
+
+/// An `XPENDING` reply for one entry: `[]`, or `[[id, consumer, idle ms, deliveries]]`.
+pub(crate) fn pending_reply(value: Value) -> Result<Option<Pending>, Error> {
+    const COMMAND: &str = "XPENDING";
+    let Some(first) = array(value, COMMAND)?.into_iter().next() else { return Ok(None) };
+    let mut parts = array(first, COMMAND)?.into_iter();
+    let (Some(_id), Some(consumer), Some(idle), Some(deliveries)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(unexpected(COMMAND, "an entry that is not [id, consumer, idle, deliveries]"));
+    };
+    let number = |value: Value| match value {
+        Value::Int(n) => u64::try_from(n).map_err(|_| unexpected(COMMAND, "a negative count")),
+        other => Err(unexpected(COMMAND, format!("expected a number, got {other:?}"))),
+    };
+    Ok(Some(Pending {
+        consumer: text(consumer, COMMAND)?,
+        idle: Duration::from_millis(number(idle)?),
+        deliveries: number(deliveries)?,
+    }))
+}
+
+/// An `XPENDING <stream> <group>` reply: `[count, first id, last id, [[consumer, count], …]]`;
+/// how many entries `consumer` holds.
+pub(crate) fn pending_of(value: Value, consumer: &str) -> Result<u64, Error> {
+    const COMMAND: &str = "XPENDING";
+    let consumers = array(value, COMMAND)?.into_iter().nth(3).unwrap_or(Value::Nil);
+    if consumers == Value::Nil {
+        return Ok(0);
+    }
+    for pair in array(consumers, COMMAND)? {
+        let mut parts = array(pair, COMMAND)?.into_iter();
+        let (Some(name), Some(count)) = (parts.next(), parts.next()) else {
+            return Err(unexpected(COMMAND, "a consumer without a count"));
+        };
+        if text(name, COMMAND)? == consumer {
+            let count = text(count, COMMAND)?;
+            return count.parse().map_err(|_| unexpected(COMMAND, format!("a count {count:?}")));
+        }
+    }
+    Ok(0)
+}
+
 /// An `XAUTOCLAIM` reply: `[next cursor, [entry, …], [deleted id, …]]`; the cursor and the
 /// entries (deleted ones are dropped from the pending list by the server).
 pub(crate) fn claim_reply(value: Value) -> Result<(String, Vec<RawEntry>), Error> {
@@ -200,5 +282,79 @@ mod tests {
             Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n")])])]),
         ])]);
         assert!(read_reply(field_without_value).is_err());
+    }
+
+    /// The error a reply line such as `-LOADING …` turns into.
+    fn server_error(line: &str) -> RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap() {
+            Value::ServerError(error) => error.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn loading_busy_tryagain_and_masterdown_are_transient_and_nothing_else_is() {
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        ] {
+            assert!(is_transient(&server_error(line)), "{line}");
+        }
+        for line in [
+            "ERR unknown command",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOGROUP No such key 's' or consumer group 'g'",
+            "BUSYGROUP Consumer Group name already exists",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert!(!is_transient(&server_error(line)), "{line}");
+        }
+        let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_transient(&lost) && is_connection_loss(&lost));
+    }
+
+    #[test]
+    fn parses_pending_replies() {
+        let one = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            bulk("c"),
+            Value::Int(1500),
+            Value::Int(4),
+        ])]);
+        let pending =
+            Pending { consumer: "c".into(), idle: Duration::from_millis(1500), deliveries: 4 };
+        assert_eq!(pending_reply(one).unwrap(), Some(pending));
+        assert_eq!(pending_reply(Value::Array(Vec::new())).unwrap(), None);
+        let short = Value::Array(vec![Value::Array(vec![bulk("1-0"), bulk("c")])]);
+        assert!(pending_reply(short).is_err());
+
+        let summary = Value::Array(vec![
+            Value::Int(5),
+            bulk("1-0"),
+            bulk("9-0"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("a"), bulk("2")]),
+                Value::Array(vec![bulk("c"), bulk("3")]),
+            ]),
+        ]);
+        assert_eq!(pending_of(summary.clone(), "c").unwrap(), 3);
+        assert_eq!(pending_of(summary, "b").unwrap(), 0);
+        let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert_eq!(pending_of(none, "c").unwrap(), 0);
+    }
+
+    #[test]
+    fn parses_a_claimed_reply_with_deleted_entries() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("n"), bulk("1")])]),
+            Value::Nil,
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+        ]);
+        let entries = claimed_reply(reply).unwrap();
+        assert_eq!(entries[0], ("1-0".to_string(), Some(vec![("n".to_string(), b"1".to_vec())])));
+        assert_eq!(entries[1], ("2-0".to_string(), None));
+        assert_eq!(entries.len(), 2);
     }
 }

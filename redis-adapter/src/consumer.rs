@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use backflow::{Input, Pipeline, PushError, Report};
 use redis::Value;
 
-use crate::config::client;
-use crate::connection::{RawEntry, Reconnecting, claim_reply, read_reply};
-use crate::entry::{Entry, Ledger, Receipt};
+use crate::config::{client, millis};
+use crate::connection::{
+    Pending, RawEntry, Reconnecting, claim_reply, claimed_reply, pending_of, pending_reply,
+    read_reply,
+};
+use crate::entry::{Entry, Failure, Fields, Ledger, Receipt};
 use crate::{ConsumerConfig, Error};
 
 /// The id `XREADGROUP` takes for "entries never delivered to anyone".
@@ -29,6 +32,13 @@ const START: &str = "0-0";
 /// Each entry is acknowledged (`XACK`) after its [`Receipt`] is gone, that is after the entry
 /// has left the pipeline. A process that crashes leaves its entries pending, and another
 /// consumer takes them over: every entry is processed at least once.
+///
+/// An entry whose stage panicked stays pending too, and this consumer tries it again
+/// (`XCLAIM`) once it has been idle for `claim_idle`. An entry handed out more than
+/// `max_deliveries` times goes to the dead-letter stream instead, and is acknowledged. A
+/// lost connection, or a server that answers it cannot serve yet (`LOADING` while it loads
+/// its data after a restart, `BUSY`, `TRYAGAIN`, `MASTERDOWN`), is retried on the reconnect
+/// schedule.
 ///
 /// # Examples
 ///
@@ -69,6 +79,7 @@ struct Progress {
     read: AtomicU64,
     claimed: AtomicU64,
     acknowledged: AtomicU64,
+    dead_lettered: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -119,7 +130,8 @@ impl ConsumerHandle {
         self.progress.read.load(Ordering::Relaxed)
     }
 
-    /// Entries taken over from other consumers, or left pending by an earlier run of this one.
+    /// Entries taken over from other consumers, taken back to be tried again, or left pending
+    /// by an earlier run of this one; each time.
     ///
     /// # Examples
     ///
@@ -144,6 +156,20 @@ impl ConsumerHandle {
     pub fn acknowledged(&self) -> u64 {
         self.progress.acknowledged.load(Ordering::Relaxed)
     }
+
+    /// Entries moved to the dead-letter stream so far (and acknowledged: they are counted in
+    /// [`acknowledged`](Self::acknowledged) too).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # let consumer = backflow_redis::Consumer::connect(backflow_redis::ConsumerConfig::new("redis://127.0.0.1/", "s", "g", "c"))?;
+    /// assert_eq!(consumer.handle().dead_lettered(), 0);
+    /// # Ok::<(), backflow_redis::Error>(())
+    /// ```
+    pub fn dead_lettered(&self) -> u64 {
+        self.progress.dead_lettered.load(Ordering::Relaxed)
+    }
 }
 
 /// How a [`Consumer::run`] went.
@@ -156,7 +182,8 @@ impl ConsumerHandle {
 /// # let pipeline = Pipeline::<Entry>::builder().stage("id", || |e: Entry| e).sink(|_| {}).build()?;
 /// # let consumer = Consumer::connect(ConsumerConfig::new("redis://127.0.0.1/", "s", "g", "c"))?;
 /// let summary = consumer.run(pipeline)?;
-/// assert!(summary.acknowledged <= summary.read + summary.claimed);
+/// assert_eq!(summary.read + summary.claimed, summary.acknowledged + summary.released);
+/// println!("{} dead-lettered, {} left pending", summary.dead_lettered, summary.pending);
 /// println!("{}", summary.report);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -167,13 +194,23 @@ pub struct Summary {
     pub report: Report,
     /// New entries read (`XREADGROUP >`).
     pub read: u64,
-    /// Entries taken over (`XAUTOCLAIM`), or read back from this consumer's own pending list.
+    /// Entries taken over (`XAUTOCLAIM`), taken back to be tried again (`XCLAIM`), or read
+    /// back from this consumer's own pending list; each time.
     pub claimed: u64,
-    /// Entries acknowledged.
+    /// Entries acknowledged, those moved to the dead-letter stream included. Once every
+    /// receipt is gone, `read + claimed == acknowledged + released`.
     pub acknowledged: u64,
-    /// Entries let go without acknowledgement (abandoned, panicked on, or kept pending):
-    /// still pending in the group, to be claimed again.
+    /// Entries moved to the dead-letter stream (handed out more than `max_deliveries` times)
+    /// and acknowledged.
+    pub dead_lettered: u64,
+    /// Times an entry was let go without acknowledgement (abandoned, panicked on, or kept
+    /// pending): it stayed pending in the group, to be taken again.
     pub released: u64,
+    /// Entries left pending under this consumer's name when the run ended, as the server
+    /// counts them: let go and not yet tried again, or handed back by the stop. Another
+    /// consumer takes them over after `claim_idle`, or the next run under this name reads
+    /// them first.
+    pub pending: u64,
     /// Connections opened again after a loss.
     pub reconnects: u64,
     /// Time spent in round trips to the server that read or claimed (including the time the
@@ -193,8 +230,8 @@ impl Consumer {
     /// # Errors
     ///
     /// [`Error::Config`] for a bad setting; [`Error::Connection`] if the server cannot be
-    /// reached within the reconnect schedule; [`Error::Command`] if it refuses (the key is not
-    /// a stream).
+    /// reached, or cannot serve, within the reconnect schedule; [`Error::Command`] if it
+    /// refuses (the key is not a stream).
     ///
     /// # Examples
     ///
@@ -245,12 +282,13 @@ impl Consumer {
 
     /// Feeds `pipeline` from the stream until [`ConsumerHandle::stop`], the configured idle
     /// time, or the pipeline stops; then drains the pipeline, acknowledges what left it, and
-    /// returns the summary.
+    /// returns the summary (with how many entries it leaves pending).
     ///
     /// # Errors
     ///
-    /// [`Error::Connection`] when the connection is lost for good (the pipeline is cancelled:
-    /// its entries stay pending); [`Error::Pipeline`] when the pipeline failed;
+    /// [`Error::Connection`] when the connection is lost for good, or the server stays
+    /// unable to serve past the reconnect schedule (the pipeline is cancelled: its entries
+    /// stay pending); [`Error::Pipeline`] when the pipeline failed;
     /// [`Error::Command`] or [`Error::Reply`] when the server refused a command or answered
     /// oddly.
     ///
@@ -260,7 +298,8 @@ impl Consumer {
     pub fn run(mut self, pipeline: Pipeline<Entry>) -> Result<Summary, Error> {
         self.ledger.watch(pipeline.watch());
         let input = pipeline.input();
-        let max_pending = self.config.max_pending.unwrap_or(input.room() + self.config.batch);
+        let max_pending =
+            self.config.max_pending.unwrap_or(input.room().saturating_add(self.config.batch));
         let mut reader = Reader {
             consumer: &mut self,
             max_pending,
@@ -282,6 +321,7 @@ impl Consumer {
         fed?;
         let report = drained?;
         acked?;
+        let pending = reader.left_pending()?;
         let (reading, waiting, pushing) = (reader.reading, reader.waiting, reader.pushing);
         let progress = &self.progress;
         Ok(Summary {
@@ -289,7 +329,9 @@ impl Consumer {
             read: progress.read.load(Ordering::Relaxed),
             claimed: progress.claimed.load(Ordering::Relaxed),
             acknowledged: progress.acknowledged.load(Ordering::Relaxed),
+            dead_lettered: progress.dead_lettered.load(Ordering::Relaxed),
             released: self.ledger.released(),
+            pending,
             reconnects: self.redis.reconnects,
             reading,
             waiting,
@@ -317,7 +359,8 @@ impl Reader<'_> {
         // then other consumers' idle ones and new ones.
         let mut from = START.to_string();
         let mut claim_from = START.to_string();
-        let mut next_claim = Instant::now();
+        // `None`: not again (a period past what the clock can count).
+        let mut next_claim = Some(Instant::now());
         let mut last_taken = Instant::now();
         loop {
             let progress = &self.consumer.progress;
@@ -328,11 +371,11 @@ impl Reader<'_> {
                 return Ok(());
             }
             // Not while reading its own pending list: claimed entries would be on it too.
-            if from == NEW && Instant::now() >= next_claim {
-                if self.claim(input, &mut claim_from)? > 0 {
+            if from == NEW && next_claim.is_some_and(|at| Instant::now() >= at) {
+                if self.retake(input)? + self.claim(input, &mut claim_from)? > 0 {
                     last_taken = Instant::now();
                 }
-                next_claim = Instant::now() + config.claim_every;
+                next_claim = Instant::now().checked_add(config.claim_every);
             }
             let started = Instant::now();
             let window = self.window();
@@ -348,38 +391,35 @@ impl Reader<'_> {
                 continue;
             }
             let entries = self.read(&from, window.min(config.batch))?;
-            let redelivered = from != NEW;
-            if redelivered {
+            let taken = if from == NEW {
+                self.push(input, entries, false)
+            } else {
                 match entries.last() {
                     Some((id, _)) => from.clone_from(id),
                     None => from = NEW.to_string(),
                 }
-            }
-            if self.push(input, entries, redelivered) > 0 {
+                self.intake(input, entries)?
+            };
+            if taken > 0 {
                 last_taken = Instant::now();
             }
         }
     }
 
-    /// How many more entries may be read now: `max_pending` less those read and not yet
-    /// acknowledged (counting those done as acknowledged: the next round trip does it).
+    /// How many more entries may be taken now: `max_pending` less those this consumer holds
+    /// unacknowledged (in the pipeline, done and about to be acknowledged, or let go and
+    /// still pending under its name).
     fn window(&mut self) -> usize {
         let ledger = &self.consumer.ledger;
         ledger.take_done(&mut self.to_ack);
-        let progress = &self.consumer.progress;
-        let taken =
-            progress.read.load(Ordering::Relaxed) + progress.claimed.load(Ordering::Relaxed);
-        let acknowledged = progress.acknowledged.load(Ordering::Relaxed);
-        let settled = acknowledged + self.to_ack.len() as u64 + ledger.released();
-        let unsettled = usize::try_from(taken.saturating_sub(settled)).unwrap_or(usize::MAX);
-        self.max_pending.saturating_sub(unsettled)
+        self.max_pending.saturating_sub(ledger.unsettled())
     }
 
     /// One round trip: acknowledges what is done and reads up to `count` entries after `from`.
     fn read(&mut self, from: &str, count: usize) -> Result<Vec<RawEntry>, Error> {
         let config = &self.consumer.config;
         let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
-        let block = u64::try_from(config.block.as_millis()).unwrap_or(u64::MAX);
+        let block = millis(config.block);
         let to_ack = &self.to_ack;
         let started = Instant::now();
         let reply = self.consumer.redis.run("XREADGROUP", |c| {
@@ -419,6 +459,7 @@ impl Reader<'_> {
     fn acknowledged(&mut self) {
         let acked = self.to_ack.len() as u64;
         self.consumer.progress.acknowledged.fetch_add(acked, Ordering::Relaxed);
+        self.consumer.ledger.acknowledged(&self.to_ack);
         self.to_ack.clear();
     }
 
@@ -433,7 +474,7 @@ impl Reader<'_> {
             }
             let config = &self.consumer.config;
             let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
-            let idle = u64::try_from(config.claim_idle.as_millis()).unwrap_or(u64::MAX);
+            let idle = millis(config.claim_idle);
             let count = window.min(config.batch);
             let from = cursor.clone();
             let started = Instant::now();
@@ -451,7 +492,7 @@ impl Reader<'_> {
             self.reading += started.elapsed();
             let (next, entries) = claim_reply(reply?)?;
             *cursor = next;
-            let claimed = self.push(input, entries, true);
+            let claimed = self.intake(input, entries)?;
             kept += claimed;
             if cursor == START || claimed == 0 {
                 return Ok(kept);
@@ -459,11 +500,178 @@ impl Reader<'_> {
         }
     }
 
+    /// Takes back the entries this consumer let go (a stage panicked on them, or kept them
+    /// pending) once they have been idle for `claim_idle`, to try them again; forgets those
+    /// no longer pending under its name. Returns how many were taken back.
+    fn retake(&mut self, input: &Input<Entry>) -> Result<usize, Error> {
+        let released = self.consumer.ledger.released_ids();
+        let mut kept = 0;
+        for ids in released.chunks(self.consumer.config.batch) {
+            if input.is_closed() {
+                break;
+            }
+            let states = self.pending(ids)?;
+            let config = &self.consumer.config;
+            let mut due = Vec::new();
+            for (id, pending) in ids.iter().zip(states) {
+                match pending {
+                    Some(Pending { consumer, idle, .. }) if consumer == config.consumer => {
+                        if idle >= config.claim_idle {
+                            due.push(id);
+                        }
+                    }
+                    // Acknowledged or deleted, or taken over by another consumer.
+                    _ => self.consumer.ledger.forget(id),
+                }
+            }
+            if due.is_empty() {
+                continue;
+            }
+            let config = &self.consumer.config;
+            let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
+            let idle = millis(config.claim_idle);
+            let started = Instant::now();
+            let reply = self.consumer.redis.run("XCLAIM", |c| {
+                redis::cmd("XCLAIM")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(consumer)
+                    .arg(idle)
+                    .arg(&due)
+                    .query::<Value>(c)
+            });
+            self.reading += started.elapsed();
+            let entries = claimed_reply(reply?)?;
+            kept += self.intake(input, entries)?;
+        }
+        Ok(kept)
+    }
+
+    /// What the server says of each of `ids` (`XPENDING`, one round trip).
+    fn pending(&mut self, ids: &[String]) -> Result<Vec<Option<Pending>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = &self.consumer.config;
+        let (stream, group) = (&config.stream, &config.group);
+        let started = Instant::now();
+        let replies = self.consumer.redis.run("XPENDING", |c| {
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.cmd("XPENDING").arg(stream).arg(group).arg(id).arg(id).arg(1);
+            }
+            pipe.query::<Vec<Value>>(c)
+        });
+        self.reading += started.elapsed();
+        replies?.into_iter().map(pending_reply).collect()
+    }
+
+    /// Takes entries handed out before (taken over, taken back, or read back from this
+    /// consumer's own pending list): those handed out more than `max_deliveries` times go to
+    /// the dead-letter stream, the rest to the pipeline. Returns how many were new to this
+    /// consumer (entries it holds already are skipped).
+    fn intake(&mut self, input: &Input<Entry>, raw: Vec<RawEntry>) -> Result<usize, Error> {
+        let ledger = Arc::clone(&self.consumer.ledger);
+        let mut failures = ledger.take_back(raw.iter().map(|(id, _)| id.as_str()));
+        let acknowledged_before = self.to_ack.len();
+        let mut fresh = Vec::with_capacity(raw.len());
+        for (id, fields) in raw {
+            match fields {
+                Some(fields) if !ledger.is_held(&id) => fresh.push((id, fields)),
+                Some(_) => {}
+                // Deleted from the stream while pending: nothing to process.
+                None => self.to_ack.push(id),
+            }
+        }
+        let deleted = self.to_ack.len() - acknowledged_before;
+        let ids: Vec<String> = fresh.iter().map(|(id, _)| id.clone()).collect();
+        let max_deliveries = self.consumer.config.max_deliveries;
+        let mut dead = Vec::new();
+        let mut live = Vec::with_capacity(fresh.len());
+        for ((id, fields), pending) in fresh.into_iter().zip(self.pending(&ids)?) {
+            match pending {
+                Some(Pending { deliveries, .. }) if deliveries > max_deliveries => {
+                    let failure = failures.remove(&id);
+                    // This delivery has not been tried: the ones before it failed.
+                    dead.push(DeadLetter { id, fields, deliveries: deliveries - 1, failure });
+                }
+                _ => live.push((id, Some(fields))),
+            }
+        }
+        let progress = &self.consumer.progress;
+        progress.claimed.fetch_add((deleted + dead.len()) as u64, Ordering::Relaxed);
+        self.dead_letter(dead)?;
+        Ok(deleted + self.push(input, live, true))
+    }
+
+    /// Adds each entry to the dead-letter stream and acknowledges it, in one round trip.
+    fn dead_letter(&mut self, letters: Vec<DeadLetter>) -> Result<(), Error> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let config = &self.consumer.config;
+        let (stream, group, consumer) = (&config.stream, &config.group, &config.consumer);
+        let dead_letters = config.dead_letters();
+        let ids: Vec<&str> = letters.iter().map(|letter| letter.id.as_str()).collect();
+        self.consumer.redis.run("XADD", |c| {
+            let mut pipe = redis::pipe();
+            for letter in &letters {
+                let unknown = Failure {
+                    stage: "unknown".into(),
+                    error: "unknown: not seen failing in this process".into(),
+                };
+                let failure = letter.failure.as_ref().unwrap_or(&unknown);
+                pipe.cmd("XADD")
+                    .arg(&dead_letters)
+                    .arg("*")
+                    .arg("dead.id")
+                    .arg(&letter.id)
+                    .arg("dead.stream")
+                    .arg(stream)
+                    .arg("dead.group")
+                    .arg(group)
+                    .arg("dead.consumer")
+                    .arg(consumer)
+                    .arg("dead.deliveries")
+                    .arg(letter.deliveries)
+                    .arg("dead.stage")
+                    .arg(&failure.stage)
+                    .arg("dead.error")
+                    .arg(&failure.error);
+                for (name, value) in &letter.fields {
+                    pipe.arg(name).arg(value);
+                }
+                pipe.ignore();
+            }
+            pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
+            pipe.query::<()>(c)
+        })?;
+        let progress = &self.consumer.progress;
+        let count = letters.len() as u64;
+        progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
+        progress.acknowledged.fetch_add(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many entries the server counts pending under this consumer's name.
+    fn left_pending(&mut self) -> Result<u64, Error> {
+        let config = &self.consumer.config;
+        let (stream, group) = (&config.stream, &config.group);
+        let reply = self
+            .consumer
+            .redis
+            .run("XPENDING", |c| redis::cmd("XPENDING").arg(stream).arg(group).query::<Value>(c))?;
+        pending_of(reply, &config.consumer)
+    }
+
     /// Hands entries to the pipeline; counts and returns how many were new to this consumer
     /// (as claimed if `redelivered`, else as read). Entries
     /// deleted from the stream while pending are acknowledged with the next round trip (and
     /// counted); entries this consumer already holds (a claim hands them back) are skipped.
     fn push(&mut self, input: &Input<Entry>, raw: Vec<RawEntry>, redelivered: bool) -> usize {
+        if raw.is_empty() {
+            return 0;
+        }
         let started = Instant::now();
         let ledger = &self.consumer.ledger;
         let acknowledged_before = self.to_ack.len();
@@ -502,4 +710,14 @@ impl Reader<'_> {
         self.pushing += started.elapsed();
         kept
     }
+}
+
+/// An entry on its way to the dead-letter stream.
+struct DeadLetter {
+    id: String,
+    fields: Fields,
+    /// Times it was handed out and not acknowledged.
+    deliveries: u64,
+    /// The last failure this process saw it through, if any.
+    failure: Option<Failure>,
 }

@@ -1,10 +1,11 @@
 //! What travels through the pipeline: [`Entry`] (read from the stream) with its [`Receipt`],
 //! and [`Record`] (to be written), and the ledger that turns receipts into acknowledgements.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 use backflow::Watch;
@@ -150,7 +151,9 @@ impl Entry {
 /// It is *not* acknowledged, and stays pending in the group to be claimed again, if the last
 /// clone goes while the pipeline is cancelled (the item was abandoned), while the thread is
 /// unwinding from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer
-/// has stopped.
+/// has stopped. The consumer tries such an entry again once it has been idle for
+/// `claim_idle`, up to `max_deliveries` times in all (see
+/// [`ConsumerConfig::max_deliveries`](crate::ConsumerConfig::max_deliveries)).
 ///
 /// # Examples
 ///
@@ -169,17 +172,13 @@ pub struct Receipt {
 
 impl Receipt {
     pub(crate) fn new(id: String, ledger: &Arc<Ledger>, redelivered: bool) -> Self {
-        let ticket = Ticket {
-            id,
-            ledger: Some(Arc::clone(ledger)),
-            keep: AtomicBool::new(false),
-            redelivered,
-        };
+        let ticket =
+            Ticket { id, ledger: Some(Arc::clone(ledger)), kept: OnceLock::new(), redelivered };
         Self { ticket: Arc::new(ticket) }
     }
 
     fn detached(id: String) -> Self {
-        let ticket = Ticket { id, ledger: None, keep: AtomicBool::new(false), redelivered: false };
+        let ticket = Ticket { id, ledger: None, kept: OnceLock::new(), redelivered: false };
         Self { ticket: Arc::new(ticket) }
     }
 
@@ -207,7 +206,13 @@ impl Receipt {
     /// assert!(receipt.is_kept_pending());
     /// ```
     pub fn keep_pending(&self) {
-        self.ticket.keep.store(true, Ordering::Relaxed);
+        self.ticket.kept.get_or_init(|| Failure::here("kept pending".into()));
+    }
+
+    /// As [`keep_pending`](Self::keep_pending), recording why (for the dead letter, if it
+    /// comes to that).
+    pub(crate) fn keep_pending_after(&self, error: &dyn fmt::Display) {
+        self.ticket.kept.get_or_init(|| Failure::here(format!("kept pending after: {error}")));
     }
 
     /// Whether [`keep_pending`](Self::keep_pending) was called on any clone.
@@ -218,7 +223,7 @@ impl Receipt {
     /// assert!(!backflow_redis::Entry::detached("3-0", Vec::new()).receipt().is_kept_pending());
     /// ```
     pub fn is_kept_pending(&self) -> bool {
-        self.ticket.keep.load(Ordering::Relaxed)
+        self.ticket.kept.get().is_some()
     }
 }
 
@@ -232,20 +237,47 @@ impl fmt::Debug for Receipt {
 struct Ticket {
     id: String,
     ledger: Option<Arc<Ledger>>,
-    keep: AtomicBool,
+    /// Set by `keep_pending`: the entry is let go unacknowledged, and why.
+    kept: OnceLock<Failure>,
     redelivered: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(ledger) = &self.ledger {
-            let acknowledge = !self.keep.load(Ordering::Relaxed) && !std::thread::panicking();
-            ledger.settle(std::mem::take(&mut self.id), acknowledge);
+            let failure = match self.kept.take() {
+                Some(failure) => Some(failure),
+                None if thread::panicking() => Some(Failure::here("panicked".into())),
+                None => None,
+            };
+            ledger.settle(std::mem::take(&mut self.id), failure);
         }
     }
 }
 
-/// What a consumer's receipts report to: which entries it holds, and which are done.
+/// Why this process let an entry go unacknowledged: the stage, and what happened there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) stage: String,
+    pub(crate) error: String,
+}
+
+impl Failure {
+    /// `error`, in the stage whose worker runs on this thread (worker threads are named
+    /// `backflow:<stage>:<worker>`); `unknown` on any other thread.
+    fn here(error: String) -> Self {
+        let thread = thread::current();
+        let stage = thread
+            .name()
+            .and_then(|name| name.strip_prefix("backflow:"))
+            .and_then(|name| name.rsplit_once(':'))
+            .map_or("unknown", |(stage, _worker)| stage);
+        Self { stage: stage.to_string(), error }
+    }
+}
+
+/// What a consumer's receipts report to: which entries it holds, which are done, and which
+/// it let go unacknowledged.
 pub(crate) struct Ledger {
     state: Mutex<Book>,
     settled: Condvar,
@@ -257,12 +289,16 @@ pub(crate) struct Ledger {
 
 #[derive(Default)]
 struct Book {
-    /// Entries read and not yet settled.
+    /// Entries taken and neither acknowledged nor let go: in the pipeline, or done and about
+    /// to be acknowledged.
     held: HashSet<String>,
-    /// Entries done, to acknowledge.
+    /// Entries done, to acknowledge (they are held until they are).
     done: Vec<String>,
-    /// Entries let go without acknowledgement (abandoned, panicked, kept pending).
-    released: u64,
+    /// Entries let go without acknowledgement (abandoned, panicked, kept pending), as far as
+    /// this consumer knows still pending under its name; with the failure, if one was seen.
+    released: HashMap<String, Option<Failure>>,
+    /// Times an entry was let go without acknowledgement.
+    releases: u64,
 }
 
 impl Ledger {
@@ -284,35 +320,84 @@ impl Ledger {
     }
 
     /// Records entries as held; returns those already held (to be skipped: a claim can hand
-    /// this consumer back entries it is still working on).
+    /// this consumer back entries it is still working on, or has done and not yet
+    /// acknowledged).
     pub(crate) fn hold(&self, ids: impl IntoIterator<Item = String>) -> HashSet<String> {
         let mut book = self.book();
         ids.into_iter().filter(|id| !book.held.insert(id.clone())).collect()
     }
 
-    fn settle(&self, id: String, acknowledge: bool) {
+    /// Whether the entry is held: in the pipeline, or done and not yet acknowledged.
+    pub(crate) fn is_held(&self, id: &str) -> bool {
+        self.book().held.contains(id)
+    }
+
+    /// Settles a held entry: done (to acknowledge), or let go after `failure`.
+    fn settle(&self, id: String, failure: Option<Failure>) {
         let abandoned = self.closed.load(Ordering::Acquire)
             || self.watch.get().is_some_and(Watch::is_cancelled);
         let mut book = self.book();
-        if !book.held.remove(&id) {
-            return;
-        }
-        if acknowledge && !abandoned {
-            book.done.push(id);
-        } else {
-            book.released += 1;
+        if failure.is_none() && !abandoned {
+            if book.held.contains(&id) {
+                book.done.push(id);
+            }
+        } else if book.held.remove(&id) {
+            book.released.insert(id, failure);
+            book.releases += 1;
         }
         drop(book);
         self.settled.notify_all();
     }
 
-    /// Entries done and not yet acknowledged, moved out.
+    /// Entries done and not yet acknowledged, moved out (they stay held until
+    /// [`acknowledged`](Self::acknowledged)).
     pub(crate) fn take_done(&self, into: &mut Vec<String>) {
         into.append(&mut self.book().done);
     }
 
+    /// The server has acknowledged `ids`: they are no longer held.
+    pub(crate) fn acknowledged(&self, ids: &[String]) {
+        let mut book = self.book();
+        for id in ids {
+            book.held.remove(id);
+        }
+    }
+
+    /// Times an entry was let go without acknowledgement.
     pub(crate) fn released(&self) -> u64 {
-        self.book().released
+        self.book().releases
+    }
+
+    /// The entries let go without acknowledgement and still pending under this consumer's
+    /// name, as far as it knows.
+    pub(crate) fn released_ids(&self) -> Vec<String> {
+        self.book().released.keys().cloned().collect()
+    }
+
+    /// Takes back those of `ids` that were let go (they are handed out again), with the
+    /// failure each was let go after, if one was seen.
+    pub(crate) fn take_back<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> HashMap<String, Failure> {
+        let mut book = self.book();
+        ids.into_iter()
+            .filter_map(|id| book.released.remove_entry(id))
+            .filter_map(|(id, failure)| Some((id, failure?)))
+            .collect()
+    }
+
+    /// Forgets entries let go that are no longer pending under this consumer's name (another
+    /// consumer took them over, or they were acknowledged or deleted).
+    pub(crate) fn forget(&self, id: &str) {
+        self.book().released.remove(id);
+    }
+
+    /// Entries this consumer holds unacknowledged: in the pipeline, done but not yet
+    /// acknowledged, or let go and still pending under its name.
+    pub(crate) fn unsettled(&self) -> usize {
+        let book = self.book();
+        book.held.len() + book.released.len()
     }
 
     /// Waits at most `timeout` for an entry to be settled (if none is waiting already).
@@ -326,5 +411,51 @@ impl Ledger {
     /// The consumer stops: receipts dropped from now on acknowledge nothing.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_thread(name: &str) -> Failure {
+        let name = name.to_string();
+        thread::Builder::new()
+            .name(name)
+            .spawn(|| Failure::here("x".into()))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failure_names_the_stage_of_the_worker_thread() {
+        assert_eq!(on_thread("backflow:parse:0").stage, "parse");
+        assert_eq!(on_thread("backflow:a:b:12").stage, "a:b");
+        assert_eq!(on_thread("main").stage, "unknown");
+        assert_eq!(on_thread("backflow:watchdog").stage, "unknown");
+    }
+
+    #[test]
+    fn the_ledger_holds_done_entries_until_acknowledged_and_keeps_released_ones() {
+        let ledger = Arc::new(Ledger::new());
+        assert!(ledger.hold(["1-0".to_string(), "2-0".to_string()]).is_empty());
+        let (done, failed) = (
+            Receipt::new("1-0".into(), &ledger, false),
+            Receipt::new("2-0".into(), &ledger, false),
+        );
+        failed.keep_pending();
+        drop((done, failed));
+        assert_eq!(ledger.unsettled(), 2, "one done and not yet acknowledged, one let go");
+        let mut to_ack = Vec::new();
+        ledger.take_done(&mut to_ack);
+        assert_eq!(to_ack, ["1-0"]);
+        assert_eq!(ledger.hold(["1-0".to_string()]).len(), 1, "done, still held");
+        ledger.acknowledged(&to_ack);
+        assert_eq!(ledger.unsettled(), 1);
+        assert_eq!(ledger.released_ids(), ["2-0"]);
+        let failures = ledger.take_back(["2-0"]);
+        assert_eq!(failures["2-0"].error, "kept pending");
+        assert_eq!((ledger.unsettled(), ledger.released()), (0, 1));
     }
 }

@@ -22,9 +22,10 @@ pub enum Error {
     /// A setting outside the values it accepts; the error names the field.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
-    /// The server could not be reached, or the connection kept dropping, through every retry
-    /// of the reconnect schedule.
-    #[error("redis connection lost and not regained after {attempts} attempts: {source}")]
+    /// The server could not be reached, the connection kept dropping, or the server kept
+    /// answering that it cannot serve yet (`LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`),
+    /// through every retry of the reconnect schedule.
+    #[error("redis server not available after {attempts} attempts: {source}")]
     Connection {
         /// Connection attempts made, the first one included.
         attempts: u32,

@@ -11,9 +11,22 @@
 //! out, dropped by an overflow policy, or skipped or dead-lettered by an error policy. That
 //! is when the last clone of its [`Receipt`] is dropped. An entry abandoned by a cancel, one
 //! whose stage panicked, and every entry of a process that crashed stay pending, and a
-//! consumer takes them over (`XAUTOCLAIM`) once they have been idle for `claim_idle`: so an
-//! entry may be processed twice, never lost. Make what the pipeline writes idempotent, or
-//! check [`Entry::redelivered`].
+//! consumer takes them over (`XAUTOCLAIM`, or `XCLAIM` for its own) once they have been idle
+//! for `claim_idle`: so an entry may be processed twice, never lost. Make what the pipeline
+//! writes idempotent, or check [`Entry::redelivered`].
+//!
+//! **Poison entries** do not cycle forever: an entry handed out more than `max_deliveries`
+//! times (default 5, the server's delivery count) is moved to a dead-letter stream
+//! (`<stream>:dead` unless [set](ConsumerConfig::dead_letter_stream)) with its fields, the
+//! stage and error it last failed with, and its delivery count, then acknowledged; the
+//! [`Summary`] counts it. While they wait to be tried again, entries let go unacknowledged
+//! count against `max_pending`, and [`Summary::pending`] says how many a run leaves pending.
+//!
+//! **Server restarts** are waited out: a lost connection, and the replies of a server that
+//! cannot serve yet (`LOADING` while it reloads its data, `BUSY`, `TRYAGAIN`, `MASTERDOWN`),
+//! are retried on the reconnect schedule, by the consumer and by the [`Writer`] alike. A
+//! command may then run twice (an entry read twice, a record written twice), which
+//! at-least-once allows; what the server lost in the crash is read or written again.
 //!
 //! ```no_run
 //! use std::num::NonZeroUsize;
@@ -37,6 +50,7 @@
 //! let consumer = Consumer::connect(ConsumerConfig::new(url, "numbers", "squarers", "host-a"))?;
 //! let summary = consumer.run(pipeline)?;
 //! println!("{} read, {} taken over, {} acknowledged", summary.read, summary.claimed, summary.acknowledged);
+//! println!("{} dead-lettered, {} left pending", summary.dead_lettered, summary.pending);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 // docs.rs (`--cfg docsrs`, nightly) badges each feature-gated item with its feature.
@@ -50,7 +64,10 @@ mod entry;
 mod error;
 mod writer;
 
-pub use config::{ConsumerConfig, DEFAULT_BATCH, DEFAULT_RECONNECT, WriterConfig};
+pub use config::{
+    ConsumerConfig, DEFAULT_BATCH, DEFAULT_MAX_DELIVERIES, DEFAULT_RECONNECT, MAX_BATCH,
+    MAX_DURATION, WriterConfig,
+};
 pub use consumer::{Consumer, ConsumerHandle, Summary};
 pub use entry::{Entry, Fields, Receipt};
 pub use error::Error;

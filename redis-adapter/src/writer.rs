@@ -91,10 +91,13 @@ impl Record {
 /// time), sends one `XADD` per record in a single round trip, and emits the new entries' ids;
 /// then the records' receipts go, and the entries they stand for are acknowledged.
 ///
-/// If the connection is lost the batch is sent again after reconnecting (a record that had
-/// reached the server may then be added twice: at-least-once). When the reconnect schedule
-/// runs out, every receipt in the batch is [kept pending](Receipt::keep_pending) (its entry
-/// is handed out again later) and the stage returns the error to its error policy.
+/// If the connection is lost, or the server answers that it cannot serve yet (`LOADING`
+/// after a restart, `BUSY` with a long script, `TRYAGAIN`, `MASTERDOWN`), the batch is sent
+/// again on the reconnect schedule (a record that had reached the server may then be added
+/// twice: at-least-once). When the schedule runs out, every receipt in the batch is
+/// [kept pending](Receipt::keep_pending) (its entry is handed out again later, and
+/// dead-lettered with this error once it has been handed out `max_deliveries` times) and the
+/// stage returns the error to its error policy.
 ///
 /// # Examples
 ///
@@ -225,7 +228,7 @@ impl Stage<Vec<Record>> for Xadd {
             }
             Err(error) => {
                 for receipt in records.iter().flat_map(|record| &record.receipts) {
-                    receipt.keep_pending();
+                    receipt.keep_pending_after(&error);
                 }
                 Err(error)
             }

@@ -367,6 +367,9 @@ fn bad_settings_are_config_errors_naming_the_field() {
         (valid().claim_idle(Duration::from_micros(10)), "claim_idle"),
         (valid().claim_every(Duration::ZERO), "claim_every"),
         (valid().stop_when_idle(Duration::ZERO), "stop_when_idle"),
+        (valid().max_deliveries(0), "max_deliveries"),
+        (valid().dead_letter_stream(""), "dead_letter_stream"),
+        (valid().dead_letter_stream("s"), "dead_letter_stream"),
     ];
     for (config, field) in cases {
         match Consumer::connect(config) {
@@ -383,4 +386,77 @@ fn bad_settings_are_config_errors_naming_the_field() {
     ));
     assert!(matches!(writer(WriterConfig::new("redis://h/", "")), Err(Error::Config(_))));
     assert!(matches!(writer(WriterConfig::new("ftp://h/", "o")), Err(Error::Config(_))));
+}
+
+#[test]
+fn settings_past_what_the_server_or_the_clock_takes_are_config_errors() {
+    let server = Server::get();
+    let (stream, group, _) = keys("limits");
+    let valid = || ConsumerConfig::new(&server.url, &stream, &group, "c");
+    let year_and_a_day = Duration::from_secs(366 * 24 * 60 * 60);
+    let cases = [
+        (valid().batch(usize::MAX), "batch"),
+        (valid().batch(1_000_001), "batch"),
+        (valid().block(Duration::MAX), "block"),
+        (valid().block(year_and_a_day), "block"),
+        (valid().claim_idle(Duration::MAX), "claim_idle"),
+        (valid().claim_every(Duration::MAX), "claim_every"),
+        (valid().stop_when_idle(Duration::MAX), "stop_when_idle"),
+        (valid().stop_when_idle(year_and_a_day), "stop_when_idle"),
+    ];
+    let mut wrong = Vec::new();
+    for (config, field) in cases {
+        let connected = std::panic::catch_unwind(|| Consumer::connect(config).map(drop));
+        match connected {
+            Ok(Err(Error::Config(backflow::core::ConfigError::Invalid {
+                field: named, ..
+            }))) if named == field => {}
+            other => wrong.push(format!("{field}: {other:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // MAXLEN is a signed 64-bit count on the server.
+    match Writer::new(WriterConfig::new("redis://h/", "o").max_len(usize::MAX)) {
+        Err(Error::Config(backflow::core::ConfigError::Invalid { field: "max_len", .. })) => {}
+        other => panic!("max_len: {other:?}"),
+    }
+    assert!(Writer::new(WriterConfig::new("redis://h/", "o").max_len(i64::MAX as usize)).is_ok());
+}
+
+#[test]
+fn the_largest_accepted_settings_run() {
+    const TOTAL: u64 = 300;
+    let server = Server::get();
+    let (stream, group, output) = keys("largest");
+    server.fill(&stream, 0, TOTAL);
+    let year = Duration::from_secs(365 * 24 * 60 * 60);
+    // Reconnect delays are slept, never added up or sent: any schedule is taken as it is.
+    let forever = RetrySchedule::new(Duration::from_millis(1), Duration::MAX, u32::MAX).unwrap();
+    let writer = Writer::new(
+        WriterConfig::new(&server.url, &output).max_len(i64::MAX as usize).reconnect(forever),
+    )
+    .unwrap();
+    let pipeline = Pipeline::<Entry>::builder()
+        .stage("record", || {
+            |entry: Entry| Record::new().field("n", n(&entry).to_string()).settles(entry.receipt())
+        })
+        .stage("batch", || stage::batches(NonZeroUsize::new(100).unwrap()))
+        .flush_every(Duration::from_millis(10))
+        .stage("store", move || writer.stage())
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let settings = ConsumerConfig::new(&server.url, &stream, &group, "c")
+        .batch(1_000_000)
+        .max_pending(usize::MAX)
+        .block(Duration::from_millis(20))
+        .claim_idle(year)
+        .claim_every(year)
+        .reconnect(forever)
+        .stop_when_idle(Duration::from_millis(200));
+    let settings = settings.max_deliveries(u64::MAX);
+    let summary = Consumer::connect(settings).unwrap().run(pipeline).unwrap();
+    assert_eq!((summary.read, summary.acknowledged), (TOTAL, TOTAL));
+    assert_eq!(server.entries(&output).len() as u64, TOTAL);
+    assert_eq!(server.pending(&stream, &group), 0);
 }

@@ -147,3 +147,149 @@ pub fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {summary:?}"))
 }
+
+/// Starts `redis-server` on `port` with `args` after the loopback basics; output discarded.
+fn spawn_server(port: u16, args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server runs (install it: apt-get install redis-server)")
+}
+
+/// Polls `done` every millisecond until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A server of a test's own that keeps its data in an append-only file, in a directory of its
+/// own, and can be killed (SIGKILL) and started again on the same port with the same data.
+/// Derefs to [`Server`] for the stream helpers.
+pub struct DurableServer {
+    server: Server,
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl DurableServer {
+    /// Starts one with `--appendonly yes` and `extra` arguments (kept for every start).
+    pub fn start(extra: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("backflow-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut args: Vec<String> = ["--appendonly", "yes", "--dir"].map(String::from).to_vec();
+        args.push(dir.display().to_string());
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let server = Server { url: format!("redis://127.0.0.1:{port}/"), child: None };
+        let mut durable = Self { server, port, dir, args, child: None };
+        durable.start_again();
+        durable.wait_loaded();
+        durable
+    }
+
+    /// Kills the server with SIGKILL: no shutdown, no last write.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        child.kill().expect("SIGKILL reaches the server");
+        child.wait().expect("the killed server is reaped");
+    }
+
+    /// Starts the server again on the same port and directory; returns once it answers PING,
+    /// with PONG or LOADING (it may still be loading its data: see
+    /// [`wait_loaded`](Self::wait_loaded)).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.child = Some(spawn_server(self.port, &self.args));
+        let port = self.port;
+        let answers = || -> redis::RedisResult<()> {
+            let mut connection = redis::Client::open(self.url.as_str())?.get_connection()?;
+            match redis::cmd("PING").query::<String>(&mut connection) {
+                Err(error) if error.code() == Some("LOADING") => Ok(()),
+                other => other.map(drop),
+            }
+        };
+        wait_until(
+            &format!("redis-server on port {port} to answer"),
+            Duration::from_secs(10),
+            || answers().is_ok(),
+        );
+    }
+
+    /// Waits until the server has loaded its data.
+    pub fn wait_loaded(&self) {
+        // INFO is answered while loading; PING, and with it `connection`, is not.
+        let loaded = || -> redis::RedisResult<bool> {
+            let mut connection = redis::Client::open(self.url.as_str())?.get_connection()?;
+            let info: String = redis::cmd("INFO").arg("persistence").query(&mut connection)?;
+            Ok(info.lines().any(|line| line.trim() == "loading:0"))
+        };
+        wait_until("the server to load its data", Duration::from_secs(30), || {
+            loaded().unwrap_or(false)
+        });
+    }
+
+    /// Rewrites the append-only file (its base becomes a snapshot of every key, and the
+    /// commands after it start again from none) and waits until the rewrite is done.
+    pub fn rewrite_aof(&self) {
+        let idle = || {
+            let info = self.info("persistence");
+            info["aof_rewrite_in_progress"] == "0" && info["aof_rewrite_scheduled"] == "0"
+        };
+        wait_until("an earlier rewrite to end", Duration::from_secs(30), idle);
+        redis::cmd("BGREWRITEAOF").query::<String>(&mut self.connection()).expect("BGREWRITEAOF");
+        wait_until("the rewrite to end", Duration::from_secs(30), idle);
+        assert_eq!(self.info("persistence")["aof_last_bgrewrite_status"], "ok");
+    }
+}
+
+impl std::ops::Deref for DurableServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Drop for DurableServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Server {
+    /// One section of `INFO`, as field → value.
+    pub fn info(&self, section: &str) -> HashMap<String, String> {
+        let text: String =
+            redis::cmd("INFO").arg(section).query(&mut self.connection()).expect("INFO");
+        text.lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect()
+    }
+
+    /// How many replies with error `code` (`LOADING`, `BUSY`, …) the server has sent since it
+    /// started (`INFO errorstats`).
+    pub fn error_count(&self, code: &str) -> u64 {
+        self.info("errorstats")
+            .get(&format!("errorstat_{code}"))
+            .and_then(|stat| stat.strip_prefix("count="))
+            .and_then(|count| count.split(',').next())
+            .map_or(0, |count| count.parse().expect("a count"))
+    }
+}
