@@ -139,16 +139,12 @@ impl RedisServer {
             .and_then(|listener| listener.local_addr())
             .map_err(StartError::NoFreePort)?
             .port();
-        let child = Command::new(program)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|error| match error.kind() {
+        let child = server_command(program, port).args(["--appendonly", "no"]).spawn().map_err(
+            |error| match error.kind() {
                 io::ErrorKind::NotFound => StartError::NotInstalled,
                 _ => StartError::Spawn(error),
-            })?;
+            },
+        )?;
         // From here on, dropping `server` stops the process, on every error path too.
         let mut server = Self { child, port, url: format!("redis://127.0.0.1:{port}/") };
         let deadline = Instant::now() + STARTUP_LIMIT;
@@ -164,6 +160,21 @@ impl RedisServer {
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// The command that starts `redis-server` on loopback `port` with no snapshots and its
+    /// output discarded, for a test that runs a server its own way (with persistence, to
+    /// kill and start it again on the same port): add arguments, then spawn it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let mut server = test_support::RedisServer::command(7399).args(["--appendonly", "yes"]).spawn()?;
+    /// server.kill()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn command(port: u16) -> Command {
+        server_command(OsStr::new(PROGRAM), port)
     }
 
     /// The server's address for a client, `redis://127.0.0.1:<port>/`.
@@ -298,4 +309,14 @@ mod tests {
         // Killed and reaped (no zombie left): its process is gone.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
+}
+
+/// `program` as a loopback `redis-server` on `port`: no snapshots, no input, output discarded.
+fn server_command(program: &OsStr, port: u16) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
 }

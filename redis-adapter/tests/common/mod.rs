@@ -7,10 +7,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use test_support::RedisServer;
 
@@ -150,12 +151,10 @@ pub fn number(summary: &HashMap<String, String>, key: &str) -> u64 {
 
 /// Starts `redis-server` on `port` with `args` after the loopback basics; output discarded.
 fn spawn_server(port: u16, args: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+    RedisServer::command(port)
         .args(args)
-        .stdout(Stdio::null())
         .spawn()
-        .expect("redis-server runs (install it: apt-get install redis-server)")
+        .expect("redis-server runs (`cargo xtask setup` installs it)")
 }
 
 /// Polls `done` every millisecond until it holds; fails the test after `limit`.
