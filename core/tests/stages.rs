@@ -59,7 +59,7 @@ fn fold_emits_on_flush_and_starts_over() {
 
 #[test]
 fn validate_fails_with_the_item_inside() {
-    let mut even = stage::validate(|x: &u8| if x % 2 == 0 { Ok(()) } else { Err("odd") });
+    let mut even = stage::validate(|x: &u8| if x.is_multiple_of(2) { Ok(()) } else { Err("odd") });
     let (out, errors) = run(&mut even, 0..4);
     assert_eq!(out, [0, 2]);
     assert_eq!(errors, [Invalid { item: 1, error: "odd" }, Invalid { item: 3, error: "odd" }]);
@@ -131,7 +131,7 @@ fn then_error_unwraps_when_one_half_cannot_fail() {
 #[test]
 fn long_fused_chains_compose() {
     let mut chain = stage::map(|x: u32| x + 1)
-        >> stage::filter(|x: &u32| x % 2 == 0)
+        >> stage::filter(|x: &u32| x.is_multiple_of(2))
         >> stage::inspect(|_: &u32| {})
         >> stage::map(|x: u32| x / 2)
         >> stage::fold(0u32, |acc, x| acc + x);

@@ -42,7 +42,7 @@ fn outputs_keep_input_order_whatever_each_item_costs() {
                 })
             })
             .capacity(256)
-            .stage("keep", || par_filter_map(|x: usize| (x % 2 == 0).then_some(x)))
+            .stage("keep", || par_filter_map(|x: usize| x.is_multiple_of(2).then_some(x)))
             .stage("twice", || par_flat_map(|x: usize| [x, x + 1]).batch(16))
             .output()
             .build()
@@ -108,7 +108,7 @@ fn a_panic_fails_its_item_only_and_the_pool_survives() {
         let (pipeline, output) = Pipeline::<u32>::builder()
             .stage("picky", move || {
                 par_map(|x: u32| {
-                    assert!(x % 97 != 0, "no multiples of 97");
+                    assert!(!x.is_multiple_of(97), "no multiples of 97");
                     x
                 })
                 .on(Arc::clone(&stage_pool))

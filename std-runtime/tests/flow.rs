@@ -219,7 +219,7 @@ fn accounting_holds_for_every_policy() {
         let hooked = Arc::new(Mutex::new(0u64));
         let counted = Arc::clone(&hooked);
         let pipeline = Pipeline::<u64>::builder()
-            .stage("parse", || backflow::stage::filter(|x: &u64| x % 3 != 0))
+            .stage("parse", || backflow::stage::filter(|x: &u64| !x.is_multiple_of(3)))
             .capacity(16)
             .overflow(if overflow == Overflow::Block { overflow } else { Overflow::Block })
             .stage("expand", || backflow::stage::flat_map(|x: u64| [x, x + 1]))
@@ -228,7 +228,9 @@ fn accounting_holds_for_every_policy() {
             .overflow(overflow)
             .on_drop(move |_| *counted.lock().unwrap() += 1)
             .stage("check", || {
-                backflow::stage::validate(|x: &u64| if x % 7 == 0 { Err("seven") } else { Ok(()) })
+                backflow::stage::validate(
+                    |x: &u64| if x.is_multiple_of(7) { Err("seven") } else { Ok(()) },
+                )
             })
             .capacity(4)
             .overflow(overflow)

@@ -27,7 +27,9 @@ fn demo() -> Report {
     let delivered = Arc::new(Mutex::new(Vec::new()));
     let pipeline = Pipeline::<u32>::builder()
         .stage("parse", || {
-            stage::try_map(|x: u32| if x % 10 == 0 { Err(format!("{x} is bad")) } else { Ok(x) })
+            stage::try_map(
+                |x: u32| if x.is_multiple_of(10) { Err(format!("{x} is bad")) } else { Ok(x) },
+            )
         })
         .dead_letter(|_| {})
         .broadcast("audit", |b| b.sink(|_| {}))

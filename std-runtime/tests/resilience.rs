@@ -41,9 +41,9 @@ type Check = Box<dyn FnMut(u64) -> Result<u64, String>>;
 /// A stage factory whose stages fail the multiples of `n`.
 fn fails_on_multiples_of(n: u64) -> impl Fn() -> stage::TryMap<Check> {
     move || {
-        stage::try_map(Box::new(
-            move |x: u64| if x % n == 0 { Err(format!("{x} is bad")) } else { Ok(x) },
-        ))
+        stage::try_map(Box::new(move |x: u64| {
+            if x.is_multiple_of(n) { Err(format!("{x} is bad")) } else { Ok(x) }
+        }))
     }
 }
 
@@ -343,7 +343,7 @@ fn flush_every_emits_a_partial_batch_without_waiting_for_the_end() {
 #[test]
 fn run_pushes_an_iterator_and_drains() {
     let pipeline = Pipeline::<u64>::builder()
-        .stage("evens", || stage::filter(|x: &u64| x % 2 == 0))
+        .stage("evens", || stage::filter(|x: &u64| x.is_multiple_of(2)))
         .sink(|_| {})
         .build()
         .unwrap();

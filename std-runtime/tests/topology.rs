@@ -167,7 +167,7 @@ fn a_broadcast_merged_back_doubles_every_item_and_branches_nest() {
         .stage("parse", || |x: u64| x)
         .broadcast("copy", |b| {
             b.stage("plus", || |x: u64| x + 100_000)
-                .branch("big", |x: &u64| x % 10 == 0, |inner| inner.sink(big_sink))
+                .branch("big", |x: &u64| x.is_multiple_of(10), |inner| inner.sink(big_sink))
                 .merge()
         })
         .stage("last", || |x: u64| x)

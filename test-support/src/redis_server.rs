@@ -239,6 +239,16 @@ fn answers_ping(address: SocketAddr) -> bool {
     exchange().unwrap_or(false)
 }
 
+/// `program` as a loopback `redis-server` on `port`: no snapshots, no input, output discarded.
+fn server_command(program: &OsStr, port: u16) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
 #[cfg(test)]
 mod tests {
     use std::thread;
@@ -309,14 +319,4 @@ mod tests {
         // Killed and reaped (no zombie left): its process is gone.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
-}
-
-/// `program` as a loopback `redis-server` on `port`: no snapshots, no input, output discarded.
-fn server_command(program: &OsStr, port: u16) -> Command {
-    let mut command = Command::new(program);
-    command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    command
 }
