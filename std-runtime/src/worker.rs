@@ -287,8 +287,10 @@ where
     let control = Arc::clone(&input.control);
     let mut inputs: VecDeque<Envelope<In>> = VecDeque::with_capacity(BATCH);
     let mut outputs: VecDeque<Envelope<S::Out>> = VecDeque::with_capacity(BATCH);
+    // Kept here, outside the catch, so that what it holds back outlives a fatal panic.
+    let mut stage = None;
     let result = catch_unwind(AssertUnwindSafe(|| {
-        work(id, factory, parts, &mut inputs, &mut outputs);
+        work(id, factory, parts, &mut stage, &mut inputs, &mut outputs);
     }));
     if let Err(panic) = result {
         // Not the stage's panic (those are caught in `work`): the sink or a hook. The pipeline
@@ -303,6 +305,9 @@ where
         }
         downstream.abandon(&mut outputs);
     }
+    if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
+        abandon_held(stage, &mut outputs, parts);
+    }
     if let Some(reorder) = &parts.reorder {
         if control.is_cancelled() {
             reorder.abandon_waiting(downstream);
@@ -315,6 +320,7 @@ fn work<In, S, F>(
     id: &WorkerId,
     factory: &F,
     parts: &WorkerParts<In, S::Out>,
+    stage: &mut Option<S>,
     inputs: &mut VecDeque<Envelope<In>>,
     outputs: &mut VecDeque<Envelope<S::Out>>,
 ) where
@@ -333,7 +339,7 @@ fn work<In, S, F>(
         policy: &parts.policy,
     };
     let plain = parts.policy.is_plain(control);
-    let mut stage = factory();
+    let stage = stage.insert(factory());
     let mut taken = VecDeque::with_capacity(if S::RUNS { BATCH } else { 0 });
     let mut flushed_at = Instant::now();
     loop {
@@ -343,7 +349,7 @@ fn work<In, S, F>(
         if let Some(period) = parts.flush_every {
             if flushed_at.elapsed() >= period {
                 flushed_at = Instant::now();
-                if !flush(&mut stage, outputs, parts, control) {
+                if !flush(stage, outputs, parts, control) {
                     return;
                 }
             }
@@ -375,29 +381,20 @@ fn work<In, S, F>(
         let run_cancelled = || S::RUNS && control.is_cancelled();
         while !inputs.is_empty() && !out.stopped && !run_cancelled() {
             if S::RUNS {
-                in_runs(
-                    &mut stage,
-                    factory,
-                    inputs,
-                    &mut out,
-                    &mut taken,
-                    &cx,
-                    &mut outcomes,
-                    plain,
-                );
+                in_runs(stage, factory, inputs, &mut out, &mut taken, &cx, &mut outcomes, plain);
             } else if plain {
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    one_by_one(&mut stage, inputs, &mut out, &cx, &mut outcomes);
+                    one_by_one(stage, inputs, &mut out, &cx, &mut outcomes);
                 }));
                 if result.is_err() {
                     // Delivery panics are caught in `flush`: this one is the stage's, and the
                     // item it was processing failed with it.
                     outcomes.failed += 1;
                     outcomes.panicked += 1;
-                    stage = rebuild(factory);
+                    rebuild(stage, factory, &mut out);
                 }
             } else {
-                careful(&mut stage, factory, inputs, &mut out, &cx, &mut outcomes);
+                careful(stage, factory, inputs, &mut out, &cx, &mut outcomes);
             }
             if !out.stopped && control.is_cancelled() {
                 break;
@@ -420,7 +417,7 @@ fn work<In, S, F>(
         }
     }
     // End of stream: let the stage emit what it holds back.
-    flush(&mut stage, outputs, parts, control);
+    flush(stage, outputs, parts, control);
 }
 
 /// Flushes the stage (at the end of the stream, or on its timer) and delivers what it emits
@@ -654,7 +651,7 @@ fn attempts<In, S, F>(
                 // Counted as failed for good first: if the factory panics too, the worker
                 // stops with this item settled.
                 outcomes.failed += 1;
-                *stage = rebuild(factory);
+                rebuild(stage, factory, out);
                 outcomes.failed -= 1;
                 Some(Failure::Panic(panic_message(&*panic)))
             }
@@ -803,7 +800,7 @@ fn in_runs<In, S, F>(
         // panics too, the worker stops with the run's failures settled as errors.
         let failed = failures.len() as u64;
         outcomes.failed += failed;
-        *stage = rebuild(factory);
+        rebuild(stage, factory, out);
         outcomes.failed -= failed;
     }
     for (failure, copy) in failures {
@@ -813,13 +810,46 @@ fn in_runs<In, S, F>(
     }
 }
 
-/// A fresh stage from the factory, after the old one panicked. A panic in the factory goes
-/// on (the worker cannot go on without a stage: it is fatal), saying where it came from.
-fn rebuild<S>(factory: &impl Fn() -> S) -> S {
-    catch_unwind(AssertUnwindSafe(factory)).unwrap_or_else(|panic| {
+/// Replaces a stage that panicked with a fresh one from the factory. What the old one held
+/// back (a partial batch, aggregates) came from inputs it processed: it is flushed on before
+/// the old one is dropped, so that nothing it held vanishes with it. A panic in that flush or
+/// in its `drop` counts as a panic of the stage. A panic in the factory goes on (the worker
+/// cannot go on without a stage: it is fatal, and the old stage stays, for the worker to
+/// abandon what it holds), saying where it came from.
+fn rebuild<In, S: Stage<In>>(
+    stage: &mut S,
+    factory: &impl Fn() -> S,
+    out: &mut Outputs<'_, S::Out>,
+) {
+    let fresh = catch_unwind(AssertUnwindSafe(factory)).unwrap_or_else(|panic| {
         let message = format!("the stage's factory panicked: {}", panic_message(&*panic));
         resume_unwind(Box::new(message))
-    })
+    });
+    let mut old = mem::replace(stage, fresh);
+    let flushed = catch_unwind(AssertUnwindSafe(|| {
+        let _ = old.flush(&mut *out);
+        drop(old);
+    }));
+    if flushed.is_err() {
+        out.counters.panicked.increment();
+    }
+}
+
+/// Abandons what `stage` holds back when its worker stops before the end of the stream
+/// (cancel, a fatal panic): the stage is flushed, and its outputs are received and abandoned
+/// downstream, counted and handed to the drop hook there, like the rest of the worker's.
+fn abandon_held<In, S: Stage<In>>(
+    stage: &mut S,
+    outputs: &mut VecDeque<Envelope<S::Out>>,
+    parts: &WorkerParts<In, S::Out>,
+) {
+    let mut out = Outputs::new(outputs, parts);
+    out.hold = true;
+    if catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))).is_err() {
+        parts.shared.counters.panicked.increment();
+    }
+    drop(out);
+    parts.downstream.abandon(outputs);
 }
 
 /// Nanoseconds since `start`.

@@ -367,3 +367,76 @@ fn the_bottleneck_is_the_busy_stage_or_the_sink() {
         other => panic!("{other:?}\n{stats}"),
     }
 }
+
+/// Holds every item back until `flush`, and panics on `panic_on`.
+#[derive(Default)]
+struct Hoard {
+    held: Vec<u64>,
+    panic_on: Option<u64>,
+}
+
+impl Stage<u64> for Hoard {
+    type Out = Vec<u64>;
+    type Error = std::convert::Infallible;
+
+    fn process(
+        &mut self,
+        item: u64,
+        _: &mut impl backflow::core::stage::Emit<Vec<u64>>,
+    ) -> Result<(), Self::Error> {
+        assert!(Some(item) != self.panic_on, "{item} is cursed");
+        self.held.push(item);
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        out: &mut impl backflow::core::stage::Emit<Vec<u64>>,
+    ) -> Result<(), Self::Error> {
+        if !self.held.is_empty() {
+            out.emit(std::mem::take(&mut self.held));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn what_a_stage_holds_back_when_the_pipeline_is_cancelled_is_abandoned_and_counted() {
+    let lost = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lost);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("hoard", Hoard::default)
+        .sink(|_| {})
+        .on_drop(move |d| seen.lock().unwrap().push((d.reason, d.item)))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..10).unwrap();
+    common::eventually("the stage took every item", || {
+        pipeline.stats().stage("hoard").unwrap().accounting.emitted_inputs == 10
+    });
+    pipeline.cancel();
+    let Err(PipelineError::Cancelled { report }) = pipeline.drain() else {
+        panic!("cancelled");
+    };
+    assert!(report.is_balanced(), "{:?}", report.unbalanced());
+    assert_eq!(report.stage("hoard").unwrap().emitted_outputs, 1);
+    assert_eq!((report.sink().received, report.sink().abandoned), (1, 1));
+    assert_eq!(*lost.lock().unwrap(), [(DropReason::Abandoned, (0..10).collect::<Vec<_>>())]);
+}
+
+#[test]
+fn what_a_panicking_stage_held_back_goes_on_before_it_is_rebuilt() {
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&delivered);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("cursed", || Hoard { held: Vec::new(), panic_on: Some(5) })
+        .sink(move |batch| seen.lock().unwrap().push(batch))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..10).unwrap();
+    let report = pipeline.drain().unwrap();
+    assert!(report.is_balanced(), "{:?}", report.unbalanced());
+    let cursed = report.stage("cursed").unwrap();
+    assert_eq!((cursed.accounting.emitted_inputs, cursed.accounting.errored), (9, 1));
+    assert_eq!(*delivered.lock().unwrap(), [vec![0, 1, 2, 3, 4], vec![6, 7, 8, 9]]);
+}
