@@ -19,6 +19,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -1583,7 +1584,13 @@ where
         let (factory, control) = (Arc::clone(factory), Arc::clone(&wiring.control));
         let work_id = id.clone();
         let work = move || {
-            worker::run(&work_id, &*factory, &parts);
+            // `run` catches every panic of the user's code it calls; this one is for what it
+            // cannot reach (the `drop` of the factory's captures), so that the exit is
+            // always announced (`shutdown` waits for it).
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                worker::run(&work_id, &*factory, &parts);
+                drop((factory, parts));
+            }));
             control.worker_exited();
         };
         wiring.workers.push((id, Box::new(work)));

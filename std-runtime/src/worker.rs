@@ -308,6 +308,12 @@ where
     if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
         abandon_held(stage, &mut outputs, parts);
     }
+    // The stage's `drop` is the user's code too.
+    if let Some(stage) = stage.take() {
+        if catch_unwind(AssertUnwindSafe(|| drop(stage))).is_err() {
+            parts.shared.counters.panicked.increment();
+        }
+    }
     if let Some(reorder) = &parts.reorder {
         if control.is_cancelled() {
             reorder.abandon_waiting(downstream);

@@ -440,3 +440,40 @@ fn what_a_panicking_stage_held_back_goes_on_before_it_is_rebuilt() {
     assert_eq!((cursed.accounting.emitted_inputs, cursed.accounting.errored), (9, 1));
     assert_eq!(*delivered.lock().unwrap(), [vec![0, 1, 2, 3, 4], vec![6, 7, 8, 9]]);
 }
+
+/// A stage whose `drop` panics.
+struct Grudge;
+
+impl Drop for Grudge {
+    fn drop(&mut self) {
+        panic!("a grudge is never let go");
+    }
+}
+
+impl Stage<u64> for Grudge {
+    type Out = u64;
+    type Error = std::convert::Infallible;
+
+    fn process(
+        &mut self,
+        item: u64,
+        out: &mut impl backflow::core::stage::Emit<u64>,
+    ) -> Result<(), Self::Error> {
+        out.emit(item);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stage_whose_drop_panics_does_not_hold_up_a_shutdown_without_deadline() {
+    let pipeline =
+        Pipeline::<u64>::builder().stage("grudge", || Grudge).sink(|_| {}).build().unwrap();
+    pipeline.input().push_iter(0..100).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    thread::spawn(move || done.send(pipeline.shutdown(Duration::MAX)));
+    // A hang shows as no answer in a minute; a finished shutdown answers at once.
+    let report = finished.recv_timeout(Duration::from_secs(60)).expect("shutdown returns").unwrap();
+    assert_eq!(report.sink().delivered, 100);
+    assert!(report.is_balanced(), "{:?}", report.unbalanced());
+    assert_eq!(count("backflow:grudge:"), 0);
+}
