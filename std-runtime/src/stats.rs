@@ -187,9 +187,16 @@ impl Accounting {
     /// assert!(!Accounting { received: 1, emitted_inputs: 2, ..Default::default() }.is_balanced());
     /// ```
     pub fn is_balanced(&self) -> bool {
-        let settled =
-            self.emitted_inputs + self.dropped + self.errored + self.dead_lettered + self.abandoned;
-        settled <= self.received && self.received - settled == self.in_flight
+        // In u128: counts whose sum passes `u64::MAX` are not balanced, not wrapped.
+        self.settled() + u128::from(self.in_flight) == u128::from(self.received)
+    }
+
+    /// Everything but `in_flight`, summed without overflow.
+    fn settled(&self) -> u128 {
+        [self.emitted_inputs, self.dropped, self.errored, self.dead_lettered, self.abandoned]
+            .into_iter()
+            .map(u128::from)
+            .sum()
     }
 
     fn from_counters(counters: &StageCounters) -> Self {
@@ -209,8 +216,7 @@ impl Accounting {
     /// may be settled a moment before its arrival is added): it shows `received` as at least
     /// what is settled, and in flight as the rest.
     fn with_received(mut self, received: u64, exact: bool) -> Self {
-        let settled =
-            self.emitted_inputs + self.dropped + self.errored + self.dead_lettered + self.abandoned;
+        let settled = u64::try_from(self.settled()).unwrap_or(u64::MAX);
         self.received = if exact { received } else { received.max(settled) };
         self.in_flight = self.received.saturating_sub(settled);
         self
@@ -654,14 +660,15 @@ impl Collector<'_> {
         let delivered = sink.delivered.get();
         let abandoned = sink.counters.abandoned.get();
         let received = sink.counters.received.get();
-        let received = if self.exact { received } else { received.max(delivered + abandoned) };
+        let settled = delivered.saturating_add(abandoned);
+        let received = if self.exact { received } else { received.max(settled) };
         let mut window = sink.window.lock().unwrap_or_else(PoisonError::into_inner);
         SinkStats {
             name: name.to_string(),
             received,
             delivered,
             abandoned,
-            in_flight: received.saturating_sub(delivered + abandoned),
+            in_flight: received.saturating_sub(settled),
             latency: sink.latency.snapshot().percentiles(),
             throughput_recent: window.rate(self.now, delivered),
             throughput_total: per_second(delivered, elapsed),
@@ -933,7 +940,10 @@ impl Report {
             .stats
             .sinks()
             .iter()
-            .filter(|k| k.received != k.delivered + k.abandoned + k.in_flight)
+            .filter(|k| {
+                let settled = u128::from(k.delivered) + u128::from(k.abandoned);
+                u128::from(k.received) != settled + u128::from(k.in_flight)
+            })
             .map(|k| format!("{}: {k:?}", k.name));
         let flows = self
             .stats

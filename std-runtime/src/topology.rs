@@ -43,7 +43,11 @@ impl FanCounts {
     /// route, everything twice for a broadcast (but once for what could not be copied).
     pub(crate) fn owed(&self) -> u64 {
         let input = self.input.get();
-        if self.broadcast { (2 * input).saturating_sub(self.unsplit.get()) } else { input }
+        if self.broadcast {
+            input.saturating_mul(2).saturating_sub(self.unsplit.get())
+        } else {
+            input
+        }
     }
 }
 
