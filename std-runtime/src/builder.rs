@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -1081,8 +1081,19 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             .collect();
         let (mut threads, mut refused) = (Vec::with_capacity(wiring.workers.len()), None);
         for (id, work) in wiring.workers {
-            match thread::Builder::new().name(id.to_string()).spawn(work) {
-                Ok(handle) => threads.push(handle),
+            // Each thread is let start (the standard library sets up its signal stack then)
+            // before the next one's stack is taken: when memory runs out, it is the next
+            // `spawn` that fails, with an error, not a started thread, which would abort.
+            let (started, has_started) = mpsc::sync_channel(1);
+            let spawned = thread::Builder::new().name(id.to_string()).spawn(move || {
+                let _ = started.send(());
+                work();
+            });
+            match spawned {
+                Ok(handle) => {
+                    let _ = has_started.recv();
+                    threads.push(handle);
+                }
                 Err(error) => {
                     let (stage, worker) = (id.stage.to_string(), id.index);
                     refused =

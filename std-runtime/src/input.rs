@@ -135,10 +135,21 @@ impl<In> Input<In> {
     /// handle's bookkeeping and the wake-up of the first stage done once per batch rather than
     /// once per item: the fastest way to feed a pipeline.
     ///
+    /// The iterator is read inside the push (a batch at a time), and
+    /// [`drain`](crate::Pipeline::drain), [`shutdown`](crate::Pipeline::shutdown) and a drop
+    /// of the pipeline wait for a push in progress to end before taking their final count: an
+    /// iterator that blocks (on a socket, a channel) holds them up until it yields. Such a
+    /// source is better pushed item by item.
+    ///
     /// # Errors
     ///
     /// The first item that could not be pushed (closed or cancelled); the rest of the iterator
     /// is left unconsumed.
+    ///
+    /// # Panics
+    ///
+    /// When `items` panics: the panic goes on to the caller once the items taken before it are
+    /// in the pipeline and counted.
     ///
     /// # Examples
     ///
@@ -148,12 +159,6 @@ impl<In> Input<In> {
     /// assert_eq!(pipeline.drain()?.sink().delivered, 1000);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    /// If `items` panics, the panic goes on to the caller once the items taken before it are
-    /// in the pipeline and counted. The iterator is read inside the push (a batch at a time),
-    /// and [`drain`](crate::Pipeline::drain), [`shutdown`](crate::Pipeline::shutdown) and a
-    /// drop of the pipeline wait for a push in progress to end before taking their final
-    /// count: an iterator that blocks (on a socket, a channel) holds them up until it yields.
-    /// Such a source is better pushed item by item.
     pub fn push_iter<I: IntoIterator<Item = In>>(&self, items: I) -> Result<(), PushError<In>> {
         let mut items = items.into_iter().peekable();
         // The iterator is the caller's code, read inside the push: its panic is held until
