@@ -60,8 +60,10 @@
 mod config;
 mod connection;
 mod consumer;
+mod endpoint;
 mod entry;
 mod error;
+mod tls;
 mod writer;
 
 pub use config::{
@@ -71,4 +73,5 @@ pub use config::{
 pub use consumer::{Consumer, ConsumerHandle, Summary};
 pub use entry::{Entry, Fields, Receipt};
 pub use error::Error;
+pub use tls::Tls;
 pub use writer::{Record, Writer, Xadd};
