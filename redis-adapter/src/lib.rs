@@ -28,6 +28,14 @@
 //! command may then run twice (an entry read twice, a record written twice), which
 //! at-least-once allows; what the server lost in the crash is read or written again.
 //!
+//! **TLS and users.** A `rediss://` URL connects over TLS, trusting the CA a [`Tls`] names
+//! (and showing its client certificate, for mutual TLS); a username and password go in the
+//! URL or beside it ([`ConsumerConfig::password`]). The password is masked (`***`) in every
+//! `Debug` and `Display` and is in no error. Refused credentials ([`Error::Auth`]), a missing
+//! ACL permission ([`Error::Permission`], naming the command) and a failed handshake
+//! ([`Error::Tls`]) are not retried. The README gives the ACL rules a consumer and a writer
+//! need.
+//!
 //! ```no_run
 //! use std::num::NonZeroUsize;
 //! use std::time::Duration;
