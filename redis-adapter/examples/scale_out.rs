@@ -39,6 +39,10 @@ struct Args {
     /// The stream results are added to.
     #[arg(long, default_value = "squares")]
     output: String,
+    /// The server (and user) results are written with, when not the reader's `--url`: a
+    /// writer's ACL user may add to the output stream and do nothing else.
+    #[arg(long)]
+    output_url: Option<String>,
     /// Count results in the sink instead of writing them (a two-stage pipeline).
     #[arg(long)]
     no_output: bool,
@@ -138,7 +142,8 @@ fn consume(args: &Args) -> Result<(), BoxError> {
         let pipeline = source.sink(|_| {}).build()?;
         consumer.run(pipeline)?
     } else {
-        let writer = Writer::new(WriterConfig::new(&args.url, &args.output))?;
+        let output_url = args.output_url.as_ref().unwrap_or(&args.url);
+        let writer = Writer::new(WriterConfig::new(output_url, &args.output))?;
         let consumer_name = args.consumer.clone();
         let pipeline = source
             .stage("record", move || {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use backflow::core::{ConfigError, RetrySchedule};
 
-use crate::Error;
+use crate::endpoint::Endpoint;
+use crate::{Error, Tls};
 
 /// Entries asked for per `XREADGROUP` when nothing else is said.
 ///
@@ -90,7 +91,7 @@ pub const DEFAULT_RECONNECT: RetrySchedule =
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub(crate) url: String,
+    pub(crate) endpoint: Endpoint,
     pub(crate) stream: String,
     pub(crate) group: String,
     pub(crate) consumer: String,
@@ -123,7 +124,7 @@ impl ConsumerConfig {
         consumer: impl Into<String>,
     ) -> Self {
         Self {
-            url: url.into(),
+            endpoint: Endpoint::new(url.into()),
             stream: stream.into(),
             group: group.into(),
             consumer: consumer.into(),
@@ -137,6 +138,56 @@ impl ConsumerConfig {
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             dead_letter_stream: None,
         }
+    }
+
+    /// Authenticates as `username` (a Redis ACL user), in place of the URL's user. Without
+    /// a username anywhere, the password is the `default` user's (`requirepass`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").username("app");
+    /// assert!(format!("{config:?}").contains("app"));
+    /// ```
+    #[must_use]
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.endpoint.set_username(username.into());
+        self
+    }
+
+    /// Authenticates with `password`, in place of the URL's: read it from wherever the
+    /// application keeps secrets (an environment variable, a file) rather than writing it in
+    /// the URL. It is never printed: `Debug` shows `***`, and no error carries it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::ConsumerConfig;
+    /// let password = std::env::var("REDIS_PASSWORD").unwrap_or_else(|_| "s3cret".into());
+    /// let config = ConsumerConfig::new("redis://localhost/", "s", "g", "c").username("app").password(password);
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
+    #[must_use]
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.endpoint.set_password(password.into());
+        self
+    }
+
+    /// Trusts only `tls`'s CA for a `rediss://` URL, and shows its client certificate if it
+    /// has one (mutual TLS). See [`Tls`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::{ConsumerConfig, Tls};
+    /// let config = ConsumerConfig::new("rediss://localhost/", "s", "g", "c").tls(Tls::ca_file("/etc/redis/ca.pem"));
+    /// assert!(format!("{config:?}").contains("ca.pem"));
+    /// ```
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.endpoint.set_tls(tls);
+        self
     }
 
     /// Entries asked for per read (`COUNT`), at most [`MAX_BATCH`]; default [`DEFAULT_BATCH`].
@@ -327,7 +378,9 @@ impl ConsumerConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL),
+    /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL), `tls`
+    /// (set for a URL other than `rediss://`), `tls.ca`, `tls.client_cert`, `tls.client_key`
+    /// (a file that cannot be read, or PEM without what it should hold),
     /// `stream`, `group` or `consumer` (empty), `batch` (zero or over [`MAX_BATCH`]),
     /// `max_pending` or `max_deliveries` (zero), `block`, `claim_idle`, `claim_every` or
     /// `stop_when_idle` (under a millisecond or over [`MAX_DURATION`]),
@@ -341,7 +394,7 @@ impl ConsumerConfig {
     /// assert!(config.validate().unwrap_err().to_string().contains("`url`"));
     /// ```
     pub fn validate(&self) -> Result<(), Error> {
-        check_url(&self.url)?;
+        self.endpoint.client()?;
         not_empty("stream", &self.stream)?;
         not_empty("group", &self.group)?;
         not_empty("consumer", &self.consumer)?;
@@ -379,7 +432,7 @@ impl ConsumerConfig {
 /// ```
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    pub(crate) url: String,
+    pub(crate) endpoint: Endpoint,
     pub(crate) stream: String,
     pub(crate) max_len: Option<usize>,
     pub(crate) reconnect: RetrySchedule,
@@ -395,7 +448,62 @@ impl WriterConfig {
     /// assert!(config.validate().is_ok());
     /// ```
     pub fn new(url: impl Into<String>, stream: impl Into<String>) -> Self {
-        Self { url: url.into(), stream: stream.into(), max_len: None, reconnect: DEFAULT_RECONNECT }
+        Self {
+            endpoint: Endpoint::new(url.into()),
+            stream: stream.into(),
+            max_len: None,
+            reconnect: DEFAULT_RECONNECT,
+        }
+    }
+
+    /// Authenticates as `username` (a Redis ACL user), in place of the URL's user. Without
+    /// a username anywhere, the password is the `default` user's (`requirepass`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::WriterConfig;
+    /// let config = WriterConfig::new("redis://localhost/", "out").username("app");
+    /// assert!(format!("{config:?}").contains("app"));
+    /// ```
+    #[must_use]
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.endpoint.set_username(username.into());
+        self
+    }
+
+    /// Authenticates with `password`, in place of the URL's: read it from wherever the
+    /// application keeps secrets (an environment variable, a file) rather than writing it in
+    /// the URL. It is never printed: `Debug` shows `***`, and no error carries it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::WriterConfig;
+    /// let password = std::env::var("REDIS_PASSWORD").unwrap_or_else(|_| "s3cret".into());
+    /// let config = WriterConfig::new("redis://localhost/", "out").username("app").password(password);
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
+    #[must_use]
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.endpoint.set_password(password.into());
+        self
+    }
+
+    /// Trusts only `tls`'s CA for a `rediss://` URL, and shows its client certificate if it
+    /// has one (mutual TLS). See [`Tls`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use backflow_redis::{WriterConfig, Tls};
+    /// let config = WriterConfig::new("rediss://localhost/", "out").tls(Tls::ca_file("/etc/redis/ca.pem"));
+    /// assert!(format!("{config:?}").contains("ca.pem"));
+    /// ```
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.endpoint.set_tls(tls);
+        self
     }
 
     /// Trims the stream to about `entries` as it grows (`MAXLEN ~`: the server trims whole
@@ -438,7 +546,8 @@ impl WriterConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the field: `url` (not a Redis URL), `stream` (empty),
+    /// [`Error::Config`] naming the field: `url` (not a Redis URL), `tls`, `tls.ca`,
+    /// `tls.client_cert`, `tls.client_key` (as for [`ConsumerConfig::validate`]), `stream` (empty),
     /// `max_len` (zero, or over `i64::MAX`).
     ///
     /// # Examples
@@ -449,7 +558,7 @@ impl WriterConfig {
     /// assert!(config.validate().unwrap_err().to_string().contains("`stream`"));
     /// ```
     pub fn validate(&self) -> Result<(), Error> {
-        check_url(&self.url)?;
+        self.endpoint.client()?;
         not_empty("stream", &self.stream)?;
         positive("max_len", self.max_len.unwrap_or(1))?;
         if self.max_len.is_some_and(|entries| i64::try_from(entries).is_err()) {
@@ -459,17 +568,8 @@ impl WriterConfig {
     }
 }
 
-fn invalid(field: &'static str, expected: &'static str) -> Error {
+pub(crate) fn invalid(field: &'static str, expected: &'static str) -> Error {
     Error::Config(ConfigError::Invalid { field, expected })
-}
-
-/// A client for `url` (opening one connects to nothing yet).
-pub(crate) fn client(url: &str) -> Result<redis::Client, Error> {
-    redis::Client::open(url).map_err(|_| invalid("url", "a Redis URL such as redis://host:6379/0"))
-}
-
-fn check_url(url: &str) -> Result<(), Error> {
-    client(url).map(drop)
 }
 
 fn not_empty(field: &'static str, value: &str) -> Result<(), Error> {

@@ -4,10 +4,11 @@ use std::thread;
 use std::time::Duration;
 
 use backflow::core::RetrySchedule;
-use redis::{Client, Connection, RedisError, Value};
+use redis::{Client, Connection, ErrorKind, RedisError, Value};
 
 use crate::Error;
 use crate::entry::Fields;
+use crate::tls;
 
 /// Room left on top of a blocking read before a silent server counts as a lost connection.
 const READ_MARGIN: Duration = Duration::from_secs(5);
@@ -18,6 +19,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One Redis connection, opened on first use and opened again after it is lost.
 pub(crate) struct Reconnecting {
     client: Client,
+    /// The user the server authenticates the connection as, for errors.
+    user: String,
     connection: Option<Connection>,
     schedule: RetrySchedule,
     /// How long the longest command may keep the server silent (a blocking read).
@@ -27,10 +30,15 @@ pub(crate) struct Reconnecting {
 }
 
 impl Reconnecting {
-    /// Connects through `client` on first use; `longest` is the longest the server may take
-    /// to answer a command.
-    pub(crate) fn new(client: Client, schedule: RetrySchedule, longest: Duration) -> Self {
-        Self { client, connection: None, schedule, longest, reconnects: 0 }
+    /// Connects through `client` as `user` on first use; `longest` is the longest the server
+    /// may take to answer a command.
+    pub(crate) fn new(
+        client: Client,
+        user: String,
+        schedule: RetrySchedule,
+        longest: Duration,
+    ) -> Self {
+        Self { client, user, connection: None, schedule, longest, reconnects: 0 }
     }
 
     /// Runs `command` on the connection. When the connection is lost (or cannot be opened),
@@ -38,7 +46,8 @@ impl Reconnecting {
     /// again after the schedule's delay (on a new connection if it was lost), until the
     /// schedule runs out. A command that may have reached the server before the connection
     /// dropped runs twice: every caller sends only commands for which that is harmless or
-    /// handled.
+    /// handled. Refused credentials, a missing permission and a failed TLS handshake are
+    /// not retried: they end the run at once ([`refusal`]).
     pub(crate) fn run<T>(
         &mut self,
         name: &'static str,
@@ -49,13 +58,20 @@ impl Reconnecting {
             let result = self.connection().and_then(&mut command);
             let error = match result {
                 Ok(value) => return Ok(value),
-                Err(error) if is_connection_loss(&error) => {
-                    self.connection = None;
-                    error
-                }
-                Err(error) if is_transient(&error) => error,
-                Err(source) => return Err(Error::Command { command: name, source }),
+                Err(error) => error,
             };
+            if let Some(refused) = refusal(&error, name, &self.user) {
+                // A connection refused its credentials or its TLS is of no further use.
+                if !matches!(refused, Error::Permission { .. }) {
+                    self.connection = None;
+                }
+                return Err(refused);
+            }
+            if is_connection_loss(&error) {
+                self.connection = None;
+            } else if !is_transient(&error) {
+                return Err(Error::Command { command: name, source: error });
+            }
             attempt = attempt.saturating_add(1);
             let Some(delay) = self.schedule.delay(attempt) else {
                 return Err(Error::Connection { attempts: attempt, source: error });
@@ -84,6 +100,40 @@ fn is_connection_loss(error: &RedisError) -> bool {
         || error.is_connection_refusal()
         || error.is_timeout()
         || error.is_unrecoverable_error()
+}
+
+/// The error for a refusal no retry can change, if `error` is one: the TLS handshake failed
+/// ([`Error::Tls`]), the server refused the credentials of `user` or wants some
+/// ([`Error::Auth`]), or `user` may not run the command named `name`, or one in its pipeline
+/// ([`Error::Permission`], naming the command the server names).
+pub(crate) fn refusal(error: &RedisError, name: &str, user: &str) -> Option<Error> {
+    if let Some(detail) = tls::failure(error) {
+        return Some(Error::Tls { detail });
+    }
+    let user = user.to_string();
+    if error.kind() == ErrorKind::AuthenticationFailed {
+        let detail = error.detail().unwrap_or("the server refused the credentials").to_string();
+        return Some(Error::Auth { user, code: "AUTH".into(), detail });
+    }
+    let errors = error.clone().into_server_errors()?;
+    errors.iter().find_map(|(_, refused)| {
+        let detail = refused.details().unwrap_or_default().to_string();
+        match refused.code() {
+            code @ ("WRONGPASS" | "NOAUTH") => {
+                Some(Error::Auth { user: user.clone(), code: code.into(), detail })
+            }
+            "NOPERM" => {
+                // "this user has no permissions to run the 'xack' command"; a refused key
+                // names no command: the one sent is named.
+                let command = detail
+                    .split('\'')
+                    .nth(1)
+                    .map_or_else(|| name.to_string(), str::to_ascii_uppercase);
+                Some(Error::Permission { user: user.clone(), command, detail })
+            }
+            _ => None,
+        }
+    })
 }
 
 /// Replies that say the server cannot serve now and will soon: it is loading its data after a
@@ -313,6 +363,38 @@ mod tests {
         }
         let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!is_transient(&lost) && is_connection_loss(&lost));
+    }
+
+    #[test]
+    fn refused_credentials_and_permissions_are_typed_and_name_the_user_and_command() {
+        let refused = |line: &str| refusal(&server_error(line), "XREADGROUP", "app");
+        for line in [
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "NOAUTH Authentication required.",
+        ] {
+            let code = line.split(' ').next().unwrap();
+            assert!(
+                matches!(refused(line), Some(Error::Auth { user, code: c, .. }) if user == "app" && c == code),
+                "{line}"
+            );
+        }
+        let noperm = refused("NOPERM this user has no permissions to run the 'xack' command");
+        assert!(
+            matches!(&noperm, Some(Error::Permission { user, command, .. }) if user == "app" && command == "XACK"),
+            "{noperm:?}"
+        );
+        let key = refused(
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+        );
+        assert!(
+            matches!(&key, Some(Error::Permission { command, .. }) if command == "XREADGROUP"),
+            "{key:?}"
+        );
+        let failed =
+            RedisError::from((ErrorKind::AuthenticationFailed, "Password authentication failed"));
+        assert!(matches!(refusal(&failed, "PING", "app"), Some(Error::Auth { .. })));
+        assert!(refused("LOADING Redis is loading the dataset in memory").is_none());
+        assert!(refused("ERR unknown command").is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backflow::{Input, Pipeline, PushError, Report};
 use redis::Value;
 
-use crate::config::{client, millis};
+use crate::config::millis;
 use crate::connection::{
     Pending, RawEntry, Reconnecting, claim_reply, claimed_reply, pending_of, pending_reply,
     read_reply,
@@ -243,7 +243,9 @@ impl Consumer {
     /// ```
     pub fn connect(config: ConsumerConfig) -> Result<Self, Error> {
         config.validate()?;
-        let mut redis = Reconnecting::new(client(&config.url)?, config.reconnect, config.block);
+        let endpoint = &config.endpoint;
+        let mut redis =
+            Reconnecting::new(endpoint.client()?, endpoint.user(), config.reconnect, config.block);
         let (stream, group) = (&config.stream, &config.group);
         let created = redis.run("XGROUP CREATE", |c| {
             redis::cmd("XGROUP")

@@ -32,6 +32,39 @@ pub enum Error {
         /// The last error.
         source: redis::RedisError,
     },
+    /// The server refused the credentials (`WRONGPASS`: no such user, a wrong password, or a
+    /// disabled user), or asked for credentials that were not given (`NOAUTH`). Not retried:
+    /// nothing was read, written or acknowledged. The password is never part of the error.
+    #[error("redis refused to authenticate user `{user}` ({code}): {detail}")]
+    Auth {
+        /// The user the connection tried to be, `default` when no username was given.
+        user: String,
+        /// The server's code: `WRONGPASS` or `NOAUTH` (`AUTH` when the client reports the
+        /// refusal of its `AUTH` command without the server's code).
+        code: String,
+        /// What the server or the client said.
+        detail: String,
+    },
+    /// The user may not run a command, or touch a key (`NOPERM`): its ACL rule lacks it (see
+    /// the README for the rules a consumer and a writer need). Not retried; whatever the
+    /// command was to settle stays pending in the group.
+    #[error("redis user `{user}` has no permission to run {command}: {detail}")]
+    Permission {
+        /// The user that was refused.
+        user: String,
+        /// The command refused, e.g. `"XACK"` or `"XGROUP|CREATE"`.
+        command: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// The TLS handshake failed: the server's certificate is not signed by the trusted CA or
+    /// does not name the host, or the server refused the client's certificate (or its
+    /// absence). Not retried.
+    #[error("TLS with the redis server failed: {detail}")]
+    Tls {
+        /// What went wrong, as rustls says it.
+        detail: String,
+    },
     /// The server refused a command (a wrong type at the key, a missing group, …).
     #[error("redis refused {command}: {source}")]
     Command {

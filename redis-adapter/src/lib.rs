@@ -28,6 +28,14 @@
 //! command may then run twice (an entry read twice, a record written twice), which
 //! at-least-once allows; what the server lost in the crash is read or written again.
 //!
+//! **TLS and users.** A `rediss://` URL connects over TLS, trusting the CA a [`Tls`] names
+//! (and showing its client certificate, for mutual TLS); a username and password go in the
+//! URL or beside it ([`ConsumerConfig::password`]). The password is masked (`***`) in every
+//! `Debug` and `Display` and is in no error. Refused credentials ([`Error::Auth`]), a missing
+//! ACL permission ([`Error::Permission`], naming the command) and a failed handshake
+//! ([`Error::Tls`]) are not retried. The README gives the ACL rules a consumer and a writer
+//! need.
+//!
 //! ```no_run
 //! use std::num::NonZeroUsize;
 //! use std::time::Duration;
@@ -60,8 +68,10 @@
 mod config;
 mod connection;
 mod consumer;
+mod endpoint;
 mod entry;
 mod error;
+mod tls;
 mod writer;
 
 pub use config::{
@@ -71,4 +81,5 @@ pub use config::{
 pub use consumer::{Consumer, ConsumerHandle, Summary};
 pub use entry::{Entry, Fields, Receipt};
 pub use error::Error;
+pub use tls::Tls;
 pub use writer::{Record, Writer, Xadd};

@@ -6,7 +6,6 @@ use std::time::Duration;
 use backflow::core::stage::{Emit, Stage};
 use redis::Value;
 
-use crate::config::client;
 use crate::connection::Reconnecting;
 use crate::entry::{Fields, Receipt};
 use crate::{Error, WriterConfig};
@@ -121,7 +120,7 @@ impl Record {
 ///     .build()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Writer {
     config: WriterConfig,
     client: redis::Client,
@@ -143,7 +142,7 @@ impl Writer {
     /// ```
     pub fn new(config: WriterConfig) -> Result<Self, Error> {
         config.validate()?;
-        Ok(Self { client: client(&config.url)?, config })
+        Ok(Self { client: config.endpoint.client()?, config })
     }
 
     /// A new stage with its own connection, opened on its first batch.
@@ -157,8 +156,15 @@ impl Writer {
     /// # Ok::<(), backflow_redis::Error>(())
     /// ```
     pub fn stage(&self) -> Xadd {
-        let redis = Reconnecting::new(self.client.clone(), self.config.reconnect, Duration::ZERO);
+        let (client, user) = (self.client.clone(), self.config.endpoint.user());
+        let redis = Reconnecting::new(client, user, self.config.reconnect, Duration::ZERO);
         Xadd { config: self.config.clone(), redis }
+    }
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer").field("config", &self.config).finish_non_exhaustive()
     }
 }
 

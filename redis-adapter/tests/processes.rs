@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, example, keys, number, summary, wait_with_limit};
+use common::{Server, documented_users, example, keys, number, summary, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -16,9 +16,20 @@ fn consumer(
     (stream, group, output): &(String, String, String),
     name: &str,
 ) -> Command {
+    consumer_at(&server.url, &server.url, &(stream.clone(), group.clone(), output.clone()), name)
+}
+
+/// As [`consumer`], reading at `url` and writing at `output_url` (each with its own user).
+fn consumer_at(
+    url: &str,
+    output_url: &str,
+    (stream, group, output): &(String, String, String),
+    name: &str,
+) -> Command {
     let mut command = Command::new(example());
     command
-        .args(["--url", &server.url, "--stream", stream, "--group", group, "--output", output])
+        .args(["--url", url, "--output-url", output_url])
+        .args(["--stream", stream, "--group", group, "--output", output])
         .args(["--consumer", name])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -38,22 +49,48 @@ fn outputs(server: &Server, output: &str) -> HashMap<u64, u32> {
 
 #[test]
 fn two_processes_share_a_group_and_process_every_entry_exactly_once() {
-    const ENTRIES: u64 = 6000;
     let server = Server::get();
-    let keys = keys("share");
+    share(&server, &keys("share"), &server.url, &server.url);
+}
+
+#[test]
+fn the_documented_least_privilege_users_run_the_scale_out_and_their_password_is_never_printed() {
+    const PASSWORD: &str = "pw-6b1f0c93e2d4";
+    let keys = keys("acl");
+    let server = Server::with_args(&documented_users(&keys.0, &keys.2, PASSWORD));
+    let reader = server.url_as("backflow-consumer", PASSWORD);
+    let writer = server.url_as("backflow-writer", PASSWORD);
+    for output in share(&server, &keys, &reader, &writer) {
+        for stream in [&output.stdout, &output.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert!(!text.contains(PASSWORD), "the password was printed: {text}");
+            assert!(text.contains("summary:") || text.contains("square"), "{text}");
+        }
+    }
+}
+
+/// Two `scale_out` processes share `keys`' group, reading at `url` and writing at
+/// `output_url`: every entry is processed exactly once. Returns their output.
+fn share(
+    server: &Server,
+    keys: &(String, String, String),
+    url: &str,
+    output_url: &str,
+) -> [std::process::Output; 2] {
+    const ENTRIES: u64 = 6000;
     server.fill(&keys.0, 0, ENTRIES);
     let spawn = |name: &str| {
-        consumer(&server, &keys, name)
+        consumer_at(url, output_url, keys, name)
             .args(["--until-done", "--work-us", "20", "--capacity", "64", "--batch", "32"])
             .spawn()
             .expect("the example starts")
     };
     let (a, b) = (spawn("a"), spawn("b"));
-    let (a, b) = (wait_with_limit(a, LIMIT), wait_with_limit(b, LIMIT));
-    for output in [&a, &b] {
+    let finished = [wait_with_limit(a, LIMIT), wait_with_limit(b, LIMIT)];
+    for output in &finished {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    let (a, b) = (summary(&a.stdout), summary(&b.stdout));
+    let (a, b) = (summary(&finished[0].stdout), summary(&finished[1].stdout));
     for s in [&a, &b] {
         assert!(number(s, "read") > 0, "both processes took a share: {s:?}");
         assert_eq!(number(s, "claimed"), 0, "nothing to take over in the happy path: {s:?}");
@@ -63,12 +100,13 @@ fn two_processes_share_a_group_and_process_every_entry_exactly_once() {
     }
     assert_eq!(number(&a, "read") + number(&b, "read"), ENTRIES);
 
-    let seen = outputs(&server, &keys.2);
+    let seen = outputs(server, &keys.2);
     assert_eq!(seen.len() as u64, ENTRIES, "every entry was written");
     assert!(seen.values().all(|&times| times == 1), "and exactly once");
     assert!(seen.keys().all(|&n| n < ENTRIES));
     assert_eq!(server.pending(&keys.0, &keys.1), 0);
     assert_eq!(server.group_info(&keys.0, &keys.1)["lag"], 0);
+    finished
 }
 
 #[test]

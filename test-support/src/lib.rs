@@ -1,7 +1,8 @@
 //! What backflow's integration tests, benches and `xtask` share, written once:
 //!
 //! - [`RedisServer`]: a `redis-server` of its own on a free loopback port, without
-//!   persistence, ready when [`RedisServer::start`] returns and stopped when dropped.
+//!   persistence, ready when [`RedisServer::start`] returns and stopped when dropped; with
+//!   arguments of the test's (ACL users) or a TLS port ([`ServerTls`]) as well.
 //! - [`example`]: one of a package's examples, built (or found up to date) by cargo into the
 //!   target directory and profile of the running test or bench, and its executable's path.
 //!
@@ -25,4 +26,4 @@ mod example;
 mod redis_server;
 
 pub use example::{ExampleError, example};
-pub use redis_server::{REDIS_URL_VARIABLE, RedisServer, StartError};
+pub use redis_server::{REDIS_URL_VARIABLE, RedisServer, ServerTls, StartError};

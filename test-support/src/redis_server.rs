@@ -1,9 +1,10 @@
 //! A `redis-server` of a test's own: started on a free loopback port, waited for until it
 //! answers `PING`, killed when dropped.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,34 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     url: String,
+    tls_port: Option<u16>,
+}
+
+/// The files of a server that also listens for TLS: its certificate and key, and the CA its
+/// clients' certificates must be signed by (PEM files, e.g. made at test time).
+///
+/// # Examples
+///
+/// ```
+/// let tls = test_support::ServerTls {
+///     cert: "server.pem".into(),
+///     key: "server.key".into(),
+///     ca: "ca.pem".into(),
+///     auth_clients: false,
+/// };
+/// assert!(!tls.auth_clients);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate (`--tls-cert-file`).
+    pub cert: PathBuf,
+    /// Its private key (`--tls-key-file`).
+    pub key: PathBuf,
+    /// The CA client certificates are checked against (`--tls-ca-cert-file`).
+    pub ca: PathBuf,
+    /// Whether a client must show a certificate signed by `ca` (`--tls-auth-clients yes`,
+    /// mutual TLS) or may show none (`no`).
+    pub auth_clients: bool,
 }
 
 /// Why [`RedisServer::start`] has no server to give.
@@ -96,7 +125,54 @@ impl RedisServer {
     /// # Ok::<(), test_support::StartError>(())
     /// ```
     pub fn start() -> Result<Self, StartError> {
-        Self::start_program(OsStr::new(PROGRAM))
+        Self::start_program(OsStr::new(PROGRAM), &[], None)
+    }
+
+    /// As [`start`](Self::start), with `args` after the loopback basics: ACL users
+    /// (`--user app on >password ~keys +command …`, one argument per word), settings. The
+    /// `default` user must still answer `PING` without a password on [`port`](Self::port),
+    /// which is how the server is known to be ready.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); arguments the server rejects end it:
+    /// [`StartError::Exited`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let server = test_support::RedisServer::start_with(&["--user", "app", "on", ">pw", "~*", "+@all"])?;
+    /// let url = format!("redis://app:pw@127.0.0.1:{}/", server.port());
+    /// # Ok::<(), test_support::StartError>(())
+    /// ```
+    pub fn start_with<S: AsRef<OsStr>>(args: &[S]) -> Result<Self, StartError> {
+        let args: Vec<OsString> = args.iter().map(|arg| arg.as_ref().to_owned()).collect();
+        Self::start_program(OsStr::new(PROGRAM), &args, None)
+    }
+
+    /// As [`start_with`](Self::start_with), the server also listening for TLS on a second
+    /// free loopback port ([`tls_port`](Self::tls_port), [`tls_url`](Self::tls_url)) with
+    /// `tls`'s certificate. The plain port stays open, for readiness and for a test's own
+    /// look at the data.
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with`](Self::start_with); certificate files the server cannot load end it:
+    /// [`StartError::Exited`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use test_support::{RedisServer, ServerTls};
+    ///
+    /// let tls = ServerTls { cert: "server.pem".into(), key: "server.key".into(), ca: "ca.pem".into(), auth_clients: true };
+    /// let server = RedisServer::start_tls(&tls, &[] as &[&str])?;
+    /// assert!(server.tls_url().unwrap().starts_with("rediss://127.0.0.1:"));
+    /// # Ok::<(), test_support::StartError>(())
+    /// ```
+    pub fn start_tls<S: AsRef<OsStr>>(tls: &ServerTls, args: &[S]) -> Result<Self, StartError> {
+        let args: Vec<OsString> = args.iter().map(|arg| arg.as_ref().to_owned()).collect();
+        Self::start_program(OsStr::new(PROGRAM), &args, Some(tls))
     }
 
     /// The URL of a server to share instead of starting one: [`REDIS_URL_VARIABLE`]'s value,
@@ -123,30 +199,54 @@ impl RedisServer {
         std::env::var(REDIS_URL_VARIABLE).ok().filter(|url| !url.is_empty())
     }
 
-    /// As [`start`](Self::start), running `program` in place of `redis-server`.
-    fn start_program(program: &OsStr) -> Result<Self, StartError> {
+    /// As [`start_tls`](Self::start_tls) (without TLS when `tls` is `None`), running
+    /// `program` in place of `redis-server`.
+    fn start_program(
+        program: &OsStr,
+        args: &[OsString],
+        tls: Option<&ServerTls>,
+    ) -> Result<Self, StartError> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(program) {
+            match Self::start_once(program, args, tls) {
                 Err(StartError::Exited { .. }) if attempt < ATTEMPTS => attempt += 1,
                 result => return result,
             }
         }
     }
 
-    fn start_once(program: &OsStr) -> Result<Self, StartError> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|listener| listener.local_addr())
-            .map_err(StartError::NoFreePort)?
-            .port();
-        let child = server_command(program, port).args(["--appendonly", "no"]).spawn().map_err(
-            |error| match error.kind() {
-                io::ErrorKind::NotFound => StartError::NotInstalled,
-                _ => StartError::Spawn(error),
-            },
-        )?;
+    fn start_once(
+        program: &OsStr,
+        args: &[OsString],
+        tls: Option<&ServerTls>,
+    ) -> Result<Self, StartError> {
+        let port = free_port()?;
+        let mut command = server_command(program, port);
+        command.args(["--appendonly", "no"]);
+        let tls_port = match tls {
+            None => None,
+            Some(tls) => {
+                let tls_port = free_port()?;
+                let auth_clients = if tls.auth_clients { "yes" } else { "no" };
+                command
+                    .args(["--tls-port", &tls_port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", auth_clients]);
+                Some(tls_port)
+            }
+        };
+        let child = command.args(args).spawn().map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => StartError::NotInstalled,
+            _ => StartError::Spawn(error),
+        })?;
         // From here on, dropping `server` stops the process, on every error path too.
-        let mut server = Self { child, port, url: format!("redis://127.0.0.1:{port}/") };
+        let url = format!("redis://127.0.0.1:{port}/");
+        let mut server = Self { child, port, url, tls_port };
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -203,6 +303,33 @@ impl RedisServer {
         self.port
     }
 
+    /// The loopback port it listens on for TLS, if it was started with
+    /// [`start_tls`](Self::start_tls).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let server = test_support::RedisServer::start()?;
+    /// assert_eq!(server.tls_port(), None);
+    /// # Ok::<(), test_support::StartError>(())
+    /// ```
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/`, if it listens for TLS.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let server = test_support::RedisServer::start()?;
+    /// assert_eq!(server.tls_url(), None);
+    /// # Ok::<(), test_support::StartError>(())
+    /// ```
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|port| format!("rediss://127.0.0.1:{port}/"))
+    }
+
     /// The server's process id (to read its CPU time in `/proc`, say).
     ///
     /// # Examples
@@ -223,6 +350,14 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port free right now.
+fn free_port() -> Result<u16, StartError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(StartError::NoFreePort)
 }
 
 /// Whether a Redis server at `address` answers an inline `PING` with `+PONG` (a server still
@@ -292,7 +427,8 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_not_installed() {
-        let error = RedisServer::start_program(OsStr::new("backflow-no-such-redis-server"));
+        let error =
+            RedisServer::start_program(OsStr::new("backflow-no-such-redis-server"), &[], None);
         assert!(matches!(error, Err(StartError::NotInstalled)), "{error:?}");
         let message = error.unwrap_err().to_string();
         assert!(message.contains("cargo xtask setup"), "{message}");
@@ -302,7 +438,7 @@ mod tests {
     fn a_server_that_exits_is_reported_at_once() {
         // `false` exits 1 whatever its arguments: as a server that cannot bind its port would.
         let started = Instant::now();
-        let error = RedisServer::start_program(OsStr::new("false"));
+        let error = RedisServer::start_program(OsStr::new("false"), &[], None);
         assert!(matches!(error, Err(StartError::Exited { .. })), "{error:?}");
         assert!(started.elapsed() < STARTUP_LIMIT, "waited {:?}", started.elapsed());
     }
@@ -318,5 +454,22 @@ mod tests {
         drop(server);
         // Killed and reaped (no zombie left): its process is gone.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn arguments_reach_the_server_and_bad_ones_end_it() {
+        let args = ["--user", "app", "on", ">pw", "~in", "+xadd"];
+        let server = RedisServer::start_with(&args).expect("redis-server (`cargo xtask setup`)");
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        stream.write_all(b"AUTH app pw\r\nXADD out * n 1\r\n").unwrap();
+        let mut reply = vec![0; 5];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply, b"+OK\r\n", "the user exists");
+        let mut refusal = [0; 7];
+        stream.read_exact(&mut refusal).unwrap();
+        assert_eq!(&refusal, b"-NOPERM", "with only the permissions given");
+        let error = RedisServer::start_with(&["--no-such-setting", "1"]);
+        assert!(matches!(error, Err(StartError::Exited { .. })), "{error:?}");
     }
 }

@@ -1,10 +1,12 @@
 //! backflow's task runner: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! - `setup`: installs what the checks need and a fresh machine lacks (thumb targets, nightly
-//!   with miri, `qemu-system-arm`, `redis-server`); quiet and quick when all is there.
+//!   with miri, `qemu-system-arm`, `redis-server`, `cargo-deny`); quiet and quick when all is
+//!   there.
 //! - `ci`: `setup`, then every check, in order, with a pass/fail summary; exits non-zero on any
 //!   failure. Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops
 //!   it.
+//! - `deny`: the dependency policy alone (`deny.toml`: licenses, bans, sources).
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
@@ -14,6 +16,7 @@
 
 mod bench;
 mod ci;
+mod deny;
 mod loom;
 mod miri;
 mod qemu;
@@ -24,7 +27,7 @@ mod step;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask <setup | ci | msrv | loom | miri | qemu | bench [--criterion]>";
+    "usage: cargo xtask <setup | ci | deny | msrv | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("ci") => ci::run(),
         Some("msrv") => release::msrv(),
+        Some("deny") => step::run_alone(deny::step()),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),

@@ -18,6 +18,9 @@
 //!   a system service on the default port; setup stops it, as the tests start servers of
 //!   their own.
 //!
+//! - `cargo-deny` (the dependency policy step, see [`crate::deny`]): `cargo install --locked
+//!   cargo-deny` (a few minutes the first time; cargo puts it in `~/.cargo/bin`).
+//!
 //! What it could not install it names with the command that would, and the steps that need
 //! it fail with that message instead of running.
 
@@ -27,7 +30,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::step::root;
-use crate::{miri, release};
+use crate::{deny, miri, release};
 
 /// Something a check needs that a machine with only stable Rust may lack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +47,12 @@ pub enum Need {
     Program(&'static str),
     /// A Rust toolchain of this version (a published crate's `rust-version`).
     Toolchain(&'static str),
+    /// A cargo subcommand (`cargo-deny`), on `PATH`, from `cargo install --locked <name>`.
+    CargoTool(&'static str),
 }
 
 /// Everything setup looks for, in the order it installs it.
-const EVERYTHING: [Need; 11] = [
+const EVERYTHING: [Need; 12] = [
     Need::Target("thumbv7em-none-eabihf"),
     Need::Target("thumbv6m-none-eabi"),
     Need::Target("thumbv7m-none-eabi"),
@@ -59,6 +64,7 @@ const EVERYTHING: [Need; 11] = [
     Need::Program("redis-server"),
     Need::Toolchain(release::TOOLCHAINS[0]),
     Need::Toolchain(release::TOOLCHAINS[1]),
+    Need::CargoTool(deny::TOOL),
 ];
 
 /// The nightly components the miri step uses.
@@ -76,6 +82,7 @@ impl fmt::Display for Need {
             Need::MiriSysroot => write!(f, "miri's sysroot"),
             Need::Program(program) => write!(f, "{program}"),
             Need::Toolchain(version) => write!(f, "Rust {version}"),
+            Need::CargoTool(tool) => write!(f, "{tool}"),
         }
     }
 }
@@ -101,6 +108,7 @@ impl Need {
             Need::Toolchain(version) => {
                 rust(format!("rustup toolchain install {version} --profile minimal"))
             }
+            Need::CargoTool(tool) => format!("run `{}`", cargo_install_line(tool)),
             Need::Program(program) => match Apt::access() {
                 Apt::Root => format!("run `apt-get install {program}`"),
                 Apt::Sudo | Apt::NotAllowed => format!("run `sudo apt-get install {program}`"),
@@ -138,6 +146,11 @@ pub fn provision() -> Vec<Need> {
         .collect();
     if !programs.is_empty() {
         changed |= install_packages(&programs);
+    }
+    for need in EVERYTHING.into_iter().filter(|need| !before.has(*need)) {
+        if let Need::CargoTool(tool) = need {
+            changed |= announce_and_run(cargo_install(tool));
+        }
     }
     let after = if changed { Installed::look() } else { before };
     let mut missing: Vec<Need> = EVERYTHING.into_iter().filter(|need| !after.has(*need)).collect();
@@ -213,7 +226,7 @@ impl Installed {
                 MIRI_COMPONENTS.iter().all(|component| has_component(nightly, component))
             }),
             Need::MiriSysroot => true,
-            Need::Program(program) => on_path(program),
+            Need::Program(program) | Need::CargoTool(program) => on_path(program),
             Need::Toolchain(version) => self
                 .toolchains
                 .iter()
@@ -270,6 +283,20 @@ fn install_rust(installed: &Installed) -> bool {
         }
     }
     ran
+}
+
+/// `cargo install --locked <tool>` with the cargo running xtask: the versions of its own
+/// lockfile, as its authors tested them.
+fn cargo_install(tool: &str) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command.args(["install", "--locked", tool]).current_dir(root());
+    command
+}
+
+/// What [`cargo_install`] runs, as a user would type it.
+fn cargo_install_line(tool: &str) -> String {
+    format!("cargo install --locked {tool}")
 }
 
 /// `rustup` from the workspace root, so that it acts on the toolchain running the checks.
@@ -494,6 +521,16 @@ mod tests {
         let message = Need::Target("thumbv6m-none-eabi").missing_message();
         assert!(message.starts_with("target thumbv6m-none-eabi is not installed: "), "{message}");
         assert!(message.ends_with("run `rustup target add thumbv6m-none-eabi`"), "{message}");
+    }
+
+    #[test]
+    fn a_cargo_tool_message_names_the_cargo_install_command() {
+        let message = Need::CargoTool("cargo-deny").missing_message();
+        assert_eq!(message, "cargo-deny is not installed: run `cargo install --locked cargo-deny`",);
+        let command = cargo_install("cargo-deny");
+        let args: Vec<_> = command.get_args().collect();
+        assert_eq!(args, ["install", "--locked", "cargo-deny"]);
+        assert!(EVERYTHING.contains(&Need::CargoTool(deny::TOOL)), "setup provides it");
     }
 
     #[test]

@@ -36,6 +36,28 @@ impl Server {
         Self { url: server.url().to_string(), child: Some(server) }
     }
 
+    /// A server of this test's own started with `args` (ACL users, settings).
+    pub fn with_args(args: &[String]) -> Self {
+        let server = RedisServer::start_with(args).unwrap_or_else(|error| panic!("{error}"));
+        Self { url: server.url().to_string(), child: Some(server) }
+    }
+
+    /// A server of this test's own, listening for TLS too (see [`Server::tls_url`]).
+    pub fn with_tls(tls: &test_support::ServerTls, args: &[String]) -> Self {
+        let server = RedisServer::start_tls(tls, args).unwrap_or_else(|error| panic!("{error}"));
+        Self { url: server.url().to_string(), child: Some(server) }
+    }
+
+    /// `rediss://127.0.0.1:<port>/`, when started with TLS.
+    pub fn tls_url(&self) -> String {
+        self.child.as_ref().and_then(RedisServer::tls_url).expect("a server started with TLS")
+    }
+
+    /// The plain URL as `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        self.url.replacen("redis://", &format!("redis://{user}:{password}@"), 1)
+    }
+
     /// The server's process id, when it was started here.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(RedisServer::pid)
@@ -96,6 +118,29 @@ impl Server {
     pub fn entries(&self, stream: &str) -> Vec<(String, HashMap<String, String>)> {
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut self.connection()).unwrap()
     }
+}
+
+/// The ACL users the README documents (`user backflow-…` lines of its `acl` block), for
+/// `stream` read by the consumer and `output` written by the writer, with `password`: the
+/// `--user` arguments of a `redis-server`.
+pub fn documented_users(stream: &str, output: &str, password: &str) -> Vec<String> {
+    let readme = include_str!("../../../README.md");
+    let lines: Vec<&str> =
+        readme.lines().filter(|line| line.starts_with("user backflow-")).collect();
+    assert_eq!(lines.len(), 2, "the README documents a consumer and a writer: {lines:?}");
+    lines
+        .iter()
+        .flat_map(|line| {
+            let line = line
+                .replace("numbers", stream)
+                .replace("squares", output)
+                .replace(">consumer-password", &format!(">{password}"))
+                .replace(">writer-password", &format!(">{password}"));
+            let mut words: Vec<String> = line.split_whitespace().map(String::from).collect();
+            words[0] = "--user".into();
+            words
+        })
+        .collect()
 }
 
 /// Key names for one test: its stream, group and output stream.
