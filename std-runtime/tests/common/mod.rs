@@ -1,8 +1,14 @@
 //! Helpers shared by the runtime's integration tests.
 #![allow(dead_code)]
 
+use std::env;
+use std::fmt;
 use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// The threads of this process whose OS name starts with `prefix` (Linux truncates thread
@@ -26,6 +32,33 @@ pub fn threads(prefix: &str) -> Vec<(String, char)> {
         found.push((tid, state.unwrap_or('?')));
     }
     found
+}
+
+/// The kernel marks a task that is in `do_exit` with this flag (`PF_EXITING`).
+const PF_EXITING: u64 = 0x4;
+
+/// [`threads`] that are not already exiting, as `tid name`. A thread that has been joined can
+/// stay listed in `/proc` for a moment while the kernel finishes its exit; it is marked
+/// `PF_EXITING` from before the join returns, so it is told apart without waiting.
+pub fn live_threads(prefix: &str) -> Vec<String> {
+    threads(prefix)
+        .into_iter()
+        .filter_map(|(tid, _)| {
+            let stat = fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            // After the name: state, ppid, pgrp, session, tty, tpgid, flags, ...
+            let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+            let name = head.split_once('(').map_or("?", |(_, name)| name);
+            (flags & PF_EXITING == 0).then(|| format!("{tid} {name}"))
+        })
+        .collect()
+}
+
+/// Asserts that no worker thread (`backflow:<stage>:<n>`) of any pipeline is alive. Only
+/// meaningful where no other test runs pipelines at the same time: in a [`ChildTest`].
+pub fn assert_no_backflow_threads() {
+    let left = live_threads("backflow");
+    assert!(left.is_empty(), "backflow threads left behind: {left:?}");
 }
 
 /// How many times thread `tid` of this process has been switched out, voluntarily or not.
@@ -100,5 +133,162 @@ impl Flag {
         while !*raised {
             raised = cond.wait(raised).unwrap();
         }
+    }
+}
+
+/// Set in a child process started by [`ChildTest`] to the name of the test it runs.
+const CHILD_TEST: &str = "BACKFLOW_CHILD_TEST";
+
+/// How long a child process may run before it counts as hung and is killed.
+pub const CHILD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs the body of test `name` in a child process: for failures that end a process (an abort)
+/// or never end (a hang), which a test in the harness's own process cannot survive or report.
+/// See [`ChildTest::isolate`].
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    ChildTest::new(name).isolate(body);
+}
+
+/// Whether this process is the child started to run test `name`.
+pub fn is_child(name: &str) -> bool {
+    env::var(CHILD_TEST).is_ok_and(|test| test == name)
+}
+
+/// A test of this binary to run alone in a child process; see [`isolated`].
+pub struct ChildTest {
+    name: String,
+    env: Vec<(String, String)>,
+    memory_kib: Option<u64>,
+}
+
+impl ChildTest {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string(), env: Vec::new(), memory_kib: None }
+    }
+
+    /// Sets an environment variable in the child.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Caps the child's address space (`ulimit -v`), so that a huge allocation fails in the
+    /// child whatever the machine's overcommit policy, instead of eating the machine's memory.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_kib = Some(bytes / 1024);
+        self
+    }
+
+    /// Call it from test `name` itself: in the child (the test binary, run again with only
+    /// this test) it runs `body`; in the parent it runs the child, kills it after
+    /// [`CHILD_DEADLINE`], and fails unless the child exited normally and passed.
+    ///
+    /// ```ignore
+    /// #[test]
+    /// fn drain_survives_a_panicking_hook() {
+    ///     ChildTest::new("drain_survives_a_panicking_hook").isolate(|| { /* may abort or hang */ });
+    /// }
+    /// ```
+    pub fn isolate(&self, body: impl FnOnce()) {
+        if is_child(&self.name) {
+            body();
+        } else {
+            self.run().assert_passed();
+        }
+    }
+
+    /// Runs the child to its end, or kills it after [`CHILD_DEADLINE`].
+    pub fn run(&self) -> ChildRun {
+        let exe = env::current_exe().expect("the test binary knows its path");
+        let args = [self.name.as_str(), "--exact", "--nocapture", "--include-ignored"];
+        let mut command = match self.memory_kib {
+            None => Command::new(&exe),
+            Some(kib) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")]).arg(&exe);
+                sh
+            }
+        };
+        command.args(args).args(["--test-threads", "1"]).env(CHILD_TEST, &self.name);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the test binary starts again");
+        // Read both pipes as the child writes, so that a chatty child never blocks on them.
+        let readers = [
+            drain_pipe(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            drain_pipe(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        ];
+        let deadline = Instant::now() + CHILD_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the child can be waited for") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let output = readers.map(|r| r.join().unwrap_or_default()).concat();
+        ChildRun { name: self.name.clone(), status, output }
+    }
+}
+
+fn drain_pipe(pipe: Option<Box<dyn Read + Send>>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+/// How a [`ChildTest`] ended.
+pub struct ChildRun {
+    name: String,
+    /// `None` if it was killed after [`CHILD_DEADLINE`].
+    pub status: Option<ExitStatus>,
+    /// Its stdout, then its stderr.
+    pub output: String,
+}
+
+impl ChildRun {
+    /// Whether it exited by itself with code 0 (its test passed).
+    pub fn passed(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Fails, saying how the child ended (hung, killed by a signal, failed), unless it passed.
+    pub fn assert_passed(&self) {
+        assert!(self.passed(), "{self}");
+    }
+}
+
+impl fmt::Display for ChildRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match self.status {
+            None => format!("HUNG: still running after {CHILD_DEADLINE:?}, killed"),
+            Some(s) if s.success() => "passed".to_string(),
+            Some(s) => match (s.code(), s.signal()) {
+                (_, Some(6)) => "ABORTED (SIGABRT)".to_string(),
+                (_, Some(signal)) => format!("killed by signal {signal}"),
+                (Some(101), _) => "FAILED (exit code 101: the test panicked)".to_string(),
+                (code, _) => format!("exited with {code:?}"),
+            },
+        };
+        // The end of the output says why; the harness's own lines are noise.
+        let lines: Vec<&str> = self.output.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        write!(
+            f,
+            "child process running `{}`: {how}\n--- its output, last 40 lines ---\n{tail}",
+            self.name
+        )
     }
 }
