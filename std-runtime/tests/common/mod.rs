@@ -186,7 +186,7 @@ impl ChildTest {
     /// ```ignore
     /// #[test]
     /// fn drain_survives_a_panicking_hook() {
-    ///     ChildTest::new("drain_survives_a_panicking_hook").isolate(|| { /* may abort or hang */ });
+    ///     ChildTest::new("drain_survives_a_panicking_hook").isolate(|| { /* may abort */ });
     /// }
     /// ```
     pub fn isolate(&self, body: impl FnOnce()) {
