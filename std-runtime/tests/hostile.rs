@@ -535,6 +535,15 @@ fn accepted_or_refused<P>(built: Result<P, ConfigError>, stage: &str) -> Option<
     }
 }
 
+/// Waits until a worker of `stage` sleeps (waiting out a period, a cooldown or a backoff), or
+/// the pipeline was cancelled (a worker died).
+fn a_worker_sleeps<T>(pipeline: &Pipeline<T>, stage: &str) {
+    let (watch, prefix) = (pipeline.watch(), format!("backflow:{stage}:"));
+    eventually(&format!("a worker of {stage} sleeps"), || {
+        watch.is_cancelled() || common::threads(&prefix).iter().any(|&(_, state)| state == 'S')
+    });
+}
+
 isolated_test! {
     fn push_timeout_forever_into_a_queue_with_room_succeeds() {
         let delivered = counter();
@@ -642,6 +651,8 @@ isolated_test! {
                 .sink(move |b: Vec<u64>| seen.lock().unwrap().push(b))
                 .build();
             let Some(pipeline) = accepted_or_refused(built, "batch") else { continue };
+            // The worker waits for items, its flush far away.
+            a_worker_sleeps(&pipeline, "batch");
             // Refused only if the pipeline failed; the drain says why.
             let _ = pipeline.input().push_iter(0..10);
             let result = pipeline.drain();
@@ -684,6 +695,7 @@ isolated_test! {
             eventually("the breaker opens", || {
                 pipeline.stats().stage("flaky").unwrap().circuit == Some(BreakerState::Open)
             });
+            a_worker_sleeps(&pipeline, "flaky");
             let result = pipeline.shutdown(Duration::from_millis(20));
             let report = result.unwrap_or_else(|e| panic!("cooldown {forever:?}: {e}"));
             assert_final(&report);
@@ -706,6 +718,7 @@ isolated_test! {
             let Some(pipeline) = accepted_or_refused(built, "retry") else { continue };
             pipeline.input().push(1).unwrap();
             tried.wait();
+            a_worker_sleeps(&pipeline, "retry");
             // The item now waits out its backoff: the end of the pipeline must cut it short.
             let report = if run % 2 == 0 {
                 let result = pipeline.shutdown(Duration::from_millis(20));
