@@ -23,7 +23,8 @@ use backflow::core::breaker::{BreakerConfig, BreakerState};
 use backflow::core::ring::MAX_CAPACITY;
 use backflow::stage::{self, Emit, Stage};
 use backflow::{
-    Accounting, Builder, ConfigError, Dropped, Overflow, Pipeline, PipelineError, PushError, Report,
+    Accounting, Builder, ConfigError, Dropped, Input, Overflow, Pipeline, PipelineError, PushError,
+    Report,
 };
 use common::{Flag, Gate, assert_no_backflow_threads, eventually};
 
@@ -261,7 +262,8 @@ isolated_test! {
             .build()
             .unwrap();
         let input = pipeline.input();
-        let items = (0..10u64).inspect(|&x| assert_ne!(x, 5, "the producer's own iterator fails at 5"));
+        let fails_at_5 = |&x: &u64| assert_ne!(x, 5, "the producer's own iterator fails at 5");
+        let items = (0..10u64).inspect(fails_at_5);
         let _ = catch_unwind(AssertUnwindSafe(|| input.push_iter(items)));
         let result = pipeline.drain();
         let report = report_of(&result);
@@ -533,6 +535,15 @@ fn accepted_or_refused<P>(built: Result<P, ConfigError>, stage: &str) -> Option<
     }
 }
 
+/// Waits until a worker of `stage` sleeps (waiting out a period, a cooldown or a backoff), or
+/// the pipeline was cancelled (a worker died).
+fn a_worker_sleeps<T>(pipeline: &Pipeline<T>, stage: &str) {
+    let (watch, prefix) = (pipeline.watch(), format!("backflow:{stage}:"));
+    eventually(&format!("a worker of {stage} sleeps"), || {
+        watch.is_cancelled() || common::threads(&prefix).iter().any(|&(_, state)| state == 'S')
+    });
+}
+
 isolated_test! {
     fn push_timeout_forever_into_a_queue_with_room_succeeds() {
         let delivered = counter();
@@ -560,6 +571,53 @@ isolated_test! {
             assert!(input.wait_for_room(forever) > 0, "wait_for_room({forever:?})");
         }
         pipeline.drain().unwrap();
+        assert_no_backflow_threads();
+    }
+}
+
+/// Holds stage `held` (capacity 4) on item 0 with 3 more items queued, so that pressure is on,
+/// and runs `call` on a thread that has to wait for room; the room comes when the stage is let
+/// go, once that thread sleeps. Returns what `call` returned.
+fn once_room_appears<R: Send>(call: impl FnOnce(Input<u64>) -> R + Send) -> R {
+    let held = Held::default();
+    let pipeline =
+        Pipeline::<u64>::builder().stage("held", held.factory()).capacity(4).sink(|_| {}).build();
+    let pipeline = pipeline.unwrap();
+    let input = pipeline.input();
+    input.push(0).unwrap();
+    held.entered.wait();
+    input.push_iter(1..=3).unwrap();
+    let waiting = pipeline.input();
+    let returned = thread::scope(|s| {
+        let waiter = thread::Builder::new().name("waits-for-room".into());
+        let waiter = waiter.spawn_scoped(s, move || call(waiting)).unwrap();
+        eventually("the caller sleeps, waiting for room", || {
+            waiter.is_finished()
+                || common::threads("waits-for-room").iter().any(|&(_, state)| state == 'S')
+        });
+        held.gate.open();
+        waiter.join().unwrap_or_else(|_| panic!("the caller panicked instead of waiting"))
+    });
+    assert_final(&pipeline.drain().unwrap());
+    returned
+}
+
+isolated_test! {
+    fn push_timeout_forever_waits_for_room_then_succeeds() {
+        for forever in forevers() {
+            let pushed = once_room_appears(move |input| input.push_timeout(4, forever));
+            assert_eq!(pushed, Ok(()), "push_timeout({forever:?})");
+        }
+        assert_no_backflow_threads();
+    }
+}
+
+isolated_test! {
+    fn wait_for_room_forever_waits_then_returns_the_room() {
+        for forever in forevers() {
+            let room = once_room_appears(move |input| input.wait_for_room(forever));
+            assert!(room > 0, "wait_for_room({forever:?}) returned {room}");
+        }
         assert_no_backflow_threads();
     }
 }
@@ -593,6 +651,8 @@ isolated_test! {
                 .sink(move |b: Vec<u64>| seen.lock().unwrap().push(b))
                 .build();
             let Some(pipeline) = accepted_or_refused(built, "batch") else { continue };
+            // The worker waits for items, its flush far away.
+            a_worker_sleeps(&pipeline, "batch");
             // Refused only if the pipeline failed; the drain says why.
             let _ = pipeline.input().push_iter(0..10);
             let result = pipeline.drain();
@@ -635,6 +695,7 @@ isolated_test! {
             eventually("the breaker opens", || {
                 pipeline.stats().stage("flaky").unwrap().circuit == Some(BreakerState::Open)
             });
+            a_worker_sleeps(&pipeline, "flaky");
             let result = pipeline.shutdown(Duration::from_millis(20));
             let report = result.unwrap_or_else(|e| panic!("cooldown {forever:?}: {e}"));
             assert_final(&report);
@@ -657,6 +718,7 @@ isolated_test! {
             let Some(pipeline) = accepted_or_refused(built, "retry") else { continue };
             pipeline.input().push(1).unwrap();
             tried.wait();
+            a_worker_sleeps(&pipeline, "retry");
             // The item now waits out its backoff: the end of the pipeline must cut it short.
             let report = if run % 2 == 0 {
                 let result = pipeline.shutdown(Duration::from_millis(20));
@@ -829,7 +891,7 @@ impl Race {
 /// Pushes items `base..` as `how` says until the pipeline refuses them for good; returns how
 /// many items the pipeline took: those pushed with `Ok`, and those a `push_iter` took before
 /// the item it handed back.
-fn produce(input: &backflow::Input<u64>, how: Push, base: u64) -> u64 {
+fn produce(input: &Input<u64>, how: Push, base: u64) -> u64 {
     let (mut next, mut accepted) = (base, 0);
     loop {
         let (taken, result) = match how {
@@ -987,7 +1049,7 @@ fn noted(book: &Book, name: &'static str) -> impl Fn() -> Faulty + Send + Sync +
             let mut book = book.lock().unwrap();
             let entry = book.entry(name).or_default();
             entry.0 += 1;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 return Err(format!("{x} fails"));
             }
             entry.1 += 1;

@@ -4,10 +4,10 @@
 use std::env;
 use std::fmt;
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,7 @@ impl ChildTest {
     /// ```ignore
     /// #[test]
     /// fn drain_survives_a_panicking_hook() {
-    ///     ChildTest::new("drain_survives_a_panicking_hook").isolate(|| { /* may abort or hang */ });
+    ///     ChildTest::new("drain_survives_a_panicking_hook").isolate(|| { /* may abort */ });
     /// }
     /// ```
     pub fn isolate(&self, body: impl FnOnce()) {
@@ -199,6 +199,22 @@ impl ChildTest {
 
     /// Runs the child to its end, or kills it after [`CHILD_DEADLINE`].
     pub fn run(&self) -> ChildRun {
+        let mut child = self.spawn();
+        let deadline = Instant::now() + CHILD_DEADLINE;
+        let mut output = Vec::new();
+        let hung = loop {
+            match child.next_line(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => output.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+                Err(mpsc::RecvTimeoutError::Timeout) => break true,
+            }
+        };
+        let status = if hung { child.kill() } else { child.wait() };
+        ChildRun { name: self.name.clone(), status, output: output.join("\n") }
+    }
+
+    /// Starts the child and returns at once, with its output to read line by line.
+    pub fn spawn(&self) -> RunningChild {
         let exe = env::current_exe().expect("the test binary knows its path");
         let args = [self.name.as_str(), "--exact", "--nocapture", "--include-ignored"];
         let mut command = match self.memory_kib {
@@ -217,36 +233,63 @@ impl ChildTest {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the test binary starts again");
-        // Read both pipes as the child writes, so that a chatty child never blocks on them.
-        let readers = [
-            drain_pipe(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-            drain_pipe(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-        ];
-        let deadline = Instant::now() + CHILD_DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("the child can be waited for") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
-        let output = readers.map(|r| r.join().unwrap_or_default()).concat();
-        ChildRun { name: self.name.clone(), status, output }
+        // Both pipes are read as the child writes, so that a chatty child never blocks on them.
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>);
+        let stderr = child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>);
+        for pipe in [stdout, stderr].into_iter().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        RunningChild { child, lines }
     }
 }
 
-fn drain_pipe(pipe: Option<Box<dyn Read + Send>>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut text);
-        }
-        String::from_utf8_lossy(&text).into_owned()
-    })
+/// A child process started by [`ChildTest::spawn`].
+pub struct RunningChild {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl RunningChild {
+    /// The next line the child wrote (to stdout or stderr), waiting at most `timeout`;
+    /// `Disconnected` once it closed both.
+    pub fn next_line(&self, timeout: Duration) -> Result<String, mpsc::RecvTimeoutError> {
+        self.lines.recv_timeout(timeout)
+    }
+
+    /// Waits for the child to end; `None` if it cannot be waited for.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        self.child.wait().ok()
+    }
+
+    /// Kills the child (it hung) and reaps it; returns `None`, which [`ChildRun`] reads as hung.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+/// How a child process ended, in words: `None` means it hung and was killed.
+pub fn how_it_ended(status: Option<ExitStatus>) -> String {
+    match status {
+        None => "HUNG: killed after its deadline".to_string(),
+        Some(s) if s.success() => "passed".to_string(),
+        Some(s) => match (s.code(), s.signal()) {
+            (_, Some(6)) => "ABORTED (SIGABRT)".to_string(),
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            (Some(101), _) => "FAILED (exit code 101: the test panicked)".to_string(),
+            (code, _) => format!("exited with {code:?}"),
+        },
+    }
 }
 
 /// How a [`ChildTest`] ended.
@@ -254,7 +297,7 @@ pub struct ChildRun {
     name: String,
     /// `None` if it was killed after [`CHILD_DEADLINE`].
     pub status: Option<ExitStatus>,
-    /// Its stdout, then its stderr.
+    /// What it wrote, stdout and stderr interleaved.
     pub output: String,
 }
 
@@ -272,17 +315,9 @@ impl ChildRun {
 
 impl fmt::Display for ChildRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = match self.status {
-            None => format!("HUNG: still running after {CHILD_DEADLINE:?}, killed"),
-            Some(s) if s.success() => "passed".to_string(),
-            Some(s) => match (s.code(), s.signal()) {
-                (_, Some(6)) => "ABORTED (SIGABRT)".to_string(),
-                (_, Some(signal)) => format!("killed by signal {signal}"),
-                (Some(101), _) => "FAILED (exit code 101: the test panicked)".to_string(),
-                (code, _) => format!("exited with {code:?}"),
-            },
-        };
-        // The end of the output says why; the harness's own lines are noise.
+        let how = how_it_ended(self.status);
+        let how = if self.status.is_none() { format!("{how} ({CHILD_DEADLINE:?})") } else { how };
+        // The end of the output says why.
         let lines: Vec<&str> = self.output.lines().collect();
         let tail = lines[lines.len().saturating_sub(40)..].join("\n");
         write!(
