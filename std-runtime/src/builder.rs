@@ -27,18 +27,18 @@ use backflow_core::breaker::{BreakerConfig, CircuitBreaker};
 use backflow_core::ring::MAX_CAPACITY;
 use backflow_core::{Overflow, RetrySchedule, Stage, TokenBucket, WaterMarks};
 
+use crate::ConfigError;
 use crate::control::Control;
-use crate::control::DropHook;
 use crate::event::{Event, EventHandler};
+use crate::hooks::{DeadLetter, DropHook, Dropped, ErrorPolicy};
 use crate::link::{Link, LinkSpec};
 use crate::output::Output;
 use crate::pipeline::{Flow, LinkView, Pipeline, Running, Supply, Watched};
-use crate::policy::{DeadLetter, ErrorPolicy, Final, Gate, Policy, Typed};
+use crate::policy::{Final, Gate, Policy, Typed};
 use crate::stats::{SinkShared, StageShared};
 use crate::topology::{Fan, FanCounts, Keyed, Lanes, Reorder, Split};
 use crate::wait::WaitStrategy;
 use crate::worker::{self, Downstream, Sink, WorkerId, WorkerParts};
-use crate::{ConfigError, Dropped};
 
 /// The queue capacity of a stage that does not set one.
 pub const DEFAULT_CAPACITY: usize = 1024;

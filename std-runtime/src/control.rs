@@ -5,16 +5,13 @@ use std::any::Any;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::Dropped;
 use crate::event::{Event, EventHandler};
+use crate::hooks::{DropHook, Dropped};
 use crate::pipeline::LinkView;
 use crate::wait::{Signal, WaitStrategy};
-
-/// A user's drop hook for one stage's (or sink's) items.
-pub(crate) type DropHook<T> = Arc<dyn Fn(Dropped<'_, T>) + Send + Sync>;
 
 /// The moment `duration` from now, or `None` ("no deadline") when that is past the end of
 /// time: `Duration::MAX` means forever.

@@ -18,12 +18,12 @@ use backflow_core::ring::CapacityError;
 use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
-use crate::control::{Control, DropHook};
+use crate::control::Control;
 use crate::event::Event;
+use crate::hooks::{DropHook, DropReason, Dropped};
 use crate::slots::Slots;
 use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
-use crate::{DropReason, Dropped};
 
 /// An item in flight with its timestamps (nanoseconds from [`Control::now`]); both are `0`
 /// unless the item is one of the sampled ones.

@@ -10,81 +10,8 @@ use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
 use backflow_core::{RetrySchedule, TokenBucket};
 
 use crate::control::Control;
-use crate::control::DropHook;
 use crate::event::Event;
-
-/// What a stage does with an item that failed (its `process` returned an error or panicked)
-/// once its retries, if any, are used up.
-///
-/// # Examples
-///
-/// ```
-/// use backflow::{ErrorPolicy, Pipeline, PipelineError};
-///
-/// let pipeline = Pipeline::<u32>::builder()
-///     .stage("check", || backflow::stage::validate(|x: &u32| if *x < 10 { Ok(()) } else { Err("too big") }))
-///     .on_error(ErrorPolicy::FailFast)
-///     .sink(|_| {})
-///     .build()?;
-/// pipeline.input().push(12)?;
-/// match pipeline.drain() {
-///     Err(PipelineError::StageFailed { stage, error, .. }) => {
-///         assert_eq!(stage, "check");
-///         assert!(error.contains("too big"));
-///     }
-///     other => panic!("{other:?}"),
-/// }
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorPolicy {
-    /// Count the item as errored and go on (the default).
-    #[default]
-    Skip,
-    /// Cancel the pipeline: `drain()` returns [`PipelineError::StageFailed`] with the stage
-    /// and the first error.
-    ///
-    /// [`PipelineError::StageFailed`]: crate::PipelineError::StageFailed
-    FailFast,
-}
-
-/// An item that failed for good, as a stage's dead-letter handler receives it (see
-/// [`Builder::dead_letter`](crate::Builder::dead_letter)).
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use backflow::Pipeline;
-///
-/// let letters = Arc::new(Mutex::new(Vec::new()));
-/// let dlq = Arc::clone(&letters);
-/// let pipeline = Pipeline::<String>::builder()
-///     .stage("parse", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
-///     .dead_letter(move |letter| {
-///         dlq.lock().unwrap().push((letter.stage.to_string(), letter.item, letter.error, letter.attempts));
-///     })
-///     .sink(|_| {})
-///     .build()?;
-/// # let _ = pipeline;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct DeadLetter<'a, T> {
-    /// The stage that failed the item.
-    pub stage: &'a str,
-    /// The item, as it entered the stage.
-    pub item: T,
-    /// The last error (for a panic, `panicked: ` and its message).
-    pub error: String,
-    /// How many times the stage tried it.
-    pub attempts: u32,
-}
-
-/// A stage's dead-letter handler.
-pub(crate) type DeadLetterHook<T> = Arc<dyn Fn(DeadLetter<'_, T>) + Send + Sync>;
+use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
 
 /// What happens to an item once its attempts are used up.
 pub(crate) enum Final<T> {
@@ -102,12 +29,6 @@ impl<T> Clone for Final<T> {
         }
     }
 }
-
-/// A hook that looks at an item (before or after a stage).
-pub(crate) type Look<T> = Arc<dyn Fn(&T) + Send + Sync>;
-
-/// Routes an item to one of a stage's workers (key-ordered stages).
-pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 
 /// The settings of one stage that depend on its input and output types, kept type-erased in
 /// the builder's list and recovered by the stage's own attach step.

@@ -12,9 +12,9 @@ use std::time::Duration;
 use backflow_core::ReorderWindow;
 use backflow_core::metrics::Counter;
 
+use crate::hooks::KeyFn;
 use crate::link::{Envelope, Link};
 use crate::pipeline::LinkView;
-use crate::policy::KeyFn;
 use crate::worker::Downstream;
 
 /// How a fan splits what it receives between the main line and the branch.

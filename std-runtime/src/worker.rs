@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
 
-use crate::control::{Control, Culprit, DropHook, Fatal, panic_message};
+use crate::control::{Control, Culprit, Fatal, panic_message};
 use crate::event::Event;
+use crate::hooks::{DeadLetter, DropHook, DropReason, Dropped};
 use crate::link::{Envelope, Link};
-use crate::policy::{DeadLetter, Failure, Final, Policy};
+use crate::policy::{Failure, Final, Policy};
 use crate::stats::{SinkShared, StageCounters, StageShared};
 use crate::topology::{Fan, HandOver, Keyed, Reorder};
-use crate::{DropReason, Dropped};
 
 /// Items a worker pops, and outputs it collects, before touching a shared queue again.
 // NB: one pop/push of the shared indices, one counter update and one wake-up check per batch
