@@ -167,7 +167,7 @@ pub(crate) fn wait_until(
         match strategy {
             WaitStrategy::BusySpin => {
                 spins = spins.wrapping_add(1);
-                if spins % BUSY_SPINS_PER_YIELD == 0 {
+                if spins.is_multiple_of(BUSY_SPINS_PER_YIELD) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
