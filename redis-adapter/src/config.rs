@@ -6,14 +6,15 @@ use backflow::core::{ConfigError, RetrySchedule};
 
 use crate::Error;
 
-/// Entries asked for per `XREADGROUP` when nothing else is said.
+/// Entries asked for per `XREADGROUP` when nothing else is said: a worker's batch
+/// ([`backflow::stage::BATCH`]).
 ///
 /// # Examples
 ///
 /// ```
 /// assert_eq!(backflow_redis::DEFAULT_BATCH, 128);
 /// ```
-pub const DEFAULT_BATCH: usize = 128;
+pub const DEFAULT_BATCH: usize = backflow::stage::BATCH;
 
 /// The reconnect schedule when nothing else is said: 8 retries, 50 ms doubling to 2 s (about
 /// 6 s in all before giving up).

@@ -1,7 +1,6 @@
 //! What every thread of one pipeline shares: the cancel flag, the wait strategy, the clock for
 //! sampled timings, and the first fatal error.
 
-use std::any::Any;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::{Event, EventHandler};
 use crate::hooks::{DropHook, Dropped};
+use crate::panic::panic_message;
 use crate::pipeline::LinkView;
 use crate::wait::{Signal, WaitStrategy};
 
@@ -17,15 +17,6 @@ use crate::wait::{Signal, WaitStrategy};
 /// time: `Duration::MAX` means forever.
 pub(crate) fn deadline_after(duration: Duration) -> Option<Instant> {
     Instant::now().checked_add(duration)
-}
-
-/// The message of a panic payload, when it is a string.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(not a string)".to_string())
 }
 
 /// A failure that stopped the pipeline, recorded once (the first wins) and reported by

@@ -55,6 +55,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+mod batch;
 mod builder;
 mod control;
 mod error;
@@ -63,6 +64,7 @@ mod hooks;
 mod input;
 mod link;
 mod output;
+mod panic;
 mod pipeline;
 mod policy;
 mod prometheus;
@@ -104,7 +106,8 @@ pub use wait::WaitStrategy;
 
 /// Stages: the core's (map, filter, filter-map, flat-map, inspect, validate, fixed-size batch,
 /// fold, …) and the runtime's own, which allocate (batches of a size chosen at run time,
-/// flatten, keyed aggregates).
+/// flatten, keyed aggregates); and the batch size and panic message that adapters share with
+/// the runtime ([`BATCH`](stage::BATCH), [`panic_message`](stage::panic_message)).
 ///
 /// # Examples
 ///
@@ -118,5 +121,7 @@ pub use wait::WaitStrategy;
 pub mod stage {
     pub use backflow_core::stage::*;
 
+    pub use crate::batch::BATCH;
+    pub use crate::panic::panic_message;
     pub use crate::stages::*;
 }

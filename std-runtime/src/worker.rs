@@ -18,19 +18,15 @@ use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
 
-use crate::control::{Control, Culprit, Fatal, panic_message};
+use crate::batch::BATCH;
+use crate::control::{Control, Culprit, Fatal};
 use crate::event::Event;
 use crate::hooks::{DeadLetter, DropHook, DropReason, Dropped};
 use crate::link::{Envelope, Link};
+use crate::panic::panic_message;
 use crate::policy::{Failure, Final, Policy};
 use crate::stats::{SinkShared, StageCounters, StageShared};
 use crate::topology::{Fan, HandOver, Keyed, Reorder};
-
-/// Items a worker pops, and outputs it collects, before touching a shared queue again.
-// NB: one pop/push of the shared indices, one counter update and one wake-up check per batch
-// instead of per item is what lets a 3-stage pipeline move tens of millions of items per
-// second (benches/README.md, "Pipelines").
-pub(crate) const BATCH: usize = 128;
 
 /// Where a stage's outputs go.
 pub(crate) enum Downstream<T> {
