@@ -31,13 +31,14 @@ use crate::ConfigError;
 use crate::control::Control;
 use crate::event::{Event, EventHandler};
 use crate::hooks::{DeadLetter, DropHook, Dropped, ErrorPolicy};
-use crate::link::{Link, LinkSpec};
+use crate::link::{Link, LinkSpec, LinkView};
 use crate::output::Output;
-use crate::pipeline::{Flow, LinkView, Pipeline, Running, Supply, Watched};
+use crate::pipeline::{Flow, Pipeline, Running, Supply};
 use crate::policy::{Final, Gate, Policy, Typed};
 use crate::stats::{SinkShared, StageShared};
 use crate::topology::{Fan, FanCounts, Keyed, Lanes, Reorder, Split};
 use crate::wait::WaitStrategy;
+use crate::watchdog::Watched;
 use crate::worker::{self, Downstream, Sink, WorkerId, WorkerParts};
 
 /// The queue capacity of a stage that does not set one.

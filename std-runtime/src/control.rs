@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use crate::event::{Event, EventHandler};
 use crate::hooks::{DropHook, Dropped};
 use crate::panic::panic_message;
-use crate::pipeline::LinkView;
 use crate::wait::{Signal, WaitStrategy};
 
 /// The moment `duration` from now, or `None` ("no deadline") when that is past the end of
@@ -39,6 +38,12 @@ pub(crate) enum Culprit {
     DropHook,
 }
 
+/// Something threads may be parked on (a queue), woken when the pipeline is cancelled.
+pub(crate) trait Wake: Send + Sync {
+    /// Wakes every thread parked on it.
+    fn wake_all(&self);
+}
+
 /// Pipeline-wide state.
 pub(crate) struct Control {
     cancelled: AtomicBool,
@@ -57,7 +62,7 @@ pub(crate) struct Control {
     fatal: Mutex<Option<Fatal>>,
     events: Option<EventHandler>,
     /// Every queue of the pipeline, woken on cancel (weak: the queues own this).
-    links: OnceLock<Vec<Weak<dyn LinkView>>>,
+    links: OnceLock<Vec<Weak<dyn Wake>>>,
 }
 
 impl Control {
@@ -83,7 +88,7 @@ impl Control {
     }
 
     /// Tells the control which queues to wake on cancel, once they all exist.
-    pub(crate) fn set_links(&self, links: Vec<Weak<dyn LinkView>>) {
+    pub(crate) fn set_links(&self, links: Vec<Weak<dyn Wake>>) {
         let _ = self.links.set(links);
     }
 

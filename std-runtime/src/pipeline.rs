@@ -2,18 +2,18 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::builder::Source;
-use crate::control::{Control, Culprit, Fatal, deadline_after};
+use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
 use crate::event::Event;
 use crate::input::Input;
-use crate::link::Link;
+use crate::link::{Link, LinkView};
 use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
 use crate::topology::FanCounts;
-use crate::watchdog;
+use crate::watchdog::{self, Watched};
 use crate::{PipelineError, PushError, Report};
 
 /// Where a node's items come from.
@@ -40,57 +40,6 @@ pub(crate) enum Node {
 pub(crate) struct Flow {
     pub(crate) into: Node,
     pub(crate) from: Vec<Supply>,
-}
-
-/// A stage with stall detection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Watched {
-    pub(crate) stage: usize,
-    pub(crate) after: Duration,
-}
-
-/// What the pipeline needs to see of a link, whatever its item type.
-pub(crate) trait LinkView: Send + Sync {
-    fn len(&self) -> usize;
-    fn capacity(&self) -> usize;
-    fn pressure(&self) -> (bool, u64);
-    fn wake_all(&self);
-    fn sweep(&self);
-    /// Sweeps only if the consumer is gone (a dropped output handle).
-    fn sweep_orphaned(&self);
-    fn handle_received(&self) -> u64;
-}
-
-impl<T: Send> LinkView for Link<T> {
-    fn len(&self) -> usize {
-        Link::len(self)
-    }
-
-    fn capacity(&self) -> usize {
-        Link::capacity(self)
-    }
-
-    fn pressure(&self) -> (bool, u64) {
-        Link::pressure(self)
-    }
-
-    fn wake_all(&self) {
-        Link::wake_all(self);
-    }
-
-    fn sweep(&self) {
-        Link::sweep(self);
-    }
-
-    fn sweep_orphaned(&self) {
-        if self.is_orphaned() {
-            Link::sweep(self);
-        }
-    }
-
-    fn handle_received(&self) -> u64 {
-        self.handles.as_ref().map_or(0, crate::link::Handles::received)
-    }
 }
 
 /// The running parts of a pipeline.
@@ -289,7 +238,13 @@ impl<In> Pipeline<In> {
     pub(crate) fn start(running: Running<In>) -> Result<Self, crate::ConfigError> {
         let workers = running.threads.lock().unwrap_or_else(PoisonError::into_inner).len();
         let r = &running;
-        r.control.set_links(r.views.iter().chain(&r.output).map(Arc::downgrade).collect());
+        r.control.set_links(
+            r.views
+                .iter()
+                .chain(&r.output)
+                .map(|view| Arc::downgrade(view) as Weak<dyn Wake>)
+                .collect(),
+        );
         match watchdog::start(&r.control, &r.watched, &r.stages, &r.views, workers) {
             Ok(handle) => *r.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = handle,
             Err(error) => {

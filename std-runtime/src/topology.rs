@@ -12,9 +12,9 @@ use std::time::Duration;
 use backflow_core::ReorderWindow;
 use backflow_core::metrics::Counter;
 
+use crate::control::Wake;
 use crate::hooks::KeyFn;
-use crate::link::{Envelope, Link};
-use crate::pipeline::LinkView;
+use crate::link::{Envelope, Link, LinkView};
 use crate::worker::Downstream;
 
 /// How a fan splits what it receives between the main line and the branch.
@@ -200,6 +200,12 @@ impl<T> Keyed<T> {
 /// A key-ordered stage's lanes seen as one queue, for stats and the lifecycle.
 pub(crate) struct Lanes<T>(pub(crate) Vec<Arc<Link<T>>>);
 
+impl<T: Send> Wake for Lanes<T> {
+    fn wake_all(&self) {
+        self.0.iter().for_each(|lane| lane.wake_all());
+    }
+}
+
 impl<T: Send> LinkView for Lanes<T> {
     fn len(&self) -> usize {
         self.0.iter().map(|lane| lane.len()).sum()
@@ -214,10 +220,6 @@ impl<T: Send> LinkView for Lanes<T> {
             .iter()
             .map(|lane| lane.pressure())
             .fold((false, 0), |(on, n), (lane_on, lane_n)| (on || lane_on, n + lane_n))
-    }
-
-    fn wake_all(&self) {
-        self.0.iter().for_each(|lane| lane.wake_all());
     }
 
     fn sweep(&self) {
