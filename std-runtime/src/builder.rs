@@ -1048,7 +1048,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
         }
         let start = control.started_at();
         let shared = stages.iter().map(|s| {
-            Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start, Arc::clone(&s.gate)))
+            Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start, s.gate.circuit()))
         });
         let mut wiring = Wiring {
             control: Arc::clone(&control),

@@ -2,7 +2,6 @@
 //! [`Gate`] in front of a stage: its circuit breaker and rate limit.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use backflow_core::{RetrySchedule, TokenBucket};
 use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
+use crate::stats::CircuitGauge;
 
 /// What happens to an item once its attempts are used up.
 pub(crate) enum Final<T> {
@@ -94,8 +94,8 @@ pub(crate) struct Gate {
     stage: Arc<str>,
     breaker: Option<Mutex<Breaker>>,
     limiter: Option<Mutex<TokenBucket>>,
-    /// The breaker's state for stats: [`NO_BREAKER`] or a [`BreakerState`] as `u8`.
-    state: AtomicU8,
+    /// The breaker's state, for stats.
+    circuit: Arc<CircuitGauge>,
 }
 
 #[derive(Debug)]
@@ -106,30 +106,20 @@ struct Breaker {
     opened_at: Duration,
 }
 
-const NO_BREAKER: u8 = u8::MAX;
-
-fn state_code(state: BreakerState) -> u8 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::Open => 1,
-        BreakerState::HalfOpen => 2,
-    }
-}
-
 impl Gate {
     pub(crate) fn new(
         stage: Arc<str>,
         breaker: Option<(CircuitBreaker, Duration)>,
         limiter: Option<TokenBucket>,
     ) -> Self {
-        let state = breaker.as_ref().map_or(NO_BREAKER, |(b, _)| state_code(b.state()));
+        let circuit = Arc::new(CircuitGauge::new(breaker.as_ref().map(|(b, _)| b.state())));
         Self {
             stage,
             breaker: breaker.map(|(machine, cooldown)| {
                 Mutex::new(Breaker { machine, cooldown, opened_at: Duration::ZERO })
             }),
             limiter: limiter.map(Mutex::new),
-            state: AtomicU8::new(state),
+            circuit,
         }
     }
 
@@ -138,14 +128,9 @@ impl Gate {
         self.breaker.is_none() && self.limiter.is_none()
     }
 
-    /// The breaker's state, if the stage has one.
-    pub(crate) fn circuit(&self) -> Option<BreakerState> {
-        match self.state.load(Ordering::Relaxed) {
-            0 => Some(BreakerState::Closed),
-            1 => Some(BreakerState::Open),
-            2 => Some(BreakerState::HalfOpen),
-            _ => None,
-        }
+    /// The gauge that stats read the breaker's state from.
+    pub(crate) fn circuit(&self) -> Arc<CircuitGauge> {
+        Arc::clone(&self.circuit)
     }
 
     /// Waits until the breaker lets an item through and the rate limit has a token for it.
@@ -207,7 +192,7 @@ impl Gate {
             }
             BreakerTransition::Closed => (BreakerState::Closed, Event::CircuitClosed { stage }),
         };
-        self.state.store(state_code(state), Ordering::Relaxed);
+        self.circuit.set(state);
         control.emit(&event);
     }
 }
