@@ -35,11 +35,11 @@ use crate::link::{Link, LinkSpec, LinkView};
 use crate::output::Output;
 use crate::pipeline::{Flow, Pipeline, Running, Supply};
 use crate::policy::{Final, Gate, Policy, Typed};
+use crate::route::{Downstream, Fan, FanCounts, Keyed, Lanes, Reorder, Sink, Split};
 use crate::stats::{SinkShared, StageShared};
-use crate::topology::{Fan, FanCounts, Keyed, Lanes, Reorder, Split};
 use crate::wait::WaitStrategy;
 use crate::watchdog::Watched;
-use crate::worker::{self, Downstream, Sink, WorkerId, WorkerParts};
+use crate::worker::{self, WorkerId, WorkerParts};
 
 /// The queue capacity of a stage that does not set one.
 pub const DEFAULT_CAPACITY: usize = 1024;

@@ -11,8 +11,8 @@ use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
 use crate::event::Event;
 use crate::input::Input;
 use crate::link::{Link, LinkView};
+use crate::route::FanCounts;
 use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
-use crate::topology::FanCounts;
 use crate::watchdog::{self, Watched};
 use crate::{PipelineError, PushError, Report};
 

@@ -1,5 +1,6 @@
-//! What a stage does when an item fails ([`ErrorPolicy`], retries, [`DeadLetter`]s), and the
-//! [`Gate`] in front of a stage: its circuit breaker and rate limit.
+//! What a worker applies to each item besides its stage: hooks, retries, what happens to an
+//! item that failed for good ([`Final`]), and the [`Gate`] in front of a stage: its circuit
+//! breaker and rate limit.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
