@@ -27,8 +27,8 @@ use backflow_core::breaker::{BreakerConfig, CircuitBreaker};
 use backflow_core::ring::MAX_CAPACITY;
 use backflow_core::{Overflow, RetrySchedule, Stage, TokenBucket, WaterMarks};
 
-use crate::ConfigError;
 use crate::control::Control;
+use crate::error::ConfigError;
 use crate::event::{Event, EventHandler};
 use crate::hooks::{DeadLetter, DropHook, Dropped, ErrorPolicy};
 use crate::link::{Link, LinkSpec, LinkView};
@@ -196,6 +196,22 @@ pub(crate) struct Wiring {
 /// returns where its inputs go.
 type Attach<In, Out> =
     Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Result<Downstream<In>, ConfigError>>;
+
+// The builder sits above the pipeline: the pipeline does not name it, and its entry point is
+// defined here.
+impl<In: Send + 'static> Pipeline<In> {
+    /// Starts a pipeline definition that takes `In` items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// # Ok::<(), backflow::ConfigError>(())
+    /// ```
+    pub fn builder() -> Source<In> {
+        Source::new()
+    }
+}
 
 /// Marks a [`Builder`] that defines the pipeline's main line, which ends in the pipeline's
 /// sink or output.

@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::builder::Source;
 use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
+use crate::error::{ConfigError, PipelineError, PushError};
 use crate::event::Event;
 use crate::input::Input;
 use crate::link::{Link, LinkView};
 use crate::route::FanCounts;
+use crate::stats::Report;
 use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
 use crate::watchdog::{self, Watched};
-use crate::{PipelineError, PushError, Report};
 
 /// Where a node's items come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,24 +218,10 @@ pub struct Pipeline<In> {
     workers: usize,
 }
 
-impl<In: Send + 'static> Pipeline<In> {
-    /// Starts a pipeline definition that takes `In` items.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
-    /// # Ok::<(), backflow::ConfigError>(())
-    /// ```
-    pub fn builder() -> Source<In> {
-        Source::new()
-    }
-}
-
 impl<In> Pipeline<In> {
     /// A pipeline whose workers have all started: starts the stall watchdog, if a stage
     /// asks for one, and announces the start.
-    pub(crate) fn start(running: Running<In>) -> Result<Self, crate::ConfigError> {
+    pub(crate) fn start(running: Running<In>) -> Result<Self, ConfigError> {
         let workers = running.threads.lock().unwrap_or_else(PoisonError::into_inner).len();
         let r = &running;
         r.control.set_links(
@@ -249,7 +235,7 @@ impl<In> Pipeline<In> {
             Ok(handle) => *r.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = handle,
             Err(error) => {
                 running.stop();
-                return Err(crate::ConfigError::Spawn {
+                return Err(ConfigError::Spawn {
                     stage: "watchdog".into(),
                     worker: 0,
                     message: error.to_string(),
