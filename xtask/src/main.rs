@@ -6,6 +6,7 @@
 //!   failure. Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops
 //!   it.
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
+//! - `modules`: the module graph of `std-runtime/src`, which must have no cycle.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
@@ -16,6 +17,7 @@ mod bench;
 mod ci;
 mod loom;
 mod miri;
+mod modules;
 mod qemu;
 mod release;
 mod setup;
@@ -24,7 +26,7 @@ mod step;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask <setup | ci | msrv | loom | miri | qemu | bench [--criterion]>";
+    "usage: cargo xtask <setup | ci | msrv | modules | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("ci") => ci::run(),
         Some("msrv") => release::msrv(),
+        Some("modules") => modules::run(),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),
