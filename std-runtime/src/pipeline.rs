@@ -11,36 +11,11 @@ use crate::error::{ConfigError, PipelineError, PushError};
 use crate::event::Event;
 use crate::input::Input;
 use crate::link::{Link, LinkView};
+use crate::plan::{Flow, Node, Supply, Watched};
 use crate::route::FanCounts;
 use crate::stats::Report;
 use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
-use crate::watchdog::{self, Watched};
-
-/// Where a node's items come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Supply {
-    /// A stage's outputs, all of them.
-    Stage(usize),
-    /// What a fan sent on along the main line.
-    FanMain(usize),
-    /// What a fan sent to its branch.
-    FanSide(usize),
-}
-
-/// A node of the graph that receives items.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Node {
-    Stage(usize),
-    Sink(usize),
-    Fan(usize),
-}
-
-/// A node and what feeds it: for the report's check that nothing vanished between nodes.
-#[derive(Debug, Clone)]
-pub(crate) struct Flow {
-    pub(crate) into: Node,
-    pub(crate) from: Vec<Supply>,
-}
+use crate::watchdog;
 
 /// The running parts of a pipeline.
 pub(crate) struct Running<In> {

@@ -9,14 +9,8 @@ use std::time::{Duration, Instant};
 use crate::control::{Control, deadline_after};
 use crate::event::Event;
 use crate::link::LinkView;
+use crate::plan::Watched;
 use crate::stats::StageShared;
-
-/// A stage with stall detection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Watched {
-    pub(crate) stage: usize,
-    pub(crate) after: Duration,
-}
 
 /// One watched stage and what the watchdog last saw of it.
 struct Watch {
