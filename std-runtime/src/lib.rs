@@ -56,7 +56,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
-mod builder;
+pub mod builder;
 mod control;
 mod error;
 mod event;
@@ -73,7 +73,7 @@ mod prometheus;
 mod route;
 mod slots;
 mod stages;
-mod stats;
+pub mod stats;
 mod wait;
 mod watchdog;
 mod worker;
@@ -91,20 +91,24 @@ mod worker;
 /// ```
 pub use backflow_core as core;
 pub use backflow_core::{Overflow, Stage, WaterMarks};
-pub use builder::{
-    Branch, BranchEnd, Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Side, Source, Trunk,
-    WithOutput, WithSink,
-};
 pub use error::{ConfigError, PipelineError, PushError};
 pub use event::Event;
 pub use hooks::{DeadLetter, DropReason, Dropped, ErrorPolicy};
 pub use input::Input;
 pub use output::Output;
 pub use pipeline::{Pipeline, Watch, run};
-pub use stats::{
-    Accounting, Bottleneck, Latency, Report, SinkStats, StageStats, Stats, TimeShares,
-};
+pub use stats::Report;
 pub use wait::WaitStrategy;
+
+// Kept at the root for existing code: the builder's state types live in [`builder`], the
+// statistics types in [`stats`].
+#[doc(hidden)]
+pub use builder::{
+    Branch, BranchEnd, Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Side, Source, Trunk,
+    WithOutput, WithSink,
+};
+#[doc(hidden)]
+pub use stats::{Accounting, Bottleneck, Latency, SinkStats, StageStats, Stats, TimeShares};
 
 /// Stages: the core's (map, filter, filter-map, flat-map, inspect, validate, fixed-size batch,
 /// fold, …) and the runtime's own, which allocate (batches of a size chosen at run time,

@@ -1,5 +1,18 @@
 //! Live statistics: the counters the workers keep, the snapshot [`Stats`] that
-//! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`].
+//! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`]; per stage
+//! ([`StageStats`], its [`Accounting`] and [`TimeShares`]) and per sink ([`SinkStats`]).
+//!
+//! ```
+//! use backflow::Pipeline;
+//! use backflow::stats::StageStats;
+//!
+//! let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+//! pipeline.input().push(1)?;
+//! let report = pipeline.drain()?;
+//! let id: &StageStats = report.stage("id").unwrap();
+//! assert_eq!(id.accounting.received, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Workers add to the counters once per batch, never once per item; timings are taken for
 //! one item in `sample_every` (see [`Source::sample_every`](crate::Source::sample_every)).

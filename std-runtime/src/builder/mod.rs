@@ -1,5 +1,17 @@
 //! The typed builder: [`Source`] → [`Builder`] → [`WithSink`] / [`WithOutput`] →
-//! `build()`, with [`Branch`]es off the main line.
+//! `build()`, with [`Branch`]es off the main line. [`Pipeline::builder`] starts one; these are
+//! the types its calls go through, rarely named in code.
+//!
+//! ```
+//! use backflow::Pipeline;
+//! use backflow::builder::{Builder, Trunk};
+//!
+//! let line: Builder<u32, u32, u64, Trunk> =
+//!     Pipeline::<u32>::builder().stage("widen", || |x: u32| u64::from(x));
+//! let pipeline = line.capacity(backflow::builder::DEFAULT_CAPACITY).sink(|_| {}).build()?;
+//! pipeline.drain()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Each `stage` call checks at compile time that the stage takes what the previous one emits;
 //! the settings that follow it (`workers`, `capacity`, `water_marks`, `overflow`, ordering,
@@ -535,7 +547,7 @@ where
     }
 
     /// Puts a circuit breaker in front of this stage (the core's
-    /// [`CircuitBreaker`]): when too many items fail, the stage pauses and items wait
+    /// [`CircuitBreaker`](crate::core::breaker::CircuitBreaker)): when too many items fail, the stage pauses and items wait
     /// upstream (nothing is dropped); after the cooldown, trial items go through; enough
     /// successes close it again. Its state is in the stats and in events.
     ///
@@ -555,7 +567,7 @@ where
     }
 
     /// At most `per_second` items a second through this stage (all its workers together),
-    /// with bursts of up to `burst` (the core's [`TokenBucket`]). Items wait upstream.
+    /// with bursts of up to `burst` (the core's [`TokenBucket`](crate::core::TokenBucket)). Items wait upstream.
     ///
     /// # Examples
     ///

@@ -94,7 +94,8 @@ fn resolve(
     if settings.order == Order::KeyOrdered && index == 0 {
         return Err(ConfigError::KeyOrderedFirst { stage: stage() });
     }
-    for (field, duration) in [("flush_every", settings.flush_every), ("stall_after", settings.stall_after)]
+    for (field, duration) in
+        [("flush_every", settings.flush_every), ("stall_after", settings.stall_after)]
     {
         if duration.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDuration { stage: stage(), field });
