@@ -68,8 +68,9 @@ use rayon::prelude::*;
 /// ```
 pub use rayon;
 
-/// The most items a [`ParStage`] takes at once by default: a whole batch of its worker.
-pub const DEFAULT_BATCH: usize = 128;
+/// The most items a [`ParStage`] takes at once by default: a whole batch of its worker
+/// ([`backflow::stage::BATCH`]).
+pub const DEFAULT_BATCH: usize = backflow::stage::BATCH;
 
 /// A panic inside a parallel stage's closure: that item's error.
 ///
@@ -93,12 +94,7 @@ pub struct Panicked {
 
 impl Panicked {
     fn from_payload(payload: &(dyn Any + Send)) -> Self {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(not a string)".to_string());
-        Self { message }
+        Self { message: backflow::stage::panic_message(payload) }
     }
 }
 

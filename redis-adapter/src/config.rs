@@ -7,14 +7,15 @@ use backflow::core::{ConfigError, RetrySchedule};
 use crate::endpoint::Endpoint;
 use crate::{Error, Tls};
 
-/// Entries asked for per `XREADGROUP` when nothing else is said.
+/// Entries asked for per `XREADGROUP` when nothing else is said: a worker's batch
+/// ([`backflow::stage::BATCH`]).
 ///
 /// # Examples
 ///
 /// ```
 /// assert_eq!(backflow_redis::DEFAULT_BATCH, 128);
 /// ```
-pub const DEFAULT_BATCH: usize = 128;
+pub const DEFAULT_BATCH: usize = backflow::stage::BATCH;
 
 /// The most entries [`ConsumerConfig::batch`] accepts. The server sets memory aside for the
 /// whole count of each `XAUTOCLAIM` before it looks for entries, and a read this large is

@@ -1,34 +1,21 @@
 //! What every thread of one pipeline shares: the cancel flag, the wait strategy, the clock for
 //! sampled timings, and the first fatal error.
 
-use std::any::Any;
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::Dropped;
 use crate::event::{Event, EventHandler};
-use crate::pipeline::LinkView;
+use crate::hooks::{DropHook, Dropped};
+use crate::panic::panic_message;
 use crate::wait::{Signal, WaitStrategy};
-
-/// A user's drop hook for one stage's (or sink's) items.
-pub(crate) type DropHook<T> = Arc<dyn Fn(Dropped<'_, T>) + Send + Sync>;
 
 /// The moment `duration` from now, or `None` ("no deadline") when that is past the end of
 /// time: `Duration::MAX` means forever.
 pub(crate) fn deadline_after(duration: Duration) -> Option<Instant> {
     Instant::now().checked_add(duration)
-}
-
-/// The message of a panic payload, when it is a string.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(not a string)".to_string())
 }
 
 /// A failure that stopped the pipeline, recorded once (the first wins) and reported by
@@ -51,6 +38,12 @@ pub(crate) enum Culprit {
     DropHook,
 }
 
+/// Something threads may be parked on (a queue), woken when the pipeline is cancelled.
+pub(crate) trait Wake: Send + Sync {
+    /// Wakes every thread parked on it.
+    fn wake_all(&self);
+}
+
 /// Pipeline-wide state.
 pub(crate) struct Control {
     cancelled: AtomicBool,
@@ -69,7 +62,7 @@ pub(crate) struct Control {
     fatal: Mutex<Option<Fatal>>,
     events: Option<EventHandler>,
     /// Every queue of the pipeline, woken on cancel (weak: the queues own this).
-    links: OnceLock<Vec<Weak<dyn LinkView>>>,
+    links: OnceLock<Vec<Weak<dyn Wake>>>,
 }
 
 impl Control {
@@ -95,7 +88,7 @@ impl Control {
     }
 
     /// Tells the control which queues to wake on cancel, once they all exist.
-    pub(crate) fn set_links(&self, links: Vec<Weak<dyn LinkView>>) {
+    pub(crate) fn set_links(&self, links: Vec<Weak<dyn Wake>>) {
         let _ = self.links.set(links);
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::Report;
+use crate::stats::Report;
 
 /// A pipeline definition that cannot run, naming the stage and the field at fault.
 /// `build()` returns it instead of panicking; nothing has been started when it does.

@@ -5,7 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{DropReason, Report};
+use crate::hooks::DropReason;
+use crate::stats::Report;
 
 /// Something that happened in a running pipeline. The handler is called on the thread where
 /// it happened (a worker, a producer, the stall watchdog, the one that drains), so it should

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::PushError;
+use crate::batch::BATCH;
 use crate::control::deadline_after;
+use crate::error::PushError;
 use crate::link::{Envelope, HandleState, Link, PushFailure};
-use crate::worker::BATCH;
 
 /// Puts items into a pipeline's first stage. Cloneable: give each producer thread its own
 /// clone (a handle is `Send` but not `Sync`, which keeps its bookkeeping free of atomics'

@@ -55,25 +55,28 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
-mod builder;
+mod batch;
+pub mod builder;
 mod control;
 mod error;
 mod event;
+mod hooks;
 mod input;
+mod launch;
 mod link;
 mod output;
+mod panic;
 mod pipeline;
+mod plan;
 mod policy;
 mod prometheus;
+mod route;
 mod slots;
 mod stages;
-mod stats;
-mod topology;
+pub mod stats;
 mod wait;
 mod watchdog;
 mod worker;
-
-use std::fmt;
 
 /// The `no_std` core: rings, water marks, overflow policies, stage traits.
 ///
@@ -88,24 +91,29 @@ use std::fmt;
 /// ```
 pub use backflow_core as core;
 pub use backflow_core::{Overflow, Stage, WaterMarks};
+pub use error::{ConfigError, PipelineError, PushError};
+pub use event::Event;
+pub use hooks::{DeadLetter, DropReason, Dropped, ErrorPolicy};
+pub use input::Input;
+pub use output::Output;
+pub use pipeline::{Pipeline, Watch, run};
+pub use stats::Report;
+pub use wait::WaitStrategy;
+
+// Kept at the root for existing code: the builder's state types live in [`builder`], the
+// statistics types in [`stats`].
+#[doc(hidden)]
 pub use builder::{
     Branch, BranchEnd, Builder, DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, Side, Source, Trunk,
     WithOutput, WithSink,
 };
-pub use error::{ConfigError, PipelineError, PushError};
-pub use event::Event;
-pub use input::Input;
-pub use output::Output;
-pub use pipeline::{Pipeline, Watch, run};
-pub use policy::{DeadLetter, ErrorPolicy};
-pub use stats::{
-    Accounting, Bottleneck, Latency, Report, SinkStats, StageStats, Stats, TimeShares,
-};
-pub use wait::WaitStrategy;
+#[doc(hidden)]
+pub use stats::{Accounting, Bottleneck, Latency, SinkStats, StageStats, Stats, TimeShares};
 
 /// Stages: the core's (map, filter, filter-map, flat-map, inspect, validate, fixed-size batch,
 /// fold, …) and the runtime's own, which allocate (batches of a size chosen at run time,
-/// flatten, keyed aggregates).
+/// flatten, keyed aggregates); and the batch size and panic message that adapters share with
+/// the runtime ([`BATCH`](stage::BATCH), [`panic_message`](stage::panic_message)).
 ///
 /// # Examples
 ///
@@ -119,73 +127,7 @@ pub use wait::WaitStrategy;
 pub mod stage {
     pub use backflow_core::stage::*;
 
+    pub use crate::batch::BATCH;
+    pub use crate::panic::panic_message;
     pub use crate::stages::*;
-}
-
-/// Why an item left the pipeline without being processed.
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(backflow::DropReason::Abandoned.to_string(), "abandoned");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// Evicted from a full queue under [`Overflow::DropOldest`].
-    Oldest,
-    /// Refused by a full queue under [`Overflow::DropNewest`].
-    Newest,
-    /// Never processed: the pipeline was cancelled or shut down first.
-    Abandoned,
-}
-
-impl From<backflow_core::overflow::DropReason> for DropReason {
-    fn from(reason: backflow_core::overflow::DropReason) -> Self {
-        match reason {
-            backflow_core::overflow::DropReason::Oldest => Self::Oldest,
-            backflow_core::overflow::DropReason::Newest => Self::Newest,
-        }
-    }
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Oldest => "evicted as oldest",
-            Self::Newest => "dropped as newest",
-            Self::Abandoned => "abandoned",
-        })
-    }
-}
-
-/// An item a stage dropped or abandoned, as its drop hook sees it.
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use backflow::{DropReason, Overflow, Pipeline};
-///
-/// let dropped = Arc::new(Mutex::new(Vec::new()));
-/// let seen = Arc::clone(&dropped);
-/// let pipeline = Pipeline::<u32>::builder()
-///     .stage("id", || |x: u32| x)
-///     .on_drop(move |d| seen.lock().unwrap().push((d.stage.to_string(), d.reason, d.item)))
-///     .sink(|_| {})
-///     .build()?;
-/// pipeline.cancel();
-/// pipeline.drain().unwrap_err();
-/// assert!(dropped.lock().unwrap().iter().all(|(_, reason, _)| *reason == DropReason::Abandoned));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Dropped<'a, T> {
-    /// The stage whose queue the item was in (or was pushed to).
-    pub stage: &'a str,
-    /// Why it was dropped.
-    pub reason: DropReason,
-    /// The item itself, now the hook's.
-    pub item: T,
 }

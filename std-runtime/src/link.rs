@@ -18,12 +18,12 @@ use backflow_core::ring::CapacityError;
 use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
-use crate::control::{Control, DropHook};
+use crate::control::{Control, Wake};
 use crate::event::Event;
+use crate::hooks::{DropHook, DropReason, Dropped};
 use crate::slots::Slots;
 use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
-use crate::{DropReason, Dropped};
 
 /// An item in flight with its timestamps (nanoseconds from [`Control::now`]); both are `0`
 /// unless the item is one of the sampled ones.
@@ -527,4 +527,49 @@ pub(crate) enum PushFailure {
     Full,
     Timeout,
     Cancelled,
+}
+
+/// What the pipeline needs to see of a link, whatever its item type.
+pub(crate) trait LinkView: Wake {
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn pressure(&self) -> (bool, u64);
+    fn sweep(&self);
+    /// Sweeps only if the consumer is gone (a dropped output handle).
+    fn sweep_orphaned(&self);
+    fn handle_received(&self) -> u64;
+}
+
+impl<T: Send> Wake for Link<T> {
+    fn wake_all(&self) {
+        Link::wake_all(self);
+    }
+}
+
+impl<T: Send> LinkView for Link<T> {
+    fn len(&self) -> usize {
+        Link::len(self)
+    }
+
+    fn capacity(&self) -> usize {
+        Link::capacity(self)
+    }
+
+    fn pressure(&self) -> (bool, u64) {
+        Link::pressure(self)
+    }
+
+    fn sweep(&self) {
+        Link::sweep(self);
+    }
+
+    fn sweep_orphaned(&self) {
+        if self.is_orphaned() {
+            Link::sweep(self);
+        }
+    }
+
+    fn handle_received(&self) -> u64 {
+        self.handles.as_ref().map_or(0, Handles::received)
+    }
 }

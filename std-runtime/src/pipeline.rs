@@ -2,96 +2,20 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::builder::Source;
-use crate::control::{Control, Culprit, Fatal, deadline_after};
+use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
+use crate::error::{ConfigError, PipelineError, PushError};
 use crate::event::Event;
 use crate::input::Input;
-use crate::link::Link;
+use crate::link::{Link, LinkView};
+use crate::plan::{Flow, Node, Supply, Watched};
+use crate::route::FanCounts;
+use crate::stats::Report;
 use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
-use crate::topology::FanCounts;
 use crate::watchdog;
-use crate::{PipelineError, PushError, Report};
-
-/// Where a node's items come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Supply {
-    /// A stage's outputs, all of them.
-    Stage(usize),
-    /// What a fan sent on along the main line.
-    FanMain(usize),
-    /// What a fan sent to its branch.
-    FanSide(usize),
-}
-
-/// A node of the graph that receives items.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Node {
-    Stage(usize),
-    Sink(usize),
-    Fan(usize),
-}
-
-/// A node and what feeds it: for the report's check that nothing vanished between nodes.
-#[derive(Debug, Clone)]
-pub(crate) struct Flow {
-    pub(crate) into: Node,
-    pub(crate) from: Vec<Supply>,
-}
-
-/// A stage with stall detection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Watched {
-    pub(crate) stage: usize,
-    pub(crate) after: Duration,
-}
-
-/// What the pipeline needs to see of a link, whatever its item type.
-pub(crate) trait LinkView: Send + Sync {
-    fn len(&self) -> usize;
-    fn capacity(&self) -> usize;
-    fn pressure(&self) -> (bool, u64);
-    fn wake_all(&self);
-    fn sweep(&self);
-    /// Sweeps only if the consumer is gone (a dropped output handle).
-    fn sweep_orphaned(&self);
-    fn handle_received(&self) -> u64;
-}
-
-impl<T: Send> LinkView for Link<T> {
-    fn len(&self) -> usize {
-        Link::len(self)
-    }
-
-    fn capacity(&self) -> usize {
-        Link::capacity(self)
-    }
-
-    fn pressure(&self) -> (bool, u64) {
-        Link::pressure(self)
-    }
-
-    fn wake_all(&self) {
-        Link::wake_all(self);
-    }
-
-    fn sweep(&self) {
-        Link::sweep(self);
-    }
-
-    fn sweep_orphaned(&self) {
-        if self.is_orphaned() {
-            Link::sweep(self);
-        }
-    }
-
-    fn handle_received(&self) -> u64 {
-        self.handles.as_ref().map_or(0, crate::link::Handles::received)
-    }
-}
 
 /// The running parts of a pipeline.
 pub(crate) struct Running<In> {
@@ -269,32 +193,24 @@ pub struct Pipeline<In> {
     workers: usize,
 }
 
-impl<In: Send + 'static> Pipeline<In> {
-    /// Starts a pipeline definition that takes `In` items.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
-    /// # Ok::<(), backflow::ConfigError>(())
-    /// ```
-    pub fn builder() -> Source<In> {
-        Source::new()
-    }
-}
-
 impl<In> Pipeline<In> {
     /// A pipeline whose workers have all started: starts the stall watchdog, if a stage
     /// asks for one, and announces the start.
-    pub(crate) fn start(running: Running<In>) -> Result<Self, crate::ConfigError> {
+    pub(crate) fn start(running: Running<In>) -> Result<Self, ConfigError> {
         let workers = running.threads.lock().unwrap_or_else(PoisonError::into_inner).len();
         let r = &running;
-        r.control.set_links(r.views.iter().chain(&r.output).map(Arc::downgrade).collect());
+        r.control.set_links(
+            r.views
+                .iter()
+                .chain(&r.output)
+                .map(|view| Arc::downgrade(view) as Weak<dyn Wake>)
+                .collect(),
+        );
         match watchdog::start(&r.control, &r.watched, &r.stages, &r.views, workers) {
             Ok(handle) => *r.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = handle,
             Err(error) => {
                 running.stop();
-                return Err(crate::ConfigError::Spawn {
+                return Err(ConfigError::Spawn {
                     stage: "watchdog".into(),
                     worker: 0,
                     message: error.to_string(),

@@ -1,8 +1,8 @@
-//! What a stage does when an item fails ([`ErrorPolicy`], retries, [`DeadLetter`]s), and the
-//! [`Gate`] in front of a stage: its circuit breaker and rate limit.
+//! What a worker applies to each item besides its stage: hooks, retries, what happens to an
+//! item that failed for good ([`Final`]), and the [`Gate`] in front of a stage: its circuit
+//! breaker and rate limit.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -10,81 +10,9 @@ use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
 use backflow_core::{RetrySchedule, TokenBucket};
 
 use crate::control::Control;
-use crate::control::DropHook;
 use crate::event::Event;
-
-/// What a stage does with an item that failed (its `process` returned an error or panicked)
-/// once its retries, if any, are used up.
-///
-/// # Examples
-///
-/// ```
-/// use backflow::{ErrorPolicy, Pipeline, PipelineError};
-///
-/// let pipeline = Pipeline::<u32>::builder()
-///     .stage("check", || backflow::stage::validate(|x: &u32| if *x < 10 { Ok(()) } else { Err("too big") }))
-///     .on_error(ErrorPolicy::FailFast)
-///     .sink(|_| {})
-///     .build()?;
-/// pipeline.input().push(12)?;
-/// match pipeline.drain() {
-///     Err(PipelineError::StageFailed { stage, error, .. }) => {
-///         assert_eq!(stage, "check");
-///         assert!(error.contains("too big"));
-///     }
-///     other => panic!("{other:?}"),
-/// }
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorPolicy {
-    /// Count the item as errored and go on (the default).
-    #[default]
-    Skip,
-    /// Cancel the pipeline: `drain()` returns [`PipelineError::StageFailed`] with the stage
-    /// and the first error.
-    ///
-    /// [`PipelineError::StageFailed`]: crate::PipelineError::StageFailed
-    FailFast,
-}
-
-/// An item that failed for good, as a stage's dead-letter handler receives it (see
-/// [`Builder::dead_letter`](crate::Builder::dead_letter)).
-///
-/// # Examples
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use backflow::Pipeline;
-///
-/// let letters = Arc::new(Mutex::new(Vec::new()));
-/// let dlq = Arc::clone(&letters);
-/// let pipeline = Pipeline::<String>::builder()
-///     .stage("parse", || backflow::stage::try_map(|s: String| s.parse::<u32>()))
-///     .dead_letter(move |letter| {
-///         dlq.lock().unwrap().push((letter.stage.to_string(), letter.item, letter.error, letter.attempts));
-///     })
-///     .sink(|_| {})
-///     .build()?;
-/// # let _ = pipeline;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct DeadLetter<'a, T> {
-    /// The stage that failed the item.
-    pub stage: &'a str,
-    /// The item, as it entered the stage.
-    pub item: T,
-    /// The last error (for a panic, `panicked: ` and its message).
-    pub error: String,
-    /// How many times the stage tried it.
-    pub attempts: u32,
-}
-
-/// A stage's dead-letter handler.
-pub(crate) type DeadLetterHook<T> = Arc<dyn Fn(DeadLetter<'_, T>) + Send + Sync>;
+use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
+use crate::stats::CircuitGauge;
 
 /// What happens to an item once its attempts are used up.
 pub(crate) enum Final<T> {
@@ -102,12 +30,6 @@ impl<T> Clone for Final<T> {
         }
     }
 }
-
-/// A hook that looks at an item (before or after a stage).
-pub(crate) type Look<T> = Arc<dyn Fn(&T) + Send + Sync>;
-
-/// Routes an item to one of a stage's workers (key-ordered stages).
-pub(crate) type KeyFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 
 /// The settings of one stage that depend on its input and output types, kept type-erased in
 /// the builder's list and recovered by the stage's own attach step.
@@ -173,8 +95,8 @@ pub(crate) struct Gate {
     stage: Arc<str>,
     breaker: Option<Mutex<Breaker>>,
     limiter: Option<Mutex<TokenBucket>>,
-    /// The breaker's state for stats: [`NO_BREAKER`] or a [`BreakerState`] as `u8`.
-    state: AtomicU8,
+    /// The breaker's state, for stats.
+    circuit: Arc<CircuitGauge>,
 }
 
 #[derive(Debug)]
@@ -185,30 +107,20 @@ struct Breaker {
     opened_at: Duration,
 }
 
-const NO_BREAKER: u8 = u8::MAX;
-
-fn state_code(state: BreakerState) -> u8 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::Open => 1,
-        BreakerState::HalfOpen => 2,
-    }
-}
-
 impl Gate {
     pub(crate) fn new(
         stage: Arc<str>,
         breaker: Option<(CircuitBreaker, Duration)>,
         limiter: Option<TokenBucket>,
     ) -> Self {
-        let state = breaker.as_ref().map_or(NO_BREAKER, |(b, _)| state_code(b.state()));
+        let circuit = Arc::new(CircuitGauge::new(breaker.as_ref().map(|(b, _)| b.state())));
         Self {
             stage,
             breaker: breaker.map(|(machine, cooldown)| {
                 Mutex::new(Breaker { machine, cooldown, opened_at: Duration::ZERO })
             }),
             limiter: limiter.map(Mutex::new),
-            state: AtomicU8::new(state),
+            circuit,
         }
     }
 
@@ -217,14 +129,9 @@ impl Gate {
         self.breaker.is_none() && self.limiter.is_none()
     }
 
-    /// The breaker's state, if the stage has one.
-    pub(crate) fn circuit(&self) -> Option<BreakerState> {
-        match self.state.load(Ordering::Relaxed) {
-            0 => Some(BreakerState::Closed),
-            1 => Some(BreakerState::Open),
-            2 => Some(BreakerState::HalfOpen),
-            _ => None,
-        }
+    /// The gauge that stats read the breaker's state from.
+    pub(crate) fn circuit(&self) -> Arc<CircuitGauge> {
+        Arc::clone(&self.circuit)
     }
 
     /// Waits until the breaker lets an item through and the rate limit has a token for it.
@@ -286,7 +193,7 @@ impl Gate {
             }
             BreakerTransition::Closed => (BreakerState::Closed, Event::CircuitClosed { stage }),
         };
-        self.state.store(state_code(state), Ordering::Relaxed);
+        self.circuit.set(state);
         control.emit(&event);
     }
 }

@@ -1,17 +1,29 @@
 //! Live statistics: the counters the workers keep, the snapshot [`Stats`] that
-//! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`].
+//! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`]; per stage
+//! ([`StageStats`], its [`Accounting`] and [`TimeShares`]) and per sink ([`SinkStats`]).
+//!
+//! ```
+//! use backflow::Pipeline;
+//! use backflow::stats::StageStats;
+//!
+//! let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+//! pipeline.input().push(1)?;
+//! let report = pipeline.drain()?;
+//! let id: &StageStats = report.stage("id").unwrap();
+//! assert_eq!(id.accounting.received, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Workers add to the counters once per batch, never once per item; timings are taken for
 //! one item in `sample_every` (see [`Source::sample_every`](crate::Source::sample_every)).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use backflow_core::breaker::BreakerState;
 use backflow_core::metrics::{Counter, Histogram, Percentiles};
-
-use crate::policy::Gate;
 
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
@@ -41,6 +53,44 @@ pub(crate) struct StageCounters {
     pub(crate) abandoned: Counter,
 }
 
+/// A circuit breaker's state as stats read it: written by the stage's gate on each
+/// transition, read by any thread without a lock.
+#[derive(Debug)]
+pub(crate) struct CircuitGauge(AtomicU8);
+
+/// The gauge's value for a stage without a breaker.
+const NO_BREAKER: u8 = u8::MAX;
+
+impl CircuitGauge {
+    /// A gauge for a breaker in `state`, or for a stage without one (`None`).
+    pub(crate) fn new(state: Option<BreakerState>) -> Self {
+        Self(AtomicU8::new(state.map_or(NO_BREAKER, Self::code)))
+    }
+
+    fn code(state: BreakerState) -> u8 {
+        match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    /// Records a transition to `state`.
+    pub(crate) fn set(&self, state: BreakerState) {
+        self.0.store(Self::code(state), Ordering::Relaxed);
+    }
+
+    /// The breaker's state, if the stage has one.
+    pub(crate) fn get(&self) -> Option<BreakerState> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Some(BreakerState::Closed),
+            1 => Some(BreakerState::Open),
+            2 => Some(BreakerState::HalfOpen),
+            _ => None,
+        }
+    }
+}
+
 /// Everything one stage shares with its workers and with `stats()`.
 #[derive(Debug)]
 pub(crate) struct StageShared {
@@ -49,20 +99,25 @@ pub(crate) struct StageShared {
     pub(crate) counters: Arc<StageCounters>,
     pub(crate) process_time: Histogram,
     pub(crate) queue_wait: Histogram,
-    /// The stage's breaker and rate limit.
-    pub(crate) gate: Arc<Gate>,
+    /// The state of the stage's circuit breaker, which its gate keeps up to date.
+    pub(crate) circuit: Arc<CircuitGauge>,
     window: Mutex<Window>,
 }
 
 impl StageShared {
-    pub(crate) fn new(name: Arc<str>, workers: usize, start: Instant, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        workers: usize,
+        start: Instant,
+        circuit: Arc<CircuitGauge>,
+    ) -> Self {
         Self {
             name,
             workers,
             counters: Arc::default(),
             process_time: Histogram::new(),
             queue_wait: Histogram::new(),
-            gate,
+            circuit,
             window: Mutex::new(Window::new(start)),
         }
     }
@@ -632,7 +687,7 @@ impl Collector<'_> {
                     dropped_newest: c.dropped_newest.get(),
                     panics: c.panicked.get(),
                     retries: c.retried.get(),
-                    circuit: shared.gate.circuit(),
+                    circuit: shared.circuit.get(),
                     queue_len: source.queue_len,
                     queue_capacity: source.queue_capacity,
                     pressure_on: source.pressure.0,
@@ -969,8 +1024,7 @@ mod tests {
     fn report(count: impl FnOnce(&StageCounters, &SinkShared)) -> Report {
         let start = Instant::now();
         let name: Arc<str> = "parse".into();
-        let gate = Arc::new(Gate::new(Arc::clone(&name), None, None));
-        let stage = StageShared::new(name, 1, start, gate);
+        let stage = StageShared::new(name, 1, start, Arc::new(CircuitGauge::new(None)));
         let sink = SinkShared::new(start);
         count(&stage.counters, &sink);
         let source = StageSource {

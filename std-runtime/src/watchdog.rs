@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::{Control, deadline_after};
 use crate::event::Event;
-use crate::pipeline::{LinkView, Watched};
+use crate::link::LinkView;
+use crate::plan::Watched;
 use crate::stats::StageShared;
 
 /// One watched stage and what the watchdog last saw of it.

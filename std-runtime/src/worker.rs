@@ -13,136 +13,20 @@ use std::fmt;
 use std::iter;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
 
-use crate::control::{Control, Culprit, DropHook, Fatal, panic_message};
+use crate::batch::BATCH;
+use crate::control::{Control, Culprit, Fatal};
 use crate::event::Event;
+use crate::hooks::DeadLetter;
 use crate::link::{Envelope, Link};
-use crate::policy::{DeadLetter, Failure, Final, Policy};
-use crate::stats::{SinkShared, StageCounters, StageShared};
-use crate::topology::{Fan, HandOver, Keyed, Reorder};
-use crate::{DropReason, Dropped};
-
-/// Items a worker pops, and outputs it collects, before touching a shared queue again.
-// NB: one pop/push of the shared indices, one counter update and one wake-up check per batch
-// instead of per item is what lets a 3-stage pipeline move tens of millions of items per
-// second (benches/README.md, "Pipelines").
-pub(crate) const BATCH: usize = 128;
-
-/// Where a stage's outputs go.
-pub(crate) enum Downstream<T> {
-    /// The next stage's queue, or the output handle's.
-    Link(Arc<Link<T>>),
-    /// The sink closure, called by the last stage's workers.
-    Sink(Arc<Sink<T>>),
-    /// A branching point: part or a copy of every batch goes to a branch.
-    Fan(Arc<Fan<T>>),
-    /// A key-ordered stage's per-worker queues.
-    Keyed(Arc<Keyed<T>>),
-}
-
-impl<T> Clone for Downstream<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Link(link) => Self::Link(Arc::clone(link)),
-            Self::Sink(sink) => Self::Sink(Arc::clone(sink)),
-            Self::Fan(fan) => Self::Fan(Arc::clone(fan)),
-            Self::Keyed(keyed) => Self::Keyed(Arc::clone(keyed)),
-        }
-    }
-}
-
-impl<T> Downstream<T> {
-    /// Delivers a batch; `false` if the pipeline stopped and some items were abandoned.
-    pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
-        match self {
-            Self::Link(link) => link.deliver(batch),
-            Self::Sink(sink) => sink.deliver(batch),
-            Self::Fan(fan) => fan.deliver(batch),
-            Self::Keyed(keyed) => keyed.deliver(batch),
-        }
-    }
-
-    /// Receives and abandons outputs that will never be delivered (left behind by a panic).
-    pub(crate) fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
-        match self {
-            Self::Link(link) => batch.drain(..).for_each(|envelope| link.abandon(envelope.item)),
-            Self::Sink(sink) => {
-                sink.shared.counters.received.add(batch.len() as u64);
-                sink.abandon(batch);
-            }
-            Self::Fan(fan) => fan.abandon(batch),
-            Self::Keyed(keyed) => keyed.abandon(batch),
-        }
-    }
-
-    /// This worker will deliver nothing more.
-    pub(crate) fn upstream_done(&self) {
-        match self {
-            Self::Link(link) => link.upstream_done(),
-            Self::Sink(_) => {}
-            Self::Fan(fan) => fan.upstream_done(),
-            Self::Keyed(keyed) => keyed.upstream_done(),
-        }
-    }
-}
-
-/// The sink closure, shared by the last stage's workers.
-pub(crate) struct Sink<T> {
-    /// `"sink"`, or the branch's name.
-    pub(crate) name: Arc<str>,
-    pub(crate) call: Mutex<Box<dyn FnMut(T) + Send>>,
-    pub(crate) shared: Arc<SinkShared>,
-    pub(crate) control: Arc<Control>,
-    pub(crate) on_drop: Option<DropHook<T>>,
-}
-
-impl<T> Sink<T> {
-    fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
-        let n = batch.len() as u64;
-        let counters = &self.shared.counters;
-        counters.received.add(n);
-        if self.control.is_cancelled() {
-            self.abandon(batch);
-            return false;
-        }
-        let mut call = self.call.lock().unwrap_or_else(PoisonError::into_inner);
-        let delivered = catch_unwind(AssertUnwindSafe(|| {
-            while let Some(envelope) = batch.pop_front() {
-                if envelope.born != 0 {
-                    self.shared.latency.record(self.control.now().saturating_sub(envelope.born));
-                }
-                call(envelope.item);
-                self.shared.delivered.increment();
-            }
-        }));
-        drop(call);
-        if let Err(panic) = delivered {
-            // The panic stops the pipeline: say so before letting go of anything, so that
-            // whoever watches it knows the rest is abandoned, not delivered.
-            self.control.cancel();
-            // The item in the sink's hands is gone with the panic; the rest never got there.
-            counters.abandoned.increment();
-            self.abandon(batch);
-            resume_unwind(panic);
-        }
-        true
-    }
-
-    /// Abandons items this sink received but will not deliver.
-    fn abandon(&self, batch: &mut VecDeque<Envelope<T>>) {
-        for envelope in batch.drain(..) {
-            self.shared.counters.abandoned.increment();
-            let reason = DropReason::Abandoned;
-            self.control.emit(&Event::Dropped { stage: &self.name, reason });
-            let dropped = Dropped { stage: &self.name, reason, item: envelope.item };
-            self.control.discard(self.on_drop.as_ref(), dropped);
-        }
-    }
-}
+use crate::panic::panic_message;
+use crate::policy::{Failure, Final, Policy};
+use crate::route::{Downstream, HandOver, Reorder};
+use crate::stats::{StageCounters, StageShared};
 
 /// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
 /// have piled up (an ordered stage's are held until the batch is done).

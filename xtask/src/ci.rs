@@ -8,7 +8,7 @@ use test_support::{REDIS_URL_VARIABLE, RedisServer};
 
 use crate::setup::{self, Need};
 use crate::step::{Outcome, Step, cargo, execute, summarize};
-use crate::{deny, loom, miri, qemu, release};
+use crate::{deny, loom, miri, modules, qemu, release};
 
 /// Bare-metal targets the core must build for: Cortex-M4F, and Cortex-M0 (no compare-and-swap:
 /// the SPSC ring works there, the MPMC ring is compiled out).
@@ -83,6 +83,7 @@ pub fn run() -> Result<(), String> {
             ]),
             &[CLIPPY, Need::Target(qemu::TARGET)],
         ),
+        modules::step(),
         Step::new("test", test, &[REDIS]),
         Step::new("doc", doc(), &[]),
         deny::step(),

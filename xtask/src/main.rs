@@ -8,6 +8,7 @@
 //!   it.
 //! - `deny`: the dependency policy alone (`deny.toml`: licenses, bans, sources).
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
+//! - `modules`: the module graph of `std-runtime/src`, which must have no cycle.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
@@ -19,6 +20,7 @@ mod ci;
 mod deny;
 mod loom;
 mod miri;
+mod modules;
 mod qemu;
 mod release;
 mod setup;
@@ -26,8 +28,7 @@ mod step;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: cargo xtask <setup | ci | deny | msrv | loom | miri | qemu | bench [--criterion]>";
+const USAGE: &str = "usage: cargo xtask <setup | ci | deny | msrv | modules | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(),
         Some("msrv") => release::msrv(),
         Some("deny") => step::run_alone(deny::step()),
+        Some("modules") => modules::run(),
         Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),

@@ -1,5 +1,17 @@
 //! The typed builder: [`Source`] → [`Builder`] → [`WithSink`] / [`WithOutput`] →
-//! `build()`, with [`Branch`]es off the main line.
+//! `build()`, with [`Branch`]es off the main line. [`Pipeline::builder`] starts one; these are
+//! the types its calls go through, rarely named in code.
+//!
+//! ```
+//! use backflow::Pipeline;
+//! use backflow::builder::{Builder, Trunk};
+//!
+//! let line: Builder<u32, u32, u64, Trunk> =
+//!     Pipeline::<u32>::builder().stage("widen", || |x: u32| u64::from(x));
+//! let pipeline = line.capacity(backflow::builder::DEFAULT_CAPACITY).sink(|_| {}).build()?;
+//! pipeline.drain()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! Each `stage` call checks at compile time that the stage takes what the previous one emits;
 //! the settings that follow it (`workers`, `capacity`, `water_marks`, `overflow`, ordering,
@@ -13,33 +25,33 @@
 //! records the graph's shape (which nodes feed which) for worker counts and the report's flow
 //! check.
 
-use std::any::Any;
-use std::collections::HashSet;
+mod spec;
+mod validate;
+
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::thread;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use backflow_core::breaker::{BreakerConfig, CircuitBreaker};
-use backflow_core::ring::MAX_CAPACITY;
-use backflow_core::{Overflow, RetrySchedule, Stage, TokenBucket, WaterMarks};
+use backflow_core::breaker::BreakerConfig;
+use backflow_core::{Overflow, RetrySchedule, Stage};
 
+use self::spec::{Chain, Marks, Settings, SinkSpec, StageSettings};
+use self::validate::validate;
 use crate::control::Control;
-use crate::control::DropHook;
-use crate::event::{Event, EventHandler};
-use crate::link::{Link, LinkSpec};
+use crate::error::ConfigError;
+use crate::event::Event;
+use crate::hooks::{DeadLetter, DropHook, Dropped, ErrorPolicy};
+use crate::launch::{self, Attach, Terminal, Wiring, attach_stage};
+use crate::link::LinkView;
 use crate::output::Output;
-use crate::pipeline::{Flow, LinkView, Pipeline, Running, Supply, Watched};
-use crate::policy::{DeadLetter, ErrorPolicy, Final, Gate, Policy, Typed};
-use crate::stats::{SinkShared, StageShared};
-use crate::topology::{Fan, FanCounts, Keyed, Lanes, Reorder, Split};
+use crate::pipeline::{Pipeline, Running};
+use crate::plan::{Order, Supply};
+use crate::policy::{Final, Typed};
+use crate::route::{Downstream, Split};
 use crate::wait::WaitStrategy;
-use crate::worker::{self, Downstream, Sink, WorkerId, WorkerParts};
-use crate::{ConfigError, Dropped};
 
 /// The queue capacity of a stage that does not set one.
 pub const DEFAULT_CAPACITY: usize = 1024;
@@ -47,155 +59,21 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// One item in this many carries timestamps, unless [`Source::sample_every`] says otherwise.
 pub const DEFAULT_SAMPLE_EVERY: u32 = 256;
 
-/// Pipeline-wide settings.
-#[derive(Clone)]
-struct Settings {
-    strategy: WaitStrategy,
-    sample_every: NonZeroU32,
-    timings: bool,
-    events: Option<EventHandler>,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("strategy", &self.strategy)
-            .field("sample_every", &self.sample_every)
-            .field("timings", &self.timings)
-            .field("events", &self.events.is_some())
-            .finish()
+// The builder sits above the pipeline: the pipeline does not name it, and its entry point is
+// defined here.
+impl<In: Send + 'static> Pipeline<In> {
+    /// Starts a pipeline definition that takes `In` items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// # Ok::<(), backflow::ConfigError>(())
+    /// ```
+    pub fn builder() -> Source<In> {
+        Source::new()
     }
 }
-
-/// Water marks as given, resolved against the capacity in `build()`.
-#[derive(Debug, Clone, Copy)]
-enum Marks {
-    Default,
-    Percent { high: u8, low: u8 },
-    Counts { high: usize, low: usize },
-}
-
-/// How a stage's workers keep the order of items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Order {
-    Unordered,
-    Ordered,
-    KeyOrdered,
-}
-
-/// One stage's settings as given.
-struct StageSettings {
-    name: String,
-    workers: NonZeroUsize,
-    capacity: usize,
-    marks: Marks,
-    overflow: Overflow,
-    order: Order,
-    retry: Option<RetrySchedule>,
-    breaker: Option<BreakerConfig>,
-    rate_limit: Option<(u64, u64)>,
-    flush_every: Option<Duration>,
-    stall_after: Option<Duration>,
-    /// What feeds it.
-    feeds: Vec<Supply>,
-    /// A [`Typed`] for the stage's input and output types, boxed to keep the list untyped.
-    typed: Option<Box<dyn Any>>,
-}
-
-/// One stage's settings, validated.
-pub(crate) struct Resolved {
-    name: Arc<str>,
-    workers: usize,
-    capacity: usize,
-    marks: WaterMarks,
-    overflow: Overflow,
-    order: Order,
-    retry: Option<RetrySchedule>,
-    flush_every: Option<Duration>,
-    /// Whether the stall watchdog watches it.
-    watched: bool,
-    gate: Arc<Gate>,
-    typed: Option<Box<dyn Any>>,
-}
-
-/// A fan-out point as defined: what feeds it.
-struct FanSpec {
-    feeds: Vec<Supply>,
-    broadcast: bool,
-}
-
-/// A sink as defined: its name and what feeds it.
-struct SinkSpec {
-    name: String,
-    feeds: Vec<Supply>,
-}
-
-/// The graph as defined so far, shared by the main line and its branches.
-struct Chain {
-    settings: Settings,
-    stages: Vec<StageSettings>,
-    fans: Vec<FanSpec>,
-    /// The branches' sinks; the main sink comes first at build time.
-    sinks: Vec<SinkSpec>,
-    /// What feeds the next stage or sink.
-    tail: Vec<Supply>,
-    /// The stage that settings apply to.
-    current: usize,
-    /// The names of the branches being defined, innermost last.
-    branches: Vec<String>,
-    /// A setting given where it cannot apply, reported by `build()`.
-    misplaced: Option<ConfigError>,
-}
-
-impl Chain {
-    fn add_stage(&mut self, name: String) -> usize {
-        let index = self.stages.len();
-        let feeds = mem::replace(&mut self.tail, vec![Supply::Stage(index)]);
-        self.stages.push(StageSettings::new(name, feeds));
-        self.current = index;
-        index
-    }
-
-    fn add_fan(&mut self, broadcast: bool) -> usize {
-        let fan = self.fans.len();
-        let feeds = mem::replace(&mut self.tail, vec![Supply::FanSide(fan)]);
-        self.fans.push(FanSpec { feeds, broadcast });
-        fan
-    }
-
-    /// Worker threads that deliver through `supply`.
-    fn workers_behind(&self, supply: Supply) -> usize {
-        match supply {
-            Supply::Stage(index) => self.stages[index].workers.get(),
-            Supply::FanMain(fan) | Supply::FanSide(fan) => {
-                self.fans[fan].feeds.iter().map(|&s| self.workers_behind(s)).sum()
-            }
-        }
-    }
-}
-
-/// What the per-stage closures build into.
-pub(crate) struct Wiring {
-    control: Arc<Control>,
-    stages: Vec<Resolved>,
-    shared: Vec<Arc<StageShared>>,
-    views: Vec<Option<Arc<dyn LinkView>>>,
-    /// Upstream worker count per stage.
-    upstream: Vec<usize>,
-    fans: Vec<Arc<FanCounts>>,
-    sinks: Vec<Arc<SinkShared>>,
-    sink_names: Vec<Arc<str>>,
-    /// The main line's last stage, and the workers that feed the main sink.
-    trunk_last: usize,
-    sink_upstream: usize,
-    /// The workers to start once every queue is allocated.
-    workers: Vec<(WorkerId, Box<dyn FnOnce() + Send>)>,
-}
-
-/// Builds a part of the pipeline: given where its outputs go, allocates its queues and
-/// returns where its inputs go.
-type Attach<In, Out> =
-    Box<dyn FnOnce(Downstream<Out>, &mut Wiring) -> Result<Downstream<In>, ConfigError>>;
 
 /// Marks a [`Builder`] that defines the pipeline's main line, which ends in the pipeline's
 /// sink or output.
@@ -244,16 +122,7 @@ pub struct Source<In> {
 
 impl<In: Send + 'static> Source<In> {
     pub(crate) fn new() -> Self {
-        let sample_every = NonZeroU32::new(DEFAULT_SAMPLE_EVERY).unwrap_or(NonZeroU32::MIN);
-        Self {
-            settings: Settings {
-                strategy: WaitStrategy::default(),
-                sample_every,
-                timings: true,
-                events: None,
-            },
-            _input: PhantomData,
-        }
+        Self { settings: Settings::default(), _input: PhantomData }
     }
 
     /// Calls `handler` with every [`Event`]: start, pressure on and off, drops, errors,
@@ -351,16 +220,7 @@ impl<In: Send + 'static> Source<In> {
         S::Out: Send + 'static,
         S::Error: fmt::Display,
     {
-        let chain = Chain {
-            settings: self.settings,
-            stages: Vec::new(),
-            fans: Vec::new(),
-            sinks: Vec::new(),
-            tail: Vec::new(),
-            current: 0,
-            branches: Vec::new(),
-            misplaced: None,
-        };
+        let chain = Chain::new(self.settings);
         let identity: Attach<In, In> = Box::new(|downstream, _| Ok(downstream));
         Builder::<In, In, In, Trunk> { chain, attach: identity, _types: PhantomData }
             .stage(name, factory)
@@ -371,104 +231,6 @@ impl<In> fmt::Debug for Source<In> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Source").field("settings", &self.settings).finish()
     }
-}
-
-impl StageSettings {
-    fn new(name: String, feeds: Vec<Supply>) -> Self {
-        Self {
-            name,
-            workers: NonZeroUsize::MIN,
-            capacity: DEFAULT_CAPACITY,
-            marks: Marks::Default,
-            overflow: Overflow::Block,
-            order: Order::Unordered,
-            retry: None,
-            breaker: None,
-            rate_limit: None,
-            flush_every: None,
-            stall_after: None,
-            feeds,
-            typed: None,
-        }
-    }
-
-    fn resolve(
-        self,
-        index: usize,
-        names: &mut HashSet<String>,
-        start: Duration,
-    ) -> Result<Resolved, ConfigError> {
-        let stage = || self.name.clone();
-        check_name(&self.name, index, names)?;
-        if self.capacity == 0 {
-            return Err(ConfigError::ZeroCapacity { stage: stage() });
-        }
-        if self.capacity > MAX_CAPACITY {
-            return Err(ConfigError::CapacityTooLarge {
-                stage: stage(),
-                capacity: self.capacity,
-                max: MAX_CAPACITY,
-            });
-        }
-        let marks = match self.marks {
-            Marks::Default => WaterMarks::for_capacity(self.capacity),
-            Marks::Percent { high, low } => WaterMarks::from_percent(self.capacity, high, low),
-            Marks::Counts { high, low } => WaterMarks::from_counts(self.capacity, high, low),
-        }
-        .map_err(|source| ConfigError::WaterMarks { stage: stage(), source })?;
-        if self.overflow == Overflow::Fail && index > 0 {
-            return Err(ConfigError::FailNotFirst { stage: stage() });
-        }
-        if self.order == Order::KeyOrdered && index == 0 {
-            return Err(ConfigError::KeyOrderedFirst { stage: stage() });
-        }
-        for (field, duration) in
-            [("flush_every", self.flush_every), ("stall_after", self.stall_after)]
-        {
-            if duration.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::ZeroDuration { stage: stage(), field });
-            }
-        }
-        let invalid = |source| ConfigError::Invalid { stage: stage(), source };
-        let breaker = self
-            .breaker
-            .map(|config| CircuitBreaker::new(config).map(|b| (b, config.cooldown)))
-            .transpose()
-            .map_err(invalid)?;
-        let limiter = self
-            .rate_limit
-            .map(|(rate, burst)| TokenBucket::new(rate, burst, start))
-            .transpose()
-            .map_err(invalid)?;
-        let name: Arc<str> = self.name.into();
-        Ok(Resolved {
-            gate: Arc::new(Gate::new(Arc::clone(&name), breaker, limiter)),
-            name,
-            workers: self.workers.get(),
-            capacity: self.capacity,
-            marks,
-            overflow: self.overflow,
-            order: self.order,
-            retry: self.retry,
-            flush_every: self.flush_every,
-            watched: self.stall_after.is_some(),
-            typed: self.typed,
-        })
-    }
-}
-
-/// Checks a stage's or sink's name: not empty, no control characters, not taken.
-fn check_name(name: &str, index: usize, names: &mut HashSet<String>) -> Result<(), ConfigError> {
-    if name.is_empty() {
-        return Err(ConfigError::EmptyName { index });
-    }
-    if name.chars().any(char::is_control) {
-        return Err(ConfigError::NameHasControl { name: name.to_string() });
-    }
-    if !names.insert(name.to_string()) {
-        return Err(ConfigError::DuplicateName { stage: name.to_string() });
-    }
-    Ok(())
 }
 
 /// A pipeline definition with at least one stage: `In` is what the pipeline (or branch)
@@ -785,7 +547,7 @@ where
     }
 
     /// Puts a circuit breaker in front of this stage (the core's
-    /// [`CircuitBreaker`]): when too many items fail, the stage pauses and items wait
+    /// [`CircuitBreaker`](crate::core::breaker::CircuitBreaker)): when too many items fail, the stage pauses and items wait
     /// upstream (nothing is dropped); after the cooldown, trial items go through; enough
     /// successes close it again. Its state is in the stats and in events.
     ///
@@ -805,7 +567,7 @@ where
     }
 
     /// At most `per_second` items a second through this stage (all its workers together),
-    /// with bursts of up to `burst` (the core's [`TokenBucket`]). Items wait upstream.
+    /// with bursts of up to `burst` (the core's [`TokenBucket`](crate::core::TokenBucket)). Items wait upstream.
     ///
     /// # Examples
     ///
@@ -973,11 +735,7 @@ where
         let (previous, side) = (self.attach, end.attach);
         let attach: Attach<In, Out> = Box::new(move |downstream, wiring| {
             let side = side(downstream.clone(), wiring)?;
-            let counts = Arc::clone(&wiring.fans[fan]);
-            previous(
-                Downstream::Fan(Arc::new(Fan { main: downstream, side, split, counts })),
-                wiring,
-            )
+            previous(launch::fan(wiring, fan, downstream, side, split), wiring)
         });
         Builder { chain, attach, _types: PhantomData }
     }
@@ -1012,116 +770,14 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
         WithOutput { builder: self, on_drop: None }
     }
 
-    /// Validates every setting and starts the threads, ending in `downstream`.
-    fn start(
+    /// Validates the definition and launches it, ending in `terminal`.
+    fn launch(
         self,
-        control: Arc<Control>,
-        downstream: impl FnOnce(&Wiring) -> Result<Downstream<Out>, ConfigError>,
+        terminal: impl FnOnce(&Wiring) -> Result<Terminal<Out>, ConfigError>,
     ) -> Result<Running<In>, ConfigError> {
-        let mut chain = self.chain;
-        if let Some(error) = chain.misplaced.take() {
-            return Err(error);
-        }
-        let sink_upstream = chain.tail.iter().map(|&f| chain.workers_behind(f)).sum();
-        let trunk_last = chain.current;
-        chain.sinks.insert(0, SinkSpec { name: "sink".into(), feeds: mem::take(&mut chain.tail) });
-        let mut names = HashSet::new();
-        let upstream: Vec<usize> = chain
-            .stages
-            .iter()
-            .map(|s| s.feeds.iter().map(|&f| chain.workers_behind(f)).sum())
-            .collect();
-        let flows = chain_flows(&chain);
-        let watched: Vec<Option<Duration>> = chain.stages.iter().map(|s| s.stall_after).collect();
-        let since_start = control.elapsed();
-        let stages = chain
-            .stages
-            .into_iter()
-            .enumerate()
-            .map(|(index, stage)| stage.resolve(index, &mut names, since_start))
-            .collect::<Result<Vec<_>, _>>()?;
-        let stage_count = stages.len();
-        // The main sink's name, `sink`, is taken like any other: a stage or branch named so
-        // would be indistinguishable from it in stats, events and drop hooks.
-        for (index, sink) in chain.sinks.iter().enumerate() {
-            check_name(&sink.name, stage_count + index, &mut names)?;
-        }
-        let start = control.started_at();
-        let shared = stages.iter().map(|s| {
-            Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start, Arc::clone(&s.gate)))
-        });
-        let mut wiring = Wiring {
-            control: Arc::clone(&control),
-            shared: shared.collect(),
-            views: (0..stages.len()).map(|_| None).collect(),
-            upstream,
-            stages,
-            fans: chain
-                .fans
-                .iter()
-                .map(|f| Arc::new(FanCounts { broadcast: f.broadcast, ..FanCounts::default() }))
-                .collect(),
-            sinks: chain.sinks.iter().map(|_| Arc::new(SinkShared::new(start))).collect(),
-            sink_names: chain.sinks.iter().map(|s| Arc::from(s.name.as_str())).collect(),
-            trunk_last,
-            sink_upstream,
-            workers: Vec::new(),
-        };
-        // Every queue is allocated before the first thread starts: a queue the allocator
-        // refuses leaves nothing to stop.
-        let downstream = downstream(&wiring)?;
-        let Downstream::Link(input) = (self.attach)(downstream, &mut wiring)? else {
-            unreachable!("the first stage is fed through a link");
-        };
-        let views = wiring.views.into_iter().map(|v| v.expect("every stage attached")).collect();
-        let watched = watched
-            .into_iter()
-            .enumerate()
-            .filter_map(|(index, after)| after.map(|after| Watched { stage: index, after }))
-            .collect();
-        let (mut threads, mut refused) = (Vec::with_capacity(wiring.workers.len()), None);
-        for (id, work) in wiring.workers {
-            // Each thread is let start (the standard library sets up its signal stack then)
-            // before the next one's stack is taken: when memory runs out, it is the next
-            // `spawn` that fails, with an error, not a started thread, which would abort.
-            let (started, has_started) = mpsc::sync_channel(1);
-            let spawned = thread::Builder::new().name(id.to_string()).spawn(move || {
-                let _ = started.send(());
-                work();
-            });
-            match spawned {
-                Ok(handle) => {
-                    let _ = has_started.recv();
-                    threads.push(handle);
-                }
-                Err(error) => {
-                    let (stage, worker) = (id.stage.to_string(), id.index);
-                    refused =
-                        Some(ConfigError::Spawn { stage, worker, message: error.to_string() });
-                    break;
-                }
-            }
-        }
-        let running = Running {
-            control,
-            input,
-            stages: wiring.shared,
-            views,
-            sinks: wiring.sinks.into_iter().zip(wiring.sink_names).collect(),
-            fans: wiring.fans,
-            flows,
-            watched,
-            output: None,
-            threads: Mutex::new(threads),
-            watchdog: Mutex::new(None),
-        };
-        match refused {
-            None => Ok(running),
-            Some(error) => {
-                running.stop();
-                Err(error)
-            }
-        }
+        let control = self.control();
+        let plan = validate(self.chain, control.elapsed())?;
+        launch::start(plan, control, self.attach, terminal)
     }
 
     fn control(&self) -> Arc<Control> {
@@ -1133,23 +789,6 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
             settings.events.clone(),
         ))
     }
-}
-
-/// The flows to check in the report: what each stage and sink should have received.
-fn chain_flows(chain: &Chain) -> Vec<Flow> {
-    let stages = chain.stages.iter().enumerate().skip(1).map(|(index, stage)| Flow {
-        into: crate::pipeline::Node::Stage(index),
-        from: stage.feeds.clone(),
-    });
-    let sinks = chain.sinks.iter().enumerate().map(|(index, sink)| Flow {
-        into: crate::pipeline::Node::Sink(index),
-        from: sink.feeds.clone(),
-    });
-    let fans = chain.fans.iter().enumerate().map(|(index, fan)| Flow {
-        into: crate::pipeline::Node::Fan(index),
-        from: fan.feeds.clone(),
-    });
-    stages.chain(sinks).chain(fans).collect()
 }
 
 impl<In, Last, Out, P> fmt::Debug for Builder<In, Last, Out, P> {
@@ -1240,14 +879,8 @@ impl<T: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<T, La
             chain: self.chain,
             merges: Vec::new(),
             attach: Box::new(move |_, wiring| {
-                let sink = Arc::new(Sink {
-                    name: Arc::clone(&wiring.sink_names[index]),
-                    call: Mutex::new(sink),
-                    shared: Arc::clone(&wiring.sinks[index]),
-                    control: Arc::clone(&wiring.control),
-                    on_drop: hook.get().cloned(),
-                });
-                previous(Downstream::Sink(sink), wiring)
+                let sink = launch::sink(wiring, index, sink, hook.get().cloned());
+                previous(sink, wiring)
             }),
             on_drop: Some(on_drop),
             _sink: PhantomData,
@@ -1414,16 +1047,9 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithSink<In,
     /// assert_eq!(err, ConfigError::DuplicateName { stage: "a".into() });
     /// ```
     pub fn build(self) -> Result<Pipeline<In>, ConfigError> {
-        let control = self.builder.control();
         let (call, on_drop) = (self.sink, self.on_drop);
-        let running = self.builder.start(control, |wiring| {
-            Ok(Downstream::Sink(Arc::new(Sink {
-                name: Arc::clone(&wiring.sink_names[0]),
-                call: Mutex::new(call),
-                shared: Arc::clone(&wiring.sinks[0]),
-                control: Arc::clone(&wiring.control),
-                on_drop,
-            })))
+        let running = self.builder.launch(|wiring| {
+            Ok(Terminal { downstream: launch::sink(wiring, 0, call, on_drop), output: None })
         })?;
         Pipeline::start(running)
     }
@@ -1488,28 +1114,14 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> WithOutput<I
     /// # Ok::<(), backflow::ConfigError>(())
     /// ```
     pub fn build(self) -> Result<(Pipeline<In>, Output<Out>), ConfigError> {
-        let control = self.builder.control();
         let (mut link, on_drop) = (None, self.on_drop);
-        let mut running = self.builder.start(control, |wiring| {
-            let last = &wiring.stages[wiring.trunk_last];
-            let upstream = wiring.sink_upstream;
-            let spec = LinkSpec {
-                capacity: last.capacity,
-                marks: last.marks,
-                overflow: Overflow::Block,
-                upstream,
-                single: upstream == 1,
-                handles: false,
-                stage: Arc::clone(&wiring.sink_names[0]),
-                counters: Arc::clone(&wiring.sinks[0].counters),
-                on_drop,
-            };
-            let output = Arc::new(new_link(spec, &wiring.control)?);
+        let running = self.builder.launch(|wiring| {
+            let output = launch::output(wiring, on_drop)?;
             link = Some(Arc::clone(&output));
-            Ok(Downstream::Link(output))
+            let view = Arc::clone(&output) as Arc<dyn LinkView>;
+            Ok(Terminal { downstream: Downstream::Link(output), output: Some(view) })
         })?;
-        let link = link.expect("start() builds the output link");
-        running.output = Some(Arc::clone(&link) as Arc<dyn LinkView>);
+        let link = link.expect("the launch builds the output link");
         let shared = Arc::clone(&running.sinks[0].0);
         Ok((Pipeline::start(running)?, Output::new(link, shared)))
     }
@@ -1519,99 +1131,4 @@ impl<In, Last, Out> fmt::Debug for WithOutput<In, Last, Out> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WithOutput").field("builder", &self.builder).finish_non_exhaustive()
     }
-}
-
-/// Creates stage `index`'s input queue (one per worker if it is key-ordered), starts its
-/// workers, which send to `downstream`, and returns where the stage's inputs go.
-fn attach_stage<In, S, F>(
-    index: usize,
-    factory: &Arc<F>,
-    downstream: Downstream<S::Out>,
-    wiring: &mut Wiring,
-) -> Result<Downstream<In>, ConfigError>
-where
-    In: Send + 'static,
-    F: Fn() -> S + Send + Sync + 'static,
-    S: Stage<In> + 'static,
-    S::Out: Send + 'static,
-    S::Error: fmt::Display,
-{
-    let upstream = wiring.upstream[index];
-    let stage = &mut wiring.stages[index];
-    let typed: Typed<In, S::Out> = stage.typed.take().map_or_else(Typed::default, |typed| {
-        *typed.downcast().expect("a stage's typed settings match its types")
-    });
-    let keyed = stage.order == Order::KeyOrdered;
-    let lanes = if keyed { stage.workers } else { 1 };
-    let links = (0..lanes)
-        .map(|_| {
-            let spec = LinkSpec {
-                capacity: stage.capacity,
-                marks: stage.marks,
-                overflow: stage.overflow,
-                upstream,
-                // The first link is fed by the input handles: any number of threads.
-                single: index > 0 && upstream == 1 && (keyed || stage.workers == 1),
-                handles: index == 0,
-                stage: Arc::clone(&stage.name),
-                counters: Arc::clone(&wiring.shared[index].counters),
-                on_drop: typed.on_drop.clone(),
-            };
-            new_link(spec, &wiring.control).map(Arc::new)
-        })
-        .collect::<Result<Vec<Arc<Link<In>>>, _>>()?;
-    let policy = Policy {
-        last: typed.last,
-        clone: typed.clone,
-        retry: stage.retry,
-        before: typed.before,
-        after: typed.after,
-        gate: Arc::clone(&stage.gate),
-        watched: stage.watched,
-    };
-    let reorder =
-        (stage.order == Order::Ordered && stage.workers > 1).then(|| Arc::new(Reorder::new()));
-    let flush_every = stage.flush_every;
-    let head = match typed.key {
-        Some(key) if keyed => {
-            wiring.views[index] = Some(Arc::new(Lanes(links.clone())) as Arc<dyn LinkView>);
-            Downstream::Keyed(Arc::new(Keyed { lanes: links.clone(), key }))
-        }
-        _ => {
-            wiring.views[index] = Some(Arc::clone(&links[0]) as Arc<dyn LinkView>);
-            Downstream::Link(Arc::clone(&links[0]))
-        }
-    };
-    for worker in 0..wiring.stages[index].workers {
-        let id = WorkerId { stage: Arc::clone(&wiring.stages[index].name), index: worker };
-        let parts = WorkerParts {
-            input: Arc::clone(&links[worker % links.len()]),
-            downstream: downstream.clone(),
-            shared: Arc::clone(&wiring.shared[index]),
-            policy: policy.clone(),
-            reorder: reorder.clone(),
-            flush_every,
-        };
-        let (factory, control) = (Arc::clone(factory), Arc::clone(&wiring.control));
-        let work_id = id.clone();
-        let work = move || {
-            // `run` catches every panic of the user's code it calls; this one is for what it
-            // cannot reach (the `drop` of the factory's captures), so that the exit is
-            // always announced (`shutdown` waits for it).
-            let _ = catch_unwind(AssertUnwindSafe(move || {
-                worker::run(&work_id, &*factory, &parts);
-                drop((factory, parts));
-            }));
-            control.worker_exited();
-        };
-        wiring.workers.push((id, Box::new(work)));
-    }
-    Ok(head)
-}
-
-/// A link as `spec` says; a queue the allocator refuses is a [`ConfigError`] naming it.
-fn new_link<T>(spec: LinkSpec<T>, control: &Arc<Control>) -> Result<Link<T>, ConfigError> {
-    let (stage, capacity) = (Arc::clone(&spec.stage), spec.capacity);
-    Link::new(spec, Arc::clone(control))
-        .map_err(|_| ConfigError::OutOfMemory { stage: stage.to_string(), capacity })
 }

@@ -1,0 +1,162 @@
+//! A pipeline definition as the builder collects it, before validation: pipeline-wide
+//! settings, each stage's settings as given, the fans and sinks, and what feeds what.
+
+use std::any::Any;
+use std::fmt;
+use std::mem;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use backflow_core::breaker::BreakerConfig;
+use backflow_core::{Overflow, RetrySchedule};
+
+use super::{DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY};
+use crate::error::ConfigError;
+use crate::event::EventHandler;
+use crate::plan::{Order, Supply};
+use crate::wait::WaitStrategy;
+
+/// Pipeline-wide settings.
+#[derive(Clone)]
+pub(super) struct Settings {
+    pub(super) strategy: WaitStrategy,
+    pub(super) sample_every: NonZeroU32,
+    pub(super) timings: bool,
+    pub(super) events: Option<EventHandler>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let sample_every = NonZeroU32::new(DEFAULT_SAMPLE_EVERY).unwrap_or(NonZeroU32::MIN);
+        Self { strategy: WaitStrategy::default(), sample_every, timings: true, events: None }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("strategy", &self.strategy)
+            .field("sample_every", &self.sample_every)
+            .field("timings", &self.timings)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
+/// Water marks as given, resolved against the capacity in `build()`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Marks {
+    Default,
+    Percent { high: u8, low: u8 },
+    Counts { high: usize, low: usize },
+}
+
+/// One stage's settings as given.
+pub(super) struct StageSettings {
+    pub(super) name: String,
+    pub(super) workers: NonZeroUsize,
+    pub(super) capacity: usize,
+    pub(super) marks: Marks,
+    pub(super) overflow: Overflow,
+    pub(super) order: Order,
+    pub(super) retry: Option<RetrySchedule>,
+    pub(super) breaker: Option<BreakerConfig>,
+    pub(super) rate_limit: Option<(u64, u64)>,
+    pub(super) flush_every: Option<Duration>,
+    pub(super) stall_after: Option<Duration>,
+    /// What feeds it.
+    pub(super) feeds: Vec<Supply>,
+    /// The stage's typed settings (`policy::Typed` for its input and output types), boxed to
+    /// keep the list untyped.
+    pub(super) typed: Option<Box<dyn Any>>,
+}
+
+/// A fan-out point as defined: what feeds it.
+pub(super) struct FanSpec {
+    pub(super) feeds: Vec<Supply>,
+    pub(super) broadcast: bool,
+}
+
+/// A sink as defined: its name and what feeds it.
+pub(super) struct SinkSpec {
+    pub(super) name: String,
+    pub(super) feeds: Vec<Supply>,
+}
+
+/// The graph as defined so far, shared by the main line and its branches.
+pub(super) struct Chain {
+    pub(super) settings: Settings,
+    pub(super) stages: Vec<StageSettings>,
+    pub(super) fans: Vec<FanSpec>,
+    /// The branches' sinks; the main sink comes first at build time.
+    pub(super) sinks: Vec<SinkSpec>,
+    /// What feeds the next stage or sink.
+    pub(super) tail: Vec<Supply>,
+    /// The stage that settings apply to.
+    pub(super) current: usize,
+    /// The names of the branches being defined, innermost last.
+    pub(super) branches: Vec<String>,
+    /// A setting given where it cannot apply, reported by `build()`.
+    pub(super) misplaced: Option<ConfigError>,
+}
+
+impl Chain {
+    /// An empty definition with pipeline-wide `settings`.
+    pub(super) fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            stages: Vec::new(),
+            fans: Vec::new(),
+            sinks: Vec::new(),
+            tail: Vec::new(),
+            current: 0,
+            branches: Vec::new(),
+            misplaced: None,
+        }
+    }
+
+    pub(super) fn add_stage(&mut self, name: String) -> usize {
+        let index = self.stages.len();
+        let feeds = mem::replace(&mut self.tail, vec![Supply::Stage(index)]);
+        self.stages.push(StageSettings::new(name, feeds));
+        self.current = index;
+        index
+    }
+
+    pub(super) fn add_fan(&mut self, broadcast: bool) -> usize {
+        let fan = self.fans.len();
+        let feeds = mem::replace(&mut self.tail, vec![Supply::FanSide(fan)]);
+        self.fans.push(FanSpec { feeds, broadcast });
+        fan
+    }
+
+    /// Worker threads that deliver through `supply`.
+    pub(super) fn workers_behind(&self, supply: Supply) -> usize {
+        match supply {
+            Supply::Stage(index) => self.stages[index].workers.get(),
+            Supply::FanMain(fan) | Supply::FanSide(fan) => {
+                self.fans[fan].feeds.iter().map(|&s| self.workers_behind(s)).sum()
+            }
+        }
+    }
+}
+
+impl StageSettings {
+    pub(super) fn new(name: String, feeds: Vec<Supply>) -> Self {
+        Self {
+            name,
+            workers: NonZeroUsize::MIN,
+            capacity: DEFAULT_CAPACITY,
+            marks: Marks::Default,
+            overflow: Overflow::Block,
+            order: Order::Unordered,
+            retry: None,
+            breaker: None,
+            rate_limit: None,
+            flush_every: None,
+            stall_after: None,
+            feeds,
+            typed: None,
+        }
+    }
+}

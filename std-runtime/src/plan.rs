@@ -1,0 +1,90 @@
+//! The plan of a pipeline: what the builder's validation resolves a definition into and the
+//! launch code builds from. Plain data: no queue, no thread.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backflow_core::breaker::CircuitBreaker;
+use backflow_core::{Overflow, RetrySchedule, TokenBucket, WaterMarks};
+
+/// A pipeline definition, validated.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) stages: Vec<StagePlan>,
+    /// Worker threads that feed each stage.
+    pub(crate) upstream: Vec<usize>,
+    /// Every sink's name, the main one (`sink`) first.
+    pub(crate) sink_names: Vec<Arc<str>>,
+    /// Whether each fan broadcasts (or routes).
+    pub(crate) fans: Vec<bool>,
+    /// What each node should have received, checked in the report.
+    pub(crate) flows: Vec<Flow>,
+    /// The stages with stall detection.
+    pub(crate) watched: Vec<Watched>,
+    /// The main line's last stage.
+    pub(crate) trunk_last: usize,
+    /// Worker threads that feed the main sink.
+    pub(crate) sink_upstream: usize,
+}
+
+/// One stage as validated: every setting resolved against the others.
+#[derive(Debug)]
+pub(crate) struct StagePlan {
+    pub(crate) name: Arc<str>,
+    pub(crate) workers: usize,
+    pub(crate) capacity: usize,
+    pub(crate) marks: WaterMarks,
+    pub(crate) overflow: Overflow,
+    pub(crate) order: Order,
+    pub(crate) retry: Option<RetrySchedule>,
+    pub(crate) flush_every: Option<Duration>,
+    /// Whether the stall watchdog watches it.
+    pub(crate) watched: bool,
+    /// The circuit breaker and its cooldown, and the rate limit, in their initial states.
+    pub(crate) breaker: Option<(CircuitBreaker, Duration)>,
+    pub(crate) limiter: Option<TokenBucket>,
+    /// The stage's typed settings (see the builder), boxed to keep the list untyped.
+    pub(crate) typed: Option<Box<dyn Any>>,
+}
+
+/// How a stage's workers keep the order of items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    Unordered,
+    Ordered,
+    KeyOrdered,
+}
+
+/// Where a node's items come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Supply {
+    /// A stage's outputs, all of them.
+    Stage(usize),
+    /// What a fan sent on along the main line.
+    FanMain(usize),
+    /// What a fan sent to its branch.
+    FanSide(usize),
+}
+
+/// A node of the graph that receives items.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Node {
+    Stage(usize),
+    Sink(usize),
+    Fan(usize),
+}
+
+/// A node and what feeds it: for the report's check that nothing vanished between nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct Flow {
+    pub(crate) into: Node,
+    pub(crate) from: Vec<Supply>,
+}
+
+/// A stage with stall detection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Watched {
+    pub(crate) stage: usize,
+    pub(crate) after: Duration,
+}
