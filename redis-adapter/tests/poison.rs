@@ -88,11 +88,14 @@ fn an_entry_that_always_panics_is_dead_lettered_after_max_deliveries() {
     server.fill(&stream, 0, ENTRIES);
     let attempts = Arc::new(AtomicU64::new(0));
     let pipeline = failing_on(|n| n == 7, &attempts);
-    // Taken back 200 ms after each failure: far above the time an entry spends in the
-    // pipeline, so no delivery is counted while the entry is still being processed.
-    let consumer =
-        Consumer::connect(config(&server, &stream, &group).claim_idle(Duration::from_millis(200)))
-            .unwrap();
+    // Taken back 600 ms after each failure: far above the time an entry spends in the
+    // pipeline even on a busy machine, so no delivery is counted while the entry is still
+    // being processed (a claim of an entry in the pipeline counts as a delivery on the
+    // server). Idle for long enough between two deliveries to stop only after the last one.
+    let config = config(&server, &stream, &group)
+        .claim_idle(Duration::from_millis(600))
+        .stop_when_idle(Duration::from_millis(2500));
+    let consumer = Consumer::connect(config).unwrap();
     let (summary, _) = run_watching_pending(&server, (&stream, &group), consumer, pipeline, || {
         let attempts = attempts.load(Ordering::Relaxed);
         (attempts > 5).then(|| format!("entry 7 was processed {attempts} times"))
