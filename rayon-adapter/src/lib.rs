@@ -364,9 +364,3 @@ impl<In, R, F, K> fmt::Debug for ParStage<In, R, F, K> {
             .finish_non_exhaustive()
     }
 }
-
-/// The README's examples (this crate sees every crate they use), compiled and run as doc
-/// tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
