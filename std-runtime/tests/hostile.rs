@@ -276,6 +276,22 @@ isolated_test! {
 
 // ---- 3. a drop hook panics on an upstream worker's thread ----
 
+/// With the stage after `up` holding item 0 (its queue empty), `up` fills that queue and its
+/// policy drops the rest into the (panicking) hook, on `up`'s worker: the pipeline fails,
+/// every item counted, no thread left.
+fn overflow_into_the_hook_on_up(pipeline: Pipeline<u64>, held: &Held, calls: &Arc<AtomicU64>) {
+    let input = pipeline.input();
+    input.push(0).unwrap();
+    held.entered.wait();
+    input.push_iter(1..=200).unwrap();
+    eventually("the drop hook ran", || calls.load(SeqCst) >= 1);
+    held.gate.open();
+    let result = pipeline.drain();
+    let report = expect_failed(&result);
+    assert_eq!(accounting(report, "up").received, 201, "{report}");
+    assert_no_backflow_threads();
+}
+
 isolated_test! {
     fn a_later_stage_drop_hook_panicking_on_the_upstream_worker_is_counted() {
         let (held, calls) = (Held::default(), counter());
@@ -288,18 +304,7 @@ isolated_test! {
             .sink(|_| {})
             .build()
             .unwrap();
-        let input = pipeline.input();
-        input.push(0).unwrap();
-        held.entered.wait();
-        // `down` holds item 0 with its queue empty: `up` fills it, and its policy drops the rest
-        // into the hook, on `up`'s worker.
-        input.push_iter(1..=200).unwrap();
-        eventually("the drop hook ran", || calls.load(SeqCst) >= 1);
-        held.gate.open();
-        let result = pipeline.drain();
-        let report = expect_failed(&result);
-        assert_eq!(accounting(report, "up").received, 201, "{report}");
-        assert_no_backflow_threads();
+        overflow_into_the_hook_on_up(pipeline, &held, &calls);
     }
 }
 
@@ -317,16 +322,7 @@ isolated_test! {
             .sink(|_| {})
             .build()
             .unwrap();
-        let input = pipeline.input();
-        input.push(0).unwrap();
-        held.entered.wait();
-        input.push_iter(1..=200).unwrap();
-        eventually("the drop hook ran", || calls.load(SeqCst) >= 1);
-        held.gate.open();
-        let result = pipeline.drain();
-        let report = expect_failed(&result);
-        assert_eq!(accounting(report, "up").received, 201, "{report}");
-        assert_no_backflow_threads();
+        overflow_into_the_hook_on_up(pipeline, &held, &calls);
     }
 }
 
