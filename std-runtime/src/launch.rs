@@ -14,7 +14,7 @@ use crate::hooks::DropHook;
 use crate::link::{Link, LinkSpec, LinkView};
 use crate::pipeline::Running;
 use crate::plan::{Order, Plan, StagePlan};
-use crate::policy::{Gate, Policy, Typed};
+use crate::policy::{Gate, Policy, TypedSettings};
 use crate::route::{Downstream, Fan, FanCounts, Keyed, Lanes, Reorder, Sink, Split};
 use crate::stats::{SinkShared, StageShared};
 use crate::worker::{self, WorkerId, WorkerParts};
@@ -208,9 +208,10 @@ where
 {
     let upstream = wiring.upstream[index];
     let stage = &mut wiring.stages[index];
-    let typed: Typed<In, S::Out> = stage.typed.take().map_or_else(Typed::default, |typed| {
-        *typed.downcast().expect("a stage's typed settings match its types")
-    });
+    let typed: TypedSettings<In, S::Out> =
+        stage.typed.take().map_or_else(TypedSettings::default, |typed| {
+            *typed.downcast().expect("a stage's typed settings match its types")
+        });
     let keyed = stage.order == Order::KeyOrdered;
     let lanes = if keyed { stage.workers } else { 1 };
     let links = (0..lanes)
@@ -231,7 +232,7 @@ where
         })
         .collect::<Result<Vec<Arc<Link<In>>>, _>>()?;
     let policy = Policy {
-        last: typed.last,
+        on_failure: typed.on_failure,
         clone: typed.clone,
         retry: stage.retry,
         before: typed.before,

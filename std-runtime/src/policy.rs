@@ -1,5 +1,5 @@
 //! What a worker applies to each item besides its stage: hooks, retries, what happens to an
-//! item that failed for good ([`Final`]), and the [`Gate`] in front of a stage: its circuit
+//! item that failed for good ([`OnFailure`]), and the [`Gate`] in front of a stage: its circuit
 //! breaker and rate limit.
 
 use std::fmt;
@@ -15,13 +15,13 @@ use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
 use crate::stats::CircuitGauge;
 
 /// What happens to an item once its attempts are used up.
-pub(crate) enum Final<T> {
+pub(crate) enum OnFailure<T> {
     Skip,
     FailFast,
     DeadLetter(DeadLetterHook<T>),
 }
 
-impl<T> Clone for Final<T> {
+impl<T> Clone for OnFailure<T> {
     fn clone(&self) -> Self {
         match self {
             Self::Skip => Self::Skip,
@@ -33,9 +33,9 @@ impl<T> Clone for Final<T> {
 
 /// The settings of one stage that depend on its input and output types, kept type-erased in
 /// the builder's list and recovered by the stage's own attach step.
-pub(crate) struct Typed<In, Out> {
+pub(crate) struct TypedSettings<In, Out> {
     pub(crate) on_drop: Option<DropHook<In>>,
-    pub(crate) last: Final<In>,
+    pub(crate) on_failure: OnFailure<In>,
     /// How to copy an item before processing it, when a retry or a dead letter needs it.
     pub(crate) clone: Option<fn(&In) -> In>,
     pub(crate) before: Option<Look<In>>,
@@ -43,15 +43,22 @@ pub(crate) struct Typed<In, Out> {
     pub(crate) key: Option<KeyFn<In>>,
 }
 
-impl<In, Out> Default for Typed<In, Out> {
+impl<In, Out> Default for TypedSettings<In, Out> {
     fn default() -> Self {
-        Self { on_drop: None, last: Final::Skip, clone: None, before: None, after: None, key: None }
+        Self {
+            on_drop: None,
+            on_failure: OnFailure::Skip,
+            clone: None,
+            before: None,
+            after: None,
+            key: None,
+        }
     }
 }
 
 /// What one worker applies to each item: the typed settings and the stage's gate.
 pub(crate) struct Policy<In, Out> {
-    pub(crate) last: Final<In>,
+    pub(crate) on_failure: OnFailure<In>,
     pub(crate) clone: Option<fn(&In) -> In>,
     pub(crate) retry: Option<RetrySchedule>,
     pub(crate) before: Option<Look<In>>,
@@ -65,7 +72,7 @@ impl<In, Out> Policy<In, Out> {
     /// Whether items can take the fast path: no per-item hook, retry, gate or failure
     /// handling beyond counting.
     pub(crate) fn is_plain(&self, control: &Control) -> bool {
-        matches!(self.last, Final::Skip)
+        matches!(self.on_failure, OnFailure::Skip)
             && self.retry.is_none()
             && self.before.is_none()
             && self.gate.is_open_door()
@@ -77,7 +84,7 @@ impl<In, Out> Policy<In, Out> {
 impl<In, Out> Clone for Policy<In, Out> {
     fn clone(&self) -> Self {
         Self {
-            last: self.last.clone(),
+            on_failure: self.on_failure.clone(),
             clone: self.clone,
             retry: self.retry,
             before: self.before.clone(),

@@ -24,7 +24,7 @@ use crate::event::Event;
 use crate::hooks::DeadLetter;
 use crate::link::{Envelope, Link};
 use crate::panic::panic_message;
-use crate::policy::{Failure, Final, Policy};
+use crate::policy::{Failure, OnFailure, Policy};
 use crate::route::{Downstream, HandOver, Reorder};
 use crate::stats::{StageCounters, StageShared};
 
@@ -220,7 +220,7 @@ fn work<In, S, F>(
 {
     let input = &*parts.input;
     let control = &*input.control;
-    let cx = Cx {
+    let cx = ItemPolicy {
         stage: &id.stage,
         worker: id.index,
         input,
@@ -284,7 +284,7 @@ fn work<In, S, F>(
                     rebuild(stage, factory, &mut out);
                 }
             } else {
-                careful(stage, factory, inputs, &mut out, &cx, &mut outcomes);
+                with_policy(stage, factory, inputs, &mut out, &cx, &mut outcomes);
             }
             if !out.stopped && control.is_cancelled() {
                 break;
@@ -375,8 +375,9 @@ impl Drop for Outcomes<'_> {
     }
 }
 
-/// What a worker applies its stage's policy with.
-struct Cx<'a, In, Out> {
+/// A worker applying its stage's policy to items: the stage's name and queue, the worker's
+/// number, the pipeline's control, the stage's counters and its policy.
+struct ItemPolicy<'a, In, Out> {
     stage: &'a str,
     worker: usize,
     input: &'a Link<In>,
@@ -393,7 +394,7 @@ enum Next<In> {
     Settled,
 }
 
-impl<In, Out> Cx<'_, In, Out> {
+impl<In, Out> ItemPolicy<'_, In, Out> {
     /// Applies the stage's policy to a failed attempt: retry after a backoff, or settle the
     /// item as errored (failing the pipeline under fail-fast) or dead-lettered.
     fn failed<E: fmt::Display>(
@@ -418,14 +419,14 @@ impl<In, Out> Cx<'_, In, Out> {
             }
             (_, copy) => copy,
         };
-        match &self.policy.last {
-            Final::Skip => outcomes.failed += 1,
-            Final::FailFast => {
+        match &self.policy.on_failure {
+            OnFailure::Skip => outcomes.failed += 1,
+            OnFailure::FailFast => {
                 outcomes.failed += 1;
                 let message = failure.to_string();
                 control.fail(Fatal { stage: stage.to_string(), message, culprit: Culprit::Stage });
             }
-            Final::DeadLetter(hook) => {
+            OnFailure::DeadLetter(hook) => {
                 let Some(item) = copy else {
                     outcomes.failed += 1;
                     return Next::Settled;
@@ -453,7 +454,7 @@ fn one_by_one<In, S: Stage<In>>(
     stage: &mut S,
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
-    cx: &Cx<'_, In, S::Out>,
+    cx: &ItemPolicy<'_, In, S::Out>,
     outcomes: &mut Outcomes<'_>,
 ) {
     while let Some(envelope) = inputs.pop_front() {
@@ -470,12 +471,12 @@ fn one_by_one<In, S: Stage<In>>(
 /// Runs the stage over `inputs` item by item, applying the stage's policy: hooks, breaker and
 /// rate limit, retries, and what happens to an item that failed for good. Each attempt is
 /// caught on its own, so a panic fails only its item.
-fn careful<In, S, F>(
+fn with_policy<In, S, F>(
     stage: &mut S,
     factory: &F,
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
-    cx: &Cx<'_, In, S::Out>,
+    cx: &ItemPolicy<'_, In, S::Out>,
     outcomes: &mut Outcomes<'_>,
 ) where
     F: Fn() -> S,
@@ -507,7 +508,7 @@ fn attempts<In, S, F>(
     mut item: In,
     first: u32,
     out: &mut Outputs<'_, S::Out>,
-    cx: &Cx<'_, In, S::Out>,
+    cx: &ItemPolicy<'_, In, S::Out>,
     outcomes: &mut Outcomes<'_>,
 ) where
     F: Fn() -> S,
@@ -570,7 +571,7 @@ struct Times {
     popped_at: u64,
 }
 
-impl<In, Out> Cx<'_, In, Out> {
+impl<In, Out> ItemPolicy<'_, In, Out> {
     /// Stamps the outputs about to be emitted for `envelope`; returns when it was popped (if
     /// it is sampled).
     #[inline]
@@ -628,7 +629,7 @@ fn in_runs<In, S, F>(
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
     taken: &mut VecDeque<Taken<In>>,
-    cx: &Cx<'_, In, S::Out>,
+    cx: &ItemPolicy<'_, In, S::Out>,
     outcomes: &mut Outcomes<'_>,
     plain: bool,
 ) where

@@ -49,7 +49,7 @@ use crate::link::LinkView;
 use crate::output::Output;
 use crate::pipeline::{Pipeline, Running};
 use crate::plan::{Order, Supply};
-use crate::policy::{Final, Typed};
+use crate::policy::{OnFailure, TypedSettings};
 use crate::route::{Downstream, Split};
 use crate::wait::WaitStrategy;
 
@@ -297,10 +297,10 @@ where
         &mut self.chain.stages[self.chain.current]
     }
 
-    fn typed(&mut self) -> &mut Typed<Last, Out> {
+    fn typed(&mut self) -> &mut TypedSettings<Last, Out> {
         self.last()
             .typed
-            .get_or_insert_with(|| Box::new(Typed::<Last, Out>::default()))
+            .get_or_insert_with(|| Box::new(TypedSettings::<Last, Out>::default()))
             .downcast_mut()
             .expect("a stage's typed settings match its types")
     }
@@ -478,9 +478,9 @@ where
     /// # drop(builder);
     /// ```
     pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
-        self.typed().last = match policy {
-            ErrorPolicy::Skip => Final::Skip,
-            ErrorPolicy::FailFast => Final::FailFast,
+        self.typed().on_failure = match policy {
+            ErrorPolicy::Skip => OnFailure::Skip,
+            ErrorPolicy::FailFast => OnFailure::FailFast,
         };
         self
     }
@@ -514,7 +514,7 @@ where
         H: Fn(DeadLetter<'_, Last>) + Send + Sync + 'static,
     {
         let typed = self.typed();
-        typed.last = Final::DeadLetter(Arc::new(handler));
+        typed.on_failure = OnFailure::DeadLetter(Arc::new(handler));
         typed.clone = Some(Last::clone);
         self
     }

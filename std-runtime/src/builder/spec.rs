@@ -66,7 +66,7 @@ pub(super) struct StageSettings {
     pub(super) stall_after: Option<Duration>,
     /// What feeds it.
     pub(super) feeds: Vec<Supply>,
-    /// The stage's typed settings (`policy::Typed` for its input and output types), boxed to
+    /// The stage's typed settings (`policy::TypedSettings` for its input and output types), boxed to
     /// keep the list untyped.
     pub(super) typed: Option<Box<dyn Any>>,
 }
