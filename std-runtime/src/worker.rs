@@ -192,11 +192,8 @@ where
     if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
         abandon_held(stage, &mut outputs, parts);
     }
-    // The stage's `drop` is the user's code too.
     if let Some(stage) = stage.take() {
-        if catch_unwind(AssertUnwindSafe(|| drop(stage))).is_err() {
-            parts.shared.counters.panicked.increment();
-        }
+        drop_stage(stage, &parts.shared.counters);
     }
     if let Some(reorder) = &parts.reorder {
         if control.is_cancelled() {
@@ -321,12 +318,7 @@ fn flush<In, S: Stage<In>>(
     let mut out = Outputs::new(outputs, parts);
     out.hold = false;
     out.queued = control.now();
-    let counters = &parts.shared.counters;
-    match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))) {
-        Ok(Ok(())) => {}
-        // A flush carries no input of its own: its failure is counted as a panic would be.
-        Ok(Err(_)) | Err(_) => counters.panicked.increment(),
-    }
+    flush_into(stage, &mut out);
     out.flush();
     let stopped = out.stopped;
     out.finish();
@@ -703,10 +695,10 @@ fn in_runs<In, S, F>(
 
 /// Replaces a stage that panicked with a fresh one from the factory. What the old one held
 /// back (a partial batch, aggregates) came from inputs it processed: it is flushed on before
-/// the old one is dropped, so that nothing it held vanishes with it. A panic in that flush or
-/// in its `drop` counts as a panic of the stage. A panic in the factory goes on (the worker
-/// cannot go on without a stage: it is fatal, and the old stage stays, for the worker to
-/// abandon what it holds), saying where it came from.
+/// the old one is dropped, so that nothing it held vanishes with it. A failure of that flush
+/// or a panic in its `drop` counts as a panic of the stage. A panic in the factory goes on
+/// (the worker cannot go on without a stage: it is fatal, and the old stage stays, for the
+/// worker to abandon what it holds), saying where it came from.
 fn rebuild<In, S: Stage<In>>(
     stage: &mut S,
     factory: &impl Fn() -> S,
@@ -717,13 +709,8 @@ fn rebuild<In, S: Stage<In>>(
         resume_unwind(Box::new(message))
     });
     let mut old = mem::replace(stage, fresh);
-    let flushed = catch_unwind(AssertUnwindSafe(|| {
-        let _ = old.flush(&mut *out);
-        drop(old);
-    }));
-    if flushed.is_err() {
-        out.counters.panicked.increment();
-    }
+    flush_into(&mut old, out);
+    drop_stage(old, out.counters);
 }
 
 /// Abandons what `stage` holds back when its worker stops before the end of the stream
@@ -736,11 +723,26 @@ fn abandon_held<In, S: Stage<In>>(
 ) {
     let mut out = Outputs::new(outputs, parts);
     out.hold = true;
-    if catch_unwind(AssertUnwindSafe(|| stage.flush(&mut out))).is_err() {
-        parts.shared.counters.panicked.increment();
-    }
+    flush_into(stage, &mut out);
     drop(out);
     parts.downstream.abandon(outputs);
+}
+
+/// Flushes `stage` into `out`. A flush carries no input of its own: its failure, error or
+/// panic, is counted as a panic would be.
+fn flush_into<In, S: Stage<In>>(stage: &mut S, out: &mut Outputs<'_, S::Out>) {
+    match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut *out))) {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => out.counters.panicked.increment(),
+    }
+}
+
+/// Drops a stage instance; its `drop` is the user's code too, and a panic in it is counted
+/// as the stage's.
+fn drop_stage<S>(stage: S, counters: &StageCounters) {
+    if catch_unwind(AssertUnwindSafe(|| drop(stage))).is_err() {
+        counters.panicked.increment();
+    }
 }
 
 /// Nanoseconds since `start`.
