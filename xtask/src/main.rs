@@ -8,6 +8,7 @@
 //!   it.
 //! - `deny`: the dependency policy alone (`deny.toml`: licenses, bans, sources).
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
+//! - `package`: every published crate packaged and its package built, as crates.io would.
 //! - `modules`: the module graph of `std-runtime/src`, which must have no cycle.
 //! - `loom`: the model checks in `loom-tests/`.
 //! - `miri`: the core's tests under miri (nightly).
@@ -28,7 +29,7 @@ mod step;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <setup | ci | deny | msrv | modules | loom | miri | qemu | bench [--criterion]>";
+const USAGE: &str = "usage: cargo xtask <setup | ci | deny | msrv | package | modules | loom | miri | qemu | bench [--criterion]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("ci") => ci::run(),
         Some("msrv") => release::msrv(),
+        Some("package") => release::package(),
         Some("deny") => step::run_alone(deny::step()),
         Some("modules") => modules::run(),
         Some("loom") => step::run_alone(loom::step()),

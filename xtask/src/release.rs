@@ -4,6 +4,7 @@
 //! file missing from a package or a dependency only known by path shows up before a release.
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::setup::Need;
@@ -18,6 +19,9 @@ pub const PUBLISHED: [(&str, &str); 4] = [
     ("backflow-redis", "redis-adapter"),
 ];
 
+/// Where `cargo xtask package` builds the packages, from the workspace root.
+const PACKAGE_TARGET: &str = "target/package-check";
+
 /// The toolchains the published crates declare as their `rust-version`, which setup installs.
 /// The `msrv` step fails, naming the crate, if a manifest declares one not listed here.
 pub const TOOLCHAINS: [&str; 2] = ["1.87", "1.88"];
@@ -30,14 +34,58 @@ pub fn msrv_step() -> Step {
     Step::new("msrv", command, &needs)
 }
 
-/// The `package` step: every published crate packaged together (each verified against the
-/// others' packages, as crates.io would see them).
+/// The `package` step: `cargo xtask package`, run by this same program.
 pub fn package_step() -> Step {
-    let mut command = cargo(["package", "--allow-dirty"]);
+    let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    command.arg("package").current_dir(root());
+    Step::new("package", command, &[])
+}
+
+/// `cargo xtask package`: every published crate packaged together, each verified against the
+/// others' packages as crates.io would see them.
+///
+/// Cargo verifies through a registry of the new packages in the target directory, unpacks
+/// them under `$CARGO_HOME/registry/src/-<hash of that path>/` and builds them as registry
+/// crates; it neither unpacks nor rebuilds a version it has seen, so a second run in the same
+/// checkout would check the first run's sources (the version does not change between
+/// releases). So the unpacked copies of the published crates are removed first (nothing else
+/// there is touched), and the packages are built in a target directory of their own, emptied
+/// first.
+pub fn package() -> Result<(), String> {
+    let sources = cargo_home().join("registry").join("src");
+    // Local registries are named without a host, `-<hash>`; crates.io's `index.crates.io-…`.
+    let local = fs::read_dir(&sources)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|registry| registry.file_name().to_string_lossy().starts_with('-'));
+    for registry in local {
+        for (name, _) in PUBLISHED {
+            let unpacked = registry.path().join(format!("{name}-{}", env!("CARGO_PKG_VERSION")));
+            if unpacked.exists() {
+                fs::remove_dir_all(&unpacked)
+                    .map_err(|error| format!("cannot remove {}: {error}", unpacked.display()))?;
+            }
+        }
+    }
+    let target = root().join(PACKAGE_TARGET);
+    if target.exists() {
+        fs::remove_dir_all(&target)
+            .map_err(|error| format!("cannot remove {}: {error}", target.display()))?;
+    }
+    let mut command = cargo(["package", "--allow-dirty", "--target-dir", PACKAGE_TARGET]);
     for (name, _) in PUBLISHED {
         command.args(["-p", name]);
     }
-    Step::new("package", command, &[])
+    let status = command.status().map_err(|error| format!("cannot run cargo package: {error}"))?;
+    if status.success() { Ok(()) } else { Err("cargo package failed".to_string()) }
+}
+
+/// Cargo's home: `$CARGO_HOME`, else `~/.cargo`.
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+    })
 }
 
 /// `cargo xtask msrv`: `cargo check` of each published crate (all features) with its declared
