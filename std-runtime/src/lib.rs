@@ -69,7 +69,6 @@ mod panic;
 mod pipeline;
 mod plan;
 mod policy;
-mod prometheus;
 mod route;
 mod slots;
 mod stages;

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use backflow_core::breaker::BreakerState;
 use backflow_core::metrics::{Counter, Histogram, Percentiles};
 
+mod prometheus;
+
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
 pub(crate) struct StageCounters {

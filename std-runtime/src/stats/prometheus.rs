@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use backflow_core::breaker::BreakerState;
 
-use crate::stats::{Latency, SinkStats, StageStats, Stats};
+use super::{Latency, SinkStats, StageStats, Stats};
 
 /// How a family's samples behave, as Prometheus types them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
