@@ -14,7 +14,7 @@ use crate::link::{Link, LinkView};
 use crate::plan::{Flow, Node, Supply, Watched};
 use crate::route::FanCounts;
 use crate::stats::Report;
-use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
+use crate::stats::{Collector, FlowCheck, Graph, SinkShared, StageShared, StageSource, Stats};
 use crate::watchdog;
 
 /// The running parts of a pipeline.
@@ -110,6 +110,8 @@ impl<In> Running<In> {
             supplied: counts.main.get() + counts.side.get(),
         }));
         stats.set_flows(checks);
+        let broadcast = self.fans.iter().map(|fan| fan.broadcast).collect();
+        stats.set_graph(Arc::new(Graph::new(self.flows.clone(), broadcast)));
         stats
     }
 
