@@ -32,6 +32,7 @@ mod graph;
 mod prometheus;
 
 pub(crate) use graph::Graph;
+pub use prometheus::exposition;
 
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
