@@ -1,7 +1,7 @@
 //! A real Prometheus (Debian's `prometheus`, which `cargo xtask setup` installs) scrapes a
 //! running pipeline's `/metrics` endpoint; its query API then gives back what the pipeline
-//! counted. And `promtool check metrics` (from the same package) accepts what the endpoint
-//! serves.
+//! counted, and accepts the Grafana dashboard's queries. And `promtool check metrics` (from
+//! the same package) accepts what the endpoint serves.
 
 mod common;
 
@@ -59,6 +59,25 @@ fn one(prometheus: &PrometheusServer, promql: &str) -> Series {
     result.into_iter().next().unwrap()
 }
 
+/// Every query of `dashboards/backflow.json`: its variables' and its panels'.
+fn dashboard_queries() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/backflow.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    let mut panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        let targets = panel["targets"].as_array().into_iter().flatten();
+        queries.extend(targets.filter_map(|t| t["expr"].as_str()).map(String::from));
+    }
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    queries.extend(variables.iter().filter_map(|v| v["definition"].as_str()).map(String::from));
+    assert!(queries.len() > 10, "{queries:?}");
+    queries
+}
+
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -97,6 +116,21 @@ fn prometheus_scrapes_the_endpoint_and_reads_back_the_pipelines_counts_and_laten
     assert_eq!(delivered.value, 250.0);
     let up = one(&prometheus, r#"up{job="backflow"}"#);
     assert_eq!(up.value, 1.0, "the last scrape succeeded");
+
+    // The dashboard's queries, as Grafana would send them with every pipeline and stage
+    // selected: Prometheus accepts each, and those that need no second scrape (not `rate`)
+    // select something already.
+    for expr in dashboard_queries() {
+        let expr = expr
+            .replace("$pipeline", ".*")
+            .replace("$stage", ".*")
+            .replace("$__rate_interval", "1m");
+        if expr.starts_with("label_values(") {
+            continue; // Grafana's own function, not PromQL
+        }
+        let result = prometheus.query(&expr).unwrap_or_else(|error| panic!("{expr}: {error}"));
+        assert!(expr.contains("rate(") || !result.is_empty(), "{expr} selects nothing");
+    }
 
     drop(prometheus);
     server.stop();
