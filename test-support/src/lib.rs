@@ -32,7 +32,7 @@ mod http;
 mod prometheus_server;
 mod redis_server;
 
-pub use example::{ExampleError, example};
+pub use example::{ExampleError, example, example_with_features};
 pub use http::{HttpAnswer, http_get, http_request};
 pub use prometheus_server::{
     PrometheusError, PrometheusServer, QueryError, SCRAPE_INTERVAL, Series,
