@@ -32,10 +32,10 @@ impl Stats {
     /// each node that feeds another, labelled `main`, `copy` (a broadcast's branch), `match`
     /// (a route's branch) or `merge` (a branch merging back into the main line).
     ///
-    /// Each stage's node shows its name and workers, its recent throughput, its queue fill,
-    /// whether pressure is on in front of it (then the node is filled amber) and its busy
-    /// share; each sink's, its throughput, what it has delivered and the end-to-end p99
-    /// latency. The [`bottleneck`](Self::bottleneck) (a stage, the sink it waits on, or the
+    /// Each stage's node shows its name and workers, its throughput (over the recent window
+    /// and since the start), its queue fill, whether pressure is on in front of it (then the
+    /// node is filled amber) and its busy share; each sink's, its throughput, what it has
+    /// delivered and the end-to-end p99 latency (when an item was sampled). The [`bottleneck`](Self::bottleneck) (a stage, the sink it waits on, or the
     /// input) is outlined and filled red, with the reason. Node names are `input`,
     /// `stage_<n>`, `fan_<n>` and `sink_<n>`, numbered in the order the pipeline was defined;
     /// stage and sink names appear only in labels, escaped, so any name is safe.
@@ -87,8 +87,9 @@ impl Stats {
             };
             let _ = write!(
                 label,
-                "\n{}\nqueue {}/{} ({})\npressure {}\nbusy {}",
+                "\n{} now, {} avg\nqueue {}/{} ({})\npressure {}\nbusy {}",
                 rate(stage.throughput_recent),
+                rate(stage.throughput_total),
                 stage.queue_len,
                 stage.queue_capacity,
                 percent(stage.utilization()),
@@ -103,13 +104,17 @@ impl Stats {
             nodes.push((Vertex::Fan(fan), label.to_string(), "diamond", None));
         }
         for (index, sink) in self.sinks.iter().enumerate() {
-            let label = format!(
-                "{}\n{}\ndelivered {}\np99 latency {}",
+            let mut label = format!(
+                "{}\n{} now, {} avg\ndelivered {}",
                 sink.name,
                 rate(sink.throughput_recent),
+                rate(sink.throughput_total),
                 sink.delivered,
-                nanos(sink.latency.p99)
             );
+            // Latency is sampled: a sink that saw no sampled item has none to show.
+            if sink.latency.max > 0 {
+                let _ = write!(label, "\np99 latency {}", nanos(sink.latency.p99));
+            }
             nodes.push((Vertex::Sink(index), label, "ellipse", None));
         }
 
