@@ -227,44 +227,14 @@ impl MetricsServer {
             return Err(ServeError::ZeroWriteTimeout);
         }
         let timeout = (write_timeout != Duration::MAX).then_some(write_timeout);
-        let address_error =
-            |message: String| ServeError::Address { addr: addr.to_string(), message };
-        let candidates: Vec<SocketAddr> =
-            addr.to_socket_addrs().map_err(|error| address_error(error.to_string()))?.collect();
-        let mut last = None;
-        let listener = candidates.iter().find_map(|&candidate| {
-            listen(candidate, timeout).map_err(|error| last = Some(error)).ok()
-        });
-        let listener = match (listener, last) {
-            (Some(listener), _) => listener,
-            (None, Some(error)) => {
-                return Err(ServeError::Bind {
-                    addr: addr.to_string(),
-                    kind: error.kind(),
-                    message: error.to_string(),
-                });
-            }
-            (None, None) => return Err(address_error("it resolves to no address".into())),
-        };
-        let bind_error = |error: io::Error| ServeError::Bind {
-            addr: addr.to_string(),
-            kind: error.kind(),
-            message: error.to_string(),
-        };
-        let local = listener.local_addr().map_err(bind_error)?;
-        let local = local.as_socket().ok_or_else(|| ServeError::Bind {
-            addr: addr.to_string(),
-            kind: io::ErrorKind::Unsupported,
-            message: "the socket has no IP address".into(),
+        let listener = listen_on(addr, timeout)?;
+        let local = listener.local_addr().map_err(|error| bind_error(addr, error))?;
+        let local = local.as_socket().ok_or_else(|| {
+            bind_error(addr, io::Error::new(io::ErrorKind::Unsupported, "not an IP socket"))
         })?;
-        let handle = listener.try_clone().map_err(bind_error)?;
-        let server = Server::from_listener(TcpListener::from(listener), None).map_err(|error| {
-            ServeError::Bind {
-                addr: addr.to_string(),
-                kind: io::ErrorKind::Other,
-                message: error.to_string(),
-            }
-        })?;
+        let handle = listener.try_clone().map_err(|error| bind_error(addr, error))?;
+        let server = Server::from_listener(TcpListener::from(listener), None)
+            .map_err(|error| bind_error(addr, io::Error::other(error.to_string())))?;
         let server = Arc::new(server);
         let served = Served::default();
         let thread = std::thread::Builder::new()
@@ -390,6 +360,27 @@ impl fmt::Debug for MetricsServer {
             .field("pipelines", &names)
             .finish_non_exhaustive()
     }
+}
+
+/// A listening socket on the first address `addr` resolves to that one can listen on.
+fn listen_on(addr: &str, write_timeout: Option<Duration>) -> Result<Socket, ServeError> {
+    let address_error = |message: String| ServeError::Address { addr: addr.to_string(), message };
+    let candidates = addr.to_socket_addrs().map_err(|error| address_error(error.to_string()))?;
+    let mut last = None;
+    for candidate in candidates {
+        match listen(candidate, write_timeout) {
+            Ok(socket) => return Ok(socket),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(match last {
+        Some(error) => bind_error(addr, error),
+        None => address_error("it resolves to no address".into()),
+    })
+}
+
+fn bind_error(addr: &str, error: io::Error) -> ServeError {
+    ServeError::Bind { addr: addr.to_string(), kind: error.kind(), message: error.to_string() }
 }
 
 /// A listening socket on `addr` whose accepted connections block at most `write_timeout` in
