@@ -8,10 +8,10 @@
 //! connections it accepts carry a write timeout: a client that stops reading holds the
 //! answering thread for at most that long.
 //!
-//! What a scrape never does to a pipeline: slow it down beyond reading its counters. The
-//! answering thread takes each pipeline's snapshot through its [`Watch`] (no lock the
-//! pipeline's threads take), writes the text, lets go of everything, and only then writes to
-//! the socket.
+//! What a scrape costs a pipeline is what [`Pipeline::stats`](crate::Pipeline::stats) costs:
+//! reading its counters. The answering thread takes each pipeline's snapshot through its
+//! [`Watch`], writes the text, lets go of everything, and only then writes to the socket: a
+//! slow client holds nothing of the pipeline's.
 //!
 //! # Examples
 //!

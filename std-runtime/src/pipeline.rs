@@ -483,8 +483,8 @@ impl Watch {
 
     /// A snapshot of the pipeline's stats, as [`Pipeline::stats`] takes one, from any thread;
     /// once the pipeline has ended (drained, shut down or dropped), its final stats, as its
-    /// report has them. Holds no lock the pipeline's threads take (it reads their counters),
-    /// and keeps no queue alive after the pipeline.
+    /// report has them. It costs the pipeline what [`Pipeline::stats`] costs (it reads the
+    /// counters), and keeps no queue alive after the pipeline.
     ///
     /// # Examples
     ///
