@@ -5,6 +5,7 @@
 //! cargo run --release --example logs -- --slow-sink-us 200  # a slow store: backpressure
 //! cargo run --release --example logs -- --slow-sink-us 200 --overflow drop-oldest
 //! cargo run --release --example logs -- access.log          # or `-` for stdin
+//! cargo run --release --features http --example logs -- --metrics-addr 127.0.0.1:9898 --hold
 //! ```
 //!
 //! Lines in the combined log format (plus the response time, as nginx's `$request_time`) are
@@ -32,6 +33,11 @@
 //! While it runs, a table on stderr shows each stage's throughput, queue fill, pressure,
 //! p99 processing time, drops and time shares; at the end stdout gets the final report, the
 //! accounting check, the demo's own results and a `summary:` line for scripts.
+//!
+//! For operators: `--metrics-addr HOST:PORT` serves the stats at `/metrics` for Prometheus
+//! (with backflow's `http` feature), `--hold` keeps serving the final stats after the run,
+//! `--prometheus FILE` and `--graph FILE.dot` write the final stats and the pipeline's graph
+//! (Graphviz) to files.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -107,6 +113,20 @@ struct Args {
     /// At the end, write the final stats in the Prometheus text format to FILE.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
+    /// At the end, write the pipeline's graph to FILE in Graphviz's DOT language (each node
+    /// with its throughput, queue fill and pressure, the bottleneck outlined); render it with
+    /// `dot -Tsvg FILE -o graph.svg`.
+    #[arg(long, value_name = "FILE")]
+    graph: Option<PathBuf>,
+    /// Serve the stats at http://HOST:PORT/metrics for Prometheus to scrape, from the start
+    /// (port 0: any free port; the address is printed on stderr). Needs backflow's `http`
+    /// feature: `cargo run --features http --example logs`.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// After the run, keep serving /metrics (the final stats) until stdin is closed (Ctrl-D)
+    /// or the process is stopped (Ctrl-C); with `-` as the input, until it is stopped.
+    #[arg(long, requires = "metrics_addr")]
+    hold: bool,
     /// How often the live table is redrawn, 10 to 60,000 ms (a plain status line each second
     /// when stderr is not a terminal, or less often if this is longer).
     #[arg(long, value_name = "MS", default_value_t = 250,
@@ -184,6 +204,17 @@ enum DemoError {
     Read { input: String, lines: u64, source: io::Error },
     #[error("cannot write --prometheus {}: {source}", path.display())]
     Prometheus { path: PathBuf, source: io::Error },
+    #[error("cannot write --graph {}: {source}", path.display())]
+    Graph { path: PathBuf, source: io::Error },
+    #[cfg(feature = "http")]
+    #[error("--metrics-addr: {0}")]
+    Metrics(#[from] backflow::ServeError),
+    #[cfg(not(feature = "http"))]
+    #[error(
+        "--metrics-addr needs backflow's `http` feature: \
+         cargo run --release --features http --example logs -- --metrics-addr {0}"
+    )]
+    NoHttp(String),
     #[error("cannot write the results to stdout: {0}")]
     Stdout(io::Error),
 }
@@ -216,8 +247,19 @@ fn run(args: &Args) -> Result<(), DemoError> {
         },
         None => None,
     };
+    let graph = match &args.graph {
+        Some(path) => match File::create(path) {
+            Ok(file) => Some((path, file)),
+            Err(source) => return Err(DemoError::Graph { path: path.clone(), source }),
+        },
+        None => None,
+    };
+    let endpoint = MetricsEndpoint::open(args)?;
     let tally = Arc::new(Tally::default());
     let pipeline = build(args, &tally)?;
+    if let Some(endpoint) = &endpoint {
+        endpoint.serve(&pipeline)?;
+    }
     let mut out = io::stdout().lock();
     print_header(&mut out, args, items).map_err(DemoError::Stdout)?;
 
@@ -250,7 +292,81 @@ fn run(args: &Args) -> Result<(), DemoError> {
         writeln!(out, "prometheus: final stats written to {}", path.display())
             .map_err(DemoError::Stdout)?;
     }
-    out.flush().map_err(DemoError::Stdout)
+    if let Some((path, mut file)) = graph {
+        file.write_all(report.stats().to_dot().as_bytes())
+            .map_err(|source| DemoError::Graph { path: path.clone(), source })?;
+        writeln!(out, "graph: written to {} (render: dot -Tsvg {0} -o graph.svg)", path.display())
+            .map_err(DemoError::Stdout)?;
+    }
+    out.flush().map_err(DemoError::Stdout)?;
+    if let Some(endpoint) = endpoint.filter(|_| args.hold) {
+        let stdin_is_input = args.input.as_deref() == Some(Path::new("-"));
+        hold(&endpoint, stdin_is_input);
+    }
+    Ok(())
+}
+
+/// `--hold`: serves the final stats until stdin ends (or, when stdin was the input, until the
+/// process is stopped).
+fn hold(endpoint: &MetricsEndpoint, stdin_is_input: bool) {
+    if stdin_is_input {
+        eprintln!("holding: {} serves the final stats until stopped (Ctrl-C)", endpoint.url());
+        loop {
+            std::thread::park();
+        }
+    }
+    eprintln!(
+        "holding: {} serves the final stats until stdin is closed (Ctrl-D) or Ctrl-C",
+        endpoint.url()
+    );
+    // Whatever comes on stdin is read and let go; its end (or a read error) ends the hold.
+    let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+}
+
+/// `--metrics-addr`: the `/metrics` endpoint, listening before the pipeline is built, so that
+/// an address it cannot listen on ends the demo before anything runs.
+#[cfg(feature = "http")]
+struct MetricsEndpoint(backflow::MetricsServer);
+
+#[cfg(feature = "http")]
+impl MetricsEndpoint {
+    fn open(args: &Args) -> Result<Option<Self>, DemoError> {
+        let Some(addr) = &args.metrics_addr else { return Ok(None) };
+        let server = backflow::MetricsServer::bind(addr)?;
+        eprintln!("metrics: serving {}", server.url());
+        Ok(Some(Self(server)))
+    }
+
+    fn serve(&self, pipeline: &Pipeline<Line>) -> Result<(), DemoError> {
+        Ok(self.0.add("logs", pipeline.watch())?)
+    }
+
+    fn url(&self) -> String {
+        self.0.url()
+    }
+}
+
+/// Without the `http` feature there is no endpoint: `--metrics-addr` is an error saying how
+/// to build the demo with it.
+#[cfg(not(feature = "http"))]
+enum MetricsEndpoint {}
+
+#[cfg(not(feature = "http"))]
+impl MetricsEndpoint {
+    fn open(args: &Args) -> Result<Option<Self>, DemoError> {
+        match &args.metrics_addr {
+            Some(addr) => Err(DemoError::NoHttp(addr.clone())),
+            None => Ok(None),
+        }
+    }
+
+    fn serve(&self, _: &Pipeline<Line>) -> Result<(), DemoError> {
+        match *self {}
+    }
+
+    fn url(&self) -> String {
+        match *self {}
+    }
 }
 
 /// Items anywhere between the input and the sinks.

@@ -19,6 +19,10 @@
 //! - **Stats.** [`Pipeline::stats`] reports per stage: counts, queue fill, pressure and its
 //!   transitions, sampled processing time and queue wait, throughput; and end-to-end latency
 //!   at the sink. `Display` renders a table.
+//! - **Operating it.** A snapshot writes itself in the Prometheus text format
+//!   ([`Stats::to_prometheus`](stats::Stats::to_prometheus)) and as the pipeline's graph for
+//!   Graphviz ([`Stats::to_dot`](stats::Stats::to_dot)); with the `http` feature,
+//!   `serve_metrics` serves one or more pipelines at `/metrics` for Prometheus to scrape.
 //! - **Waiting.** Idle workers spin briefly, yield, then park until woken ([`WaitStrategy`]):
 //!   an idle pipeline uses no CPU.
 //!
@@ -61,6 +65,8 @@ mod control;
 mod error;
 mod event;
 mod hooks;
+#[cfg(feature = "http")]
+pub mod http;
 mod input;
 mod launch;
 mod link;
@@ -69,7 +75,6 @@ mod panic;
 mod pipeline;
 mod plan;
 mod policy;
-mod prometheus;
 mod route;
 mod slots;
 mod stages;
@@ -94,6 +99,8 @@ pub use backflow_core::{Overflow, Stage, WaterMarks};
 pub use error::{ConfigError, PipelineError, PushError};
 pub use event::Event;
 pub use hooks::{DeadLetter, DropReason, Dropped, ErrorPolicy};
+#[cfg(feature = "http")]
+pub use http::{MetricsServer, ServeError, serve_metrics};
 pub use input::Input;
 pub use output::Output;
 pub use pipeline::{Pipeline, Watch, run};

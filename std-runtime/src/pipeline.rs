@@ -14,7 +14,7 @@ use crate::link::{Link, LinkView};
 use crate::plan::{Flow, Node, Supply, Watched};
 use crate::route::FanCounts;
 use crate::stats::Report;
-use crate::stats::{Collector, FlowCheck, SinkShared, StageShared, StageSource, Stats};
+use crate::stats::{Collector, FlowCheck, Graph, SinkShared, StageShared, StageSource, Stats};
 use crate::watchdog;
 
 /// The running parts of a pipeline.
@@ -79,12 +79,41 @@ impl<In> Running<In> {
         self.output.iter().for_each(|view| view.sweep_orphaned());
     }
 
+    /// What a snapshot reads.
+    fn parts(&self) -> Parts<'_> {
+        Parts {
+            control: &self.control,
+            stages: &self.stages,
+            views: &self.views,
+            sinks: &self.sinks,
+            fans: &self.fans,
+            flows: &self.flows,
+        }
+    }
+
+    /// A snapshot; `exact` once every thread has been joined (see [`Collector::exact`]).
+    fn stats(&self, exact: bool) -> Stats {
+        self.parts().stats(exact)
+    }
+}
+
+/// What a snapshot of the stats reads: a running pipeline's parts, or a watch's.
+struct Parts<'a> {
+    control: &'a Control,
+    stages: &'a [Arc<StageShared>],
+    views: &'a [Arc<dyn LinkView>],
+    sinks: &'a [(Arc<SinkShared>, Arc<str>)],
+    fans: &'a [Arc<FanCounts>],
+    flows: &'a [Flow],
+}
+
+impl Parts<'_> {
     /// A snapshot; `exact` once every thread has been joined (see [`Collector::exact`]).
     fn stats(&self, exact: bool) -> Stats {
         let stages = self
             .stages
             .iter()
-            .zip(&self.views)
+            .zip(self.views)
             .map(|(shared, view)| StageSource {
                 shared,
                 handle_received: view.handle_received(),
@@ -110,6 +139,8 @@ impl<In> Running<In> {
             supplied: counts.main.get() + counts.side.get(),
         }));
         stats.set_flows(checks);
+        let broadcast = self.fans.iter().map(|fan| fan.broadcast).collect();
+        stats.set_graph(Arc::new(Graph::new(self.flows.to_vec(), broadcast)));
         stats
     }
 
@@ -137,7 +168,9 @@ impl<In> Running<In> {
         };
         FlowCheck { node, received, supplied }
     }
+}
 
+impl<In> Running<In> {
     /// The report after every thread has been joined.
     fn report(&self) -> Result<Report, PipelineError> {
         let report = Box::new(Report::new(self.stats(true)));
@@ -191,6 +224,8 @@ impl<In> Running<In> {
 pub struct Pipeline<In> {
     running: Running<In>,
     workers: usize,
+    /// What its watches read.
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl<In> Pipeline<In> {
@@ -218,7 +253,8 @@ impl<In> Pipeline<In> {
             }
         }
         running.control.emit(&Event::Started { stages: running.stages.len() });
-        Ok(Self { running, workers })
+        let seen = Arc::new(Mutex::new(Seen::Live(Sources::of(&running))));
+        Ok(Self { running, workers, seen })
     }
 
     /// A new handle for pushing items into the pipeline.
@@ -237,7 +273,9 @@ impl<In> Pipeline<In> {
 
     /// A handle any thread may keep that tells whether this pipeline was cancelled (by
     /// [`cancel`](Self::cancel), a fail-fast stage, a panic, or a shutdown that ran out of
-    /// time): after that, items still inside are being abandoned rather than processed.
+    /// time): after that, items still inside are being abandoned rather than processed. It
+    /// also takes the pipeline's [`stats`](Watch::stats), while it runs and after it has
+    /// ended: a metrics endpoint keeps one.
     ///
     /// # Examples
     ///
@@ -250,7 +288,22 @@ impl<In> Pipeline<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn watch(&self) -> Watch {
-        Watch { control: Arc::clone(&self.running.control) }
+        Watch { control: Arc::clone(&self.running.control), seen: Arc::clone(&self.seen) }
+    }
+
+    /// Lets the watches read `last()`, the final stats, instead of the running parts (once:
+    /// the first ending counts).
+    fn end(&self, last: impl FnOnce() -> Stats) {
+        // Without a watch, none can come: the pipeline is ending, owned by the caller.
+        if Arc::strong_count(&self.seen) == 1 {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Seen::Live(_) = *seen {
+            // The running parts go: the queues, and the hooks they hold, live no longer than
+            // the pipeline.
+            *seen = Seen::Ended(Box::new(last()));
+        }
     }
 
     /// A snapshot of every stage's statistics and the sink's.
@@ -291,7 +344,9 @@ impl<In> Pipeline<In> {
         self.running.close();
         self.running.join();
         self.running.sweep();
-        self.running.report()
+        let result = self.running.report();
+        self.end(|| final_stats(&result));
+        result
     }
 
     /// Drains for at most `timeout`, then cancels: items not processed by then are counted as
@@ -330,7 +385,9 @@ impl<In> Pipeline<In> {
         }
         self.running.join();
         self.running.sweep();
-        match self.running.report() {
+        let result = self.running.report();
+        self.end(|| final_stats(&result));
+        match result {
             Err(PipelineError::Cancelled { report }) if !was_cancelled => Ok(*report),
             other => other,
         }
@@ -353,7 +410,46 @@ impl<In> Pipeline<In> {
     }
 }
 
-/// Whether a pipeline was cancelled, readable from any thread (see [`Pipeline::watch`]).
+/// The stats a drain or shutdown ended with.
+fn final_stats(result: &Result<Report, PipelineError>) -> Stats {
+    match result {
+        Ok(report) => report.stats().clone(),
+        Err(error) => error.report().stats().clone(),
+    }
+}
+
+/// What a [`Watch`] reads.
+enum Seen {
+    /// The running pipeline's parts.
+    Live(Sources),
+    /// Its final stats, once it has ended.
+    Ended(Box<Stats>),
+}
+
+/// A running pipeline's parts as a watch keeps them (see [`Parts`]; the control is the
+/// watch's own).
+struct Sources {
+    stages: Vec<Arc<StageShared>>,
+    views: Vec<Arc<dyn LinkView>>,
+    sinks: Vec<(Arc<SinkShared>, Arc<str>)>,
+    fans: Vec<Arc<FanCounts>>,
+    flows: Vec<Flow>,
+}
+
+impl Sources {
+    fn of<In>(running: &Running<In>) -> Self {
+        Self {
+            stages: running.stages.clone(),
+            views: running.views.clone(),
+            sinks: running.sinks.clone(),
+            fans: running.fans.clone(),
+            flows: running.flows.clone(),
+        }
+    }
+}
+
+/// Whether a pipeline was cancelled, and its stats, readable from any thread, while the
+/// pipeline runs and after it has ended (see [`Pipeline::watch`]).
 ///
 /// # Examples
 ///
@@ -366,6 +462,7 @@ impl<In> Pipeline<In> {
 #[derive(Clone)]
 pub struct Watch {
     control: Arc<Control>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Watch {
@@ -383,6 +480,43 @@ impl Watch {
     pub fn is_cancelled(&self) -> bool {
         self.control.is_cancelled()
     }
+
+    /// A snapshot of the pipeline's stats, as [`Pipeline::stats`] takes one, from any thread;
+    /// once the pipeline has ended (drained, shut down or dropped), its final stats, as its
+    /// report has them. It costs the pipeline what [`Pipeline::stats`] costs (it reads the
+    /// counters), and keeps no queue alive after the pipeline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::Pipeline;
+    ///
+    /// let pipeline = Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let watch = pipeline.watch();
+    /// pipeline.input().push_iter([1, 2, 3])?;
+    /// let live = std::thread::spawn(move || watch.stats()).join().unwrap();
+    /// assert!(live.stage("id").unwrap().accounting.received <= 3);
+    ///
+    /// let watch = pipeline.watch();
+    /// let report = pipeline.drain()?;
+    /// assert_eq!(&watch.stats(), report.stats());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*seen {
+            Seen::Live(sources) => Parts {
+                control: &self.control,
+                stages: &sources.stages,
+                views: &sources.views,
+                sinks: &sources.sinks,
+                fans: &sources.fans,
+                flows: &sources.flows,
+            }
+            .stats(false),
+            Seen::Ended(stats) => Stats::clone(stats),
+        }
+    }
 }
 
 impl fmt::Debug for Watch {
@@ -397,6 +531,8 @@ impl<In> Drop for Pipeline<In> {
         if !running.threads.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
             running.stop();
         }
+        // After a drain or shutdown, this keeps what those ended with.
+        self.end(|| self.running.stats(true));
     }
 }
 

@@ -68,7 +68,7 @@ pub(crate) enum Supply {
 }
 
 /// A node of the graph that receives items.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Node {
     Stage(usize),
     Sink(usize),
@@ -76,7 +76,7 @@ pub(crate) enum Node {
 }
 
 /// A node and what feeds it: for the report's check that nothing vanished between nodes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Flow {
     pub(crate) into: Node,
     pub(crate) from: Vec<Supply>,

@@ -249,3 +249,43 @@ fn a_stdout_that_cannot_be_written_is_an_error_naming_it() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("error: cannot write the results to stdout: "), "{stderr}");
 }
+
+#[test]
+fn the_graph_is_written_as_dot_with_every_node_and_edge_of_the_demo() {
+    let dir = scratch("graph");
+    let unwritable = dir.join("no-such-dir").join("graph.dot");
+    let stderr =
+        refused(&[Path::new("--items"), Path::new("2000"), Path::new("--graph"), &unwritable]);
+    assert!(stderr.contains(&format!("--graph {}", unwritable.display())), "{stderr}");
+    assert!(!stderr.contains(" lines, "), "it ran first:\n{stderr}");
+
+    let file = dir.join("graph.dot");
+    let (stdout, _) = run(&["--items", "2000", "--graph", file.to_str().expect("UTF-8")]);
+    assert!(stdout.contains(&format!("graph: written to {}", file.display())), "{stdout}");
+    let dot = std::fs::read_to_string(&file).expect("the graph was written");
+    assert!(dot.starts_with("digraph backflow {\n") && dot.ends_with("}\n"), "{dot}");
+    // input, parse, enrich, aggregate, encode, the broadcast and the route, and the sinks
+    // `sink`, `totals` and `alerts`; nine edges between them.
+    let statements: Vec<&str> = dot.lines().map(str::trim).collect();
+    let edges = statements.iter().filter(|s| s.contains(" -> ")).count();
+    let nodes = statements
+        .iter()
+        .filter(|s| !s.contains(" -> ") && s.contains(" [label="))
+        .filter(|s| !s.starts_with("graph ") && !s.starts_with("node ") && !s.starts_with("edge "))
+        .count();
+    assert_eq!((nodes, edges), (10, 9), "{dot}");
+    for name in ["parse", "enrich ×2", "aggregate", "encode", "totals", "alerts", "sink"] {
+        assert!(dot.contains(&format!("label=\"{name}\\n")), "no node {name}:\n{dot}");
+    }
+}
+
+#[test]
+fn metrics_addr_without_the_http_feature_says_how_to_build_it() {
+    // This demo is built without backflow's features.
+    let stderr = refused(&[Path::new("--metrics-addr"), Path::new("127.0.0.1:0"), Path::new("-")]);
+    assert!(stderr.contains("--metrics-addr needs backflow's `http` feature"), "{stderr}");
+    assert!(stderr.contains("--features http"), "{stderr}");
+    // `--hold` only holds the endpoint open: alone, it is refused.
+    let stderr = refused(&[Path::new("--hold"), Path::new("-")]);
+    assert!(stderr.contains("--hold") && stderr.contains("--metrics-addr"), "{stderr}");
+}

@@ -246,3 +246,42 @@ fn label_values_are_escaped_and_read_back_whole() {
     let expected = expected.map(|(k, v)| (k.to_string(), v.to_string()));
     assert_eq!((received.1, received.2), (expected.to_vec(), 5.0));
 }
+
+#[test]
+fn several_pipelines_share_each_family_and_keep_their_own_samples() {
+    let demo = demo();
+    let plain =
+        Pipeline::<u8>::builder().stage("parse", || |x: u8| x).sink(|_| {}).build().unwrap();
+    plain.input().push_iter(0..7).unwrap();
+    let plain = plain.drain().unwrap();
+    let text = backflow::stats::exposition([("demo", demo.stats()), ("plain", plain.stats())]);
+
+    // One HELP and one TYPE per family, its samples right after them, from both pipelines.
+    let mut families = HashSet::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            current = help.split(' ').next().unwrap().to_string();
+            assert!(families.insert(current.clone()), "{current} described twice");
+        } else if !line.starts_with('#') {
+            assert_eq!(strict(line).0, current, "{line} outside its family");
+        }
+    }
+    let scrape = scrape(&text);
+    assert_eq!(families.len(), scrape.docs.len());
+    let received = "backflow_stage_received_items_total";
+    let parse = |pipeline| [("pipeline", pipeline), ("stage", "parse")];
+    assert_eq!(counter(&scrape, received, &parse("demo")), 100.0);
+    assert_eq!(counter(&scrape, received, &parse("plain")), 7.0);
+    // Only `demo`'s store has a breaker: the family is there, with its samples alone.
+    let circuit: Vec<&Sample> =
+        scrape.samples.iter().filter(|s| s.metric == "backflow_stage_circuit_state").collect();
+    assert_eq!(circuit.len(), CIRCUIT);
+    assert!(circuit.iter().all(|s| s.labels.get("pipeline") == Some("demo")), "{circuit:?}");
+    // Each pipeline's samples are the ones it writes alone.
+    let lines = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(
+        lines(&text),
+        lines(&demo.stats().to_prometheus("demo")) + lines(&plain.stats().to_prometheus("plain"))
+    );
+}

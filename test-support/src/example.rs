@@ -55,11 +55,39 @@ pub enum ExampleError {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn example(package: &str, name: &str) -> Result<PathBuf, ExampleError> {
+    example_with_features(package, name, &[])
+}
+
+/// As [`example`], built with the package's `features` on (and its default ones). Cargo
+/// builds each set of features once and keeps both, but puts whichever was built last at the
+/// same path: call it from a test binary that runs the example with only this set.
+///
+/// # Errors
+///
+/// As [`example`].
+///
+/// # Examples
+///
+/// ```no_run
+/// let logs = test_support::example_with_features("backflow", "logs", &["http"])?;
+/// let output = std::process::Command::new(logs).args(["--items", "10", "--metrics-addr", "127.0.0.1:0"]).output()?;
+/// assert!(output.status.success());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn example_with_features(
+    package: &str,
+    name: &str,
+    features: &[&str],
+) -> Result<PathBuf, ExampleError> {
     let exe = std::env::current_exe().map_err(ExampleError::OwnPath)?;
     let layout =
         Layout::of(&exe).ok_or_else(|| ExampleError::NotInTargetDir { exe: exe.clone() })?;
-    let status = Command::new(cargo())
-        .args(["build", "--quiet", "--package", package, "--example", name])
+    let mut command = Command::new(cargo());
+    command.args(["build", "--quiet", "--package", package, "--example", name]);
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let status = command
         .args(["--profile", &layout.profile, "--target-dir"])
         .arg(&layout.target_dir)
         .current_dir(workspace_root())

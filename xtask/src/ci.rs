@@ -18,6 +18,8 @@ const RUSTFMT: Need = Need::Component("rustfmt");
 const CLIPPY: Need = Need::Component("clippy");
 /// `backflow-redis`'s tests run against a server started here, or start their own.
 const REDIS: Need = Need::Program("redis-server");
+/// `backflow`'s `/metrics` tests start a `prometheus` of their own and run `promtool`.
+const PROMETHEUS: Need = Need::Program("prometheus");
 
 pub fn run() -> Result<(), String> {
     println!("==> setup");
@@ -84,7 +86,7 @@ pub fn run() -> Result<(), String> {
             &[CLIPPY, Need::Target(qemu::TARGET)],
         ),
         modules::step(),
-        Step::new("test", test, &[REDIS]),
+        Step::new("test", test, &[REDIS, PROMETHEUS]),
         Step::new("doc", doc(), &[]),
         deny::step(),
     ];

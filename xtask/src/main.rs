@@ -1,8 +1,8 @@
 //! backflow's task runner: `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! - `setup`: installs what the checks need and a fresh machine lacks (thumb targets, nightly
-//!   with miri, `qemu-system-arm`, `redis-server`, `cargo-deny`); quiet and quick when all is
-//!   there.
+//!   with miri, `qemu-system-arm`, `redis-server`, `prometheus`, `cargo-deny`); quiet and
+//!   quick when all is there.
 //! - `ci`: `setup`, then every check, in order, with a pass/fail summary; exits non-zero on any
 //!   failure. Starts a `redis-server` on loopback for the tests of `backflow-redis`, and stops
 //!   it.

@@ -10,13 +10,13 @@
 //!   there), then miri's sysroot: `cargo +nightly miri setup` (quick when it is built);
 //! - the toolchains of the published crates' `rust-version`s (see [`release::TOOLCHAINS`]):
 //!   `rustup toolchain install <version> --profile minimal`;
-//! - `qemu-system-arm` and `redis-server` on `PATH`: the Debian packages of the same names,
-//!   through `apt-get update` and `apt-get install`, when `apt-get` is there and may be used
-//!   (as root, or through `sudo -n`). It asks apt not to remove anything first; only when a
-//!   package cannot be installed otherwise (it conflicts with one installed from elsewhere)
-//!   does it let apt remove what conflicts, which apt names. The `redis-server` package starts
-//!   a system service on the default port; setup stops it, as the tests start servers of
-//!   their own.
+//! - `qemu-system-arm`, `redis-server` and `prometheus` (with `promtool`) on `PATH`: the
+//!   Debian packages of the same names, through `apt-get update` and `apt-get install`, when
+//!   `apt-get` is there and may be used (as root, or through `sudo -n`). It asks apt not to
+//!   remove anything first; only when a package cannot be installed otherwise (it conflicts
+//!   with one installed from elsewhere) does it let apt remove what conflicts, which apt
+//!   names. The `redis-server` and `prometheus` packages start system services on their
+//!   default ports; setup stops them, as the tests start servers of their own.
 //!
 //! - `cargo-deny` (the dependency policy step, see [`crate::deny`]): `cargo install --locked
 //!   cargo-deny` (a few minutes the first time; cargo puts it in `~/.cargo/bin`).
@@ -52,7 +52,7 @@ pub enum Need {
 }
 
 /// Everything setup looks for, in the order it installs it.
-const EVERYTHING: [Need; 12] = [
+const EVERYTHING: [Need; 13] = [
     Need::Target("thumbv7em-none-eabihf"),
     Need::Target("thumbv6m-none-eabi"),
     Need::Target("thumbv7m-none-eabi"),
@@ -62,6 +62,7 @@ const EVERYTHING: [Need; 12] = [
     Need::MiriSysroot,
     Need::Program("qemu-system-arm"),
     Need::Program("redis-server"),
+    Need::Program("prometheus"),
     Need::Toolchain(release::TOOLCHAINS[0]),
     Need::Toolchain(release::TOOLCHAINS[1]),
     Need::CargoTool(deny::TOOL),
@@ -413,13 +414,15 @@ fn install_packages(packages: &[&str]) -> bool {
         let plain = [&lock[..], &options, &["install"], packages].concat();
         announce_and_run(apt.command("apt-get", &plain));
     }
-    if packages.contains(&"redis-server") && on_path("redis-server") {
-        // The package starts a system service on the default port; the tests start their own.
-        let _ = apt
-            .command("service", &["redis-server", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    // These packages start a system service on the default port; the tests start their own.
+    for service in ["redis-server", "prometheus"] {
+        if packages.contains(&service) && on_path(service) {
+            let _ = apt
+                .command("service", &[service, "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     true
 }
@@ -531,6 +534,14 @@ mod tests {
         let args: Vec<_> = command.get_args().collect();
         assert_eq!(args, ["install", "--locked", "cargo-deny"]);
         assert!(EVERYTHING.contains(&Need::CargoTool(deny::TOOL)), "setup provides it");
+    }
+
+    #[test]
+    fn setup_provides_prometheus_from_its_debian_package() {
+        assert!(EVERYTHING.contains(&Need::Program("prometheus")));
+        let message = Need::Program("prometheus").missing_message();
+        assert!(message.starts_with("prometheus is not installed: "), "{message}");
+        assert!(message.contains("apt-get install prometheus"), "{message}");
     }
 
     #[test]

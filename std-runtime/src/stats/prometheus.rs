@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 
 use backflow_core::breaker::BreakerState;
 
-use crate::stats::{Latency, SinkStats, StageStats, Stats};
+use super::{Latency, SinkStats, StageStats, Stats};
 
 /// How a family's samples behave, as Prometheus types them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,9 @@ type Label = (&'static str, &'static str);
 /// One node's samples in one family, each with its extra label, if any.
 type Values = Vec<(Option<Label>, Value)>;
 
+/// Every family of one snapshot, each with its samples (see [`families`]).
+type Families<'a> = Vec<(Family, Vec<Sample<'a>>)>;
+
 /// One sample: the node it describes (`("stage", name)`, `("sink", name)`, or none for the
 /// whole pipeline), at most one more label, and the value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,9 +98,10 @@ struct Sample<'a> {
     value: Value,
 }
 
-/// Every family of `stats` with its samples, in the order they are written. Families without
-/// samples (the circuit state when no stage has a breaker) are left out.
-fn families(stats: &Stats) -> Vec<(Family, Vec<Sample<'_>>)> {
+/// Every family of `stats` with its samples, in the order they are written: the same
+/// families for every snapshot, some perhaps without samples (the circuit state when no stage
+/// has a breaker), which the outputs leave out.
+fn families(stats: &Stats) -> Families<'_> {
     let mut all = Vec::with_capacity(32);
     let mut stage = |family: Family, values: &dyn Fn(&StageStats) -> Values| {
         let samples = stats.stages().iter().flat_map(|s| {
@@ -311,7 +315,6 @@ fn families(stats: &Stats) -> Vec<(Family, Vec<Sample<'_>>)> {
         gauge("backflow_pipeline_elapsed_seconds", "Time since the pipeline started."),
         vec![Sample { node: None, extra: None, value: elapsed }],
     ));
-    all.retain(|(_, samples)| !samples.is_empty());
     all
 }
 
@@ -372,6 +375,66 @@ fn write_value(out: &mut String, value: Value) {
         }
         Value::Number(x) => write!(out, "{x}"),
     };
+}
+
+/// The stats of several pipelines in one Prometheus text exposition (version 0.0.4), as
+/// one `/metrics` endpoint serves them: each family once, with one `# HELP` and one `# TYPE`
+/// line, then the samples of every pipeline in the order given, each labelled
+/// `pipeline="{name}"`. The names should differ, or the pipelines' series would clash.
+/// [`Stats::to_prometheus`] writes a single pipeline's, and says what each family is.
+///
+/// # Examples
+///
+/// ```
+/// use backflow::Pipeline;
+///
+/// let orders = Pipeline::<u32>::builder().stage("parse", || |x: u32| x).sink(|_| {}).build()?;
+/// let billing = Pipeline::<u64>::builder().stage("parse", || |x: u64| x).sink(|_| {}).build()?;
+/// orders.input().push_iter(0..3)?;
+/// let (orders, billing) = (orders.drain()?, billing.drain()?);
+/// let text = backflow::stats::exposition([("orders", orders.stats()), ("billing", billing.stats())]);
+/// assert_eq!(text.matches("# TYPE backflow_stage_received_items_total counter\n").count(), 1);
+/// assert!(text.contains("backflow_stage_received_items_total{pipeline=\"orders\",stage=\"parse\"} 3\n"));
+/// assert!(text.contains("backflow_stage_received_items_total{pipeline=\"billing\",stage=\"parse\"} 0\n"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn exposition<'a>(pipelines: impl IntoIterator<Item = (&'a str, &'a Stats)>) -> String {
+    let each: Vec<(&str, Families<'_>)> =
+        pipelines.into_iter().map(|(pipeline, stats)| (pipeline, families(stats))).collect();
+    let mut out = String::with_capacity(16 * 1024 * each.len().max(1));
+    let Some((_, first)) = each.first() else { return out };
+    for (index, &(family, _)) in first.iter().enumerate() {
+        // Every snapshot has the same families, in the same order.
+        let samples = || {
+            each.iter().flat_map(|(pipeline, all)| {
+                all.get(index)
+                    .into_iter()
+                    .flat_map(move |(_, s)| s.iter().map(move |s| (*pipeline, s)))
+            })
+        };
+        if samples().next().is_none() {
+            continue;
+        }
+        // HELP text escapes backslash and line feed; ours has neither.
+        debug_assert!(!family.help.contains(['\\', '\n']), "{}", family.name);
+        let (name, kind) = (family.name, family.kind.as_str());
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
+        for (pipeline, sample) in samples() {
+            out.push_str(name);
+            out.push_str("{pipeline=");
+            write_label_value(&mut out, pipeline);
+            for (label, value) in sample.node.into_iter().chain(sample.extra) {
+                out.push(',');
+                out.push_str(label);
+                out.push('=');
+                write_label_value(&mut out, value);
+            }
+            out.push_str("} ");
+            write_value(&mut out, sample.value);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl Stats {
@@ -436,28 +499,7 @@ impl Stats {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn to_prometheus(&self, pipeline: &str) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        for (family, samples) in families(self) {
-            // HELP text escapes backslash and line feed; ours has neither.
-            debug_assert!(!family.help.contains(['\\', '\n']), "{}", family.name);
-            let (name, kind) = (family.name, family.kind.as_str());
-            let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", family.help);
-            for sample in samples {
-                out.push_str(name);
-                out.push_str("{pipeline=");
-                write_label_value(&mut out, pipeline);
-                for (label, value) in sample.node.into_iter().chain(sample.extra) {
-                    out.push(',');
-                    out.push_str(label);
-                    out.push('=');
-                    write_label_value(&mut out, value);
-                }
-                out.push_str("} ");
-                write_value(&mut out, sample.value);
-                out.push('\n');
-            }
-        }
-        out
+        exposition([(pipeline, self)])
     }
 
     /// Sets every stat of this snapshot through the [`metrics`] facade, on whatever recorder
@@ -483,7 +525,7 @@ impl Stats {
     /// ```
     #[cfg(feature = "metrics")]
     pub fn record_metrics(&self, pipeline: &str) {
-        for (family, samples) in families(self) {
+        for (family, samples) in families(self).into_iter().filter(|(_, s)| !s.is_empty()) {
             let (name, help) = (family.name, family.help);
             match family.kind {
                 Kind::Counter => metrics::describe_counter!(name, help),

@@ -1,6 +1,8 @@
 //! Live statistics: the counters the workers keep, the snapshot [`Stats`] that
 //! [`Pipeline::stats`](crate::Pipeline::stats) returns, and the final [`Report`]; per stage
-//! ([`StageStats`], its [`Accounting`] and [`TimeShares`]) and per sink ([`SinkStats`]).
+//! ([`StageStats`], its [`Accounting`] and [`TimeShares`]) and per sink ([`SinkStats`]); and
+//! a snapshot written for other tools: [`Stats::to_prometheus`] (the Prometheus text format)
+//! and [`Stats::to_dot`] (the pipeline's graph for Graphviz).
 //!
 //! ```
 //! use backflow::Pipeline;
@@ -24,6 +26,13 @@ use std::time::{Duration, Instant};
 
 use backflow_core::breaker::BreakerState;
 use backflow_core::metrics::{Counter, Histogram, Percentiles};
+
+mod dot;
+mod graph;
+mod prometheus;
+
+pub(crate) use graph::Graph;
+pub use prometheus::exposition;
 
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
@@ -508,6 +517,8 @@ pub struct Stats {
     sinks: Vec<SinkStats>,
     elapsed: Duration,
     flows: Vec<FlowCheck>,
+    /// Shared: snapshots of one pipeline have the same shape.
+    graph: Arc<Graph>,
 }
 
 /// A node of the graph, what it received and what the nodes feeding it sent.
@@ -630,6 +641,10 @@ impl Stats {
         self.flows = flows;
     }
 
+    pub(crate) fn set_graph(&mut self, graph: Arc<Graph>) {
+        self.graph = graph;
+    }
+
     /// Time since the pipeline started.
     ///
     /// # Examples
@@ -706,7 +721,7 @@ impl Collector<'_> {
             })
             .collect();
         let sinks = self.sinks.iter().map(|&(sink, name)| self.sink(sink, name, elapsed)).collect();
-        Stats { stages, sinks, elapsed, flows: Vec::new() }
+        Stats { stages, sinks, elapsed, flows: Vec::new(), graph: Arc::default() }
     }
 
     fn sink(&self, sink: &SinkShared, name: &str, elapsed: Duration) -> SinkStats {
