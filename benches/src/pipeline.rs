@@ -23,6 +23,7 @@
 use std::convert::identity;
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::Backoff;
 
+use crate::lmax;
 use crate::report::Latency;
 use crate::{CAPACITY, timed_sum};
 
@@ -150,6 +152,9 @@ pub struct LatencyContender {
 /// The name of the crossbeam-channel contender, a baseline of the throughput table.
 pub const CHANNEL: &str = "crossbeam-channel bounded";
 
+/// The name of the disruptor contender fed in batches, a baseline of the throughput table.
+pub const DISRUPTOR: &str = "disruptor batch_publish (spin, yield)";
+
 /// The name of the `ArrayQueue` + `Backoff` contender, a baseline of the throughput table.
 pub const ARRAY_QUEUE: &str = "ArrayQueue + Backoff";
 
@@ -162,7 +167,11 @@ pub const THROUGHPUT: &[PipelineContender] = &[
     PipelineContender { name: "backflow push (Park)", run: backflow_single },
     PipelineContender { name: "backflow push_iter (BusySpin)", run: backflow_busy_spin },
     PipelineContender { name: CHANNEL, run: channel },
+    PipelineContender { name: "std sync_channel", run: std_channel },
+    PipelineContender { name: "kanal bounded", run: kanal_channel },
     PipelineContender { name: ARRAY_QUEUE, run: array_queue },
+    PipelineContender { name: DISRUPTOR, run: lmax::disruptor_batch },
+    PipelineContender { name: "disruptor publish (spin, yield)", run: lmax::disruptor_single },
 ];
 
 /// Timings on (the default) against off, same pipeline.
@@ -362,6 +371,50 @@ fn recv(channel: &(Sender<u64>, Receiver<u64>)) -> u64 {
 /// A thread per stage on crossbeam-channel `bounded`, blocking `send` / `recv`.
 pub fn channel(workload: Workload) -> Option<Duration> {
     Some(thread_per_stage(workload, &channels(workload.stages), send, recv))
+}
+
+/// A thread per stage on std's `sync_channel`, blocking `send` / `recv`. Its receiver is not
+/// `Sync`, so each thread is given its own ends rather than sharing the queues.
+pub fn std_channel(workload: Workload) -> Option<Duration> {
+    let Workload { items, stages, sink_delay } = workload;
+    let (mut senders, mut receivers): (Vec<_>, Vec<_>) =
+        (0..stages).map(|_| mpsc::sync_channel::<u64>(CAPACITY)).unzip();
+    let mut threads: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    let first = senders.remove(0);
+    threads.push(Box::new(move || {
+        (0..items).for_each(|x| first.send(x).expect("the receiver lives until the end"));
+    }));
+    let last = receivers.pop().expect("one queue per stage");
+    for (rx, tx) in receivers.into_iter().zip(senders) {
+        threads.push(Box::new(move || {
+            for _ in 0..items {
+                let x = rx.recv().expect("the sender lives until the end");
+                tx.send(step(x)).expect("the receiver lives until the end");
+            }
+        }));
+    }
+    let sink = move || {
+        let mut sum = 0;
+        for _ in 0..items {
+            let x = step(last.recv().expect("the sender lives until the end"));
+            sink_delay.apply();
+            sum += x;
+        }
+        sum
+    };
+    Some(timed_sum(checksum(items, stages), threads, vec![sink]))
+}
+
+/// A thread per stage on kanal's `bounded`, blocking `send` / `recv`.
+pub fn kanal_channel(workload: Workload) -> Option<Duration> {
+    let queues: Vec<_> = (0..workload.stages).map(|_| kanal::bounded(CAPACITY)).collect();
+    let send = |q: &(kanal::Sender<u64>, kanal::Receiver<u64>), x| {
+        q.0.send(x).expect("the receiver lives until the end");
+    };
+    let recv = |q: &(kanal::Sender<u64>, kanal::Receiver<u64>)| {
+        q.1.recv().expect("the sender lives until the end")
+    };
+    Some(thread_per_stage(workload, &queues, send, recv))
 }
 
 /// A thread per stage on crossbeam's `ArrayQueue`, waiting with `Backoff` then `yield_now`.
