@@ -148,14 +148,18 @@ fn throughput_tables(rounds: usize, items: u64, cores: usize) {
 
 fn pipeline_tables(rounds: usize) {
     let rate = pipeline::RATE;
-    println!(
-        "## Pipeline latency, 1 stage: {LATENCY_ITEMS} items paced at {} k items/s, end to end\n",
-        rate / 1000
-    );
     let contenders: Vec<_> = pipeline::LATENCY.iter().filter(|c| selected(c.name)).collect();
     let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
-    let runs = interleave_runs(&names, rounds, |i| Some((contenders[i].run)(LATENCY_ITEMS, rate)));
-    println!("{}", latency_table(&runs, pipeline::CHANNEL));
+    for &stages in pipeline::LATENCY_STAGES {
+        println!(
+            "## Pipeline latency, {stages} stage(s): {LATENCY_ITEMS} items paced at {} k items/s \
+             (the producer sleeps between items), end to end\n",
+            rate / 1000
+        );
+        let runs =
+            interleave_runs(&names, rounds, |i| (contenders[i].run)(LATENCY_ITEMS, rate, stages));
+        println!("{}", latency_table(&runs, "backflow push (Park)"));
+    }
 
     let delay = pipeline::SINK_DELAY;
     let limit = 1e9 / delay.as_nanos() as f64;

@@ -20,7 +20,10 @@ use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{Producer, Sequence};
 
 use crate::CAPACITY;
-use crate::pipeline::{Workload, checksum, step};
+use backflow_core::metrics::Histogram;
+
+use crate::pipeline::{Workload, checksum, latency, nanos_since, paced, step};
+use crate::report::Latency;
 
 /// Events published per `try_batch_publish` when feeding in batches: the size of backflow's
 /// `push_iter` runs.
@@ -168,4 +171,37 @@ pub fn disruptor_batch(workload: Workload) -> Option<Duration> {
 /// The disruptor, one `try_publish` per item, handlers spinning then yielding.
 pub fn disruptor_single(workload: Workload) -> Option<Duration> {
     (workload.stages <= 3).then(|| run(workload, Feed::Single))
+}
+
+/// The disruptor, `stages` handlers (the first ones pass the event on, the last records its
+/// latency), one `try_publish` per item from a paced producer.
+pub fn disruptor_latency(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    if !(1..=3).contains(&stages) {
+        return None;
+    }
+    let histogram = Arc::new(Histogram::new());
+    let recorder = Arc::clone(&histogram);
+    let epoch = Instant::now();
+    let pass = |_: &Event, _: Sequence, _: bool| {};
+    let last = move |e: &Event, _: Sequence, _: bool| {
+        let sent = e.value.load(Ordering::Relaxed);
+        recorder.record(nanos_since(epoch).saturating_sub(sent));
+    };
+    let builder = disruptor::build_single_producer(CAPACITY, Event::default, SpinThenYield);
+    let mut producer: Box<dyn FnMut(u64, usize)> = match stages {
+        1 => boxed(builder.handle_events_with(last).build()),
+        2 => boxed(builder.handle_events_with(pass).and_then().handle_events_with(last).build()),
+        _ => boxed(
+            builder
+                .handle_events_with(pass)
+                .and_then()
+                .handle_events_with(pass)
+                .and_then()
+                .handle_events_with(last)
+                .build(),
+        ),
+    };
+    paced(items, rate, epoch, |sent| producer(sent, 1));
+    drop(producer);
+    Some(latency(&histogram, items))
 }

@@ -144,9 +144,9 @@ pub struct PipelineContender {
 pub struct LatencyContender {
     /// The row label.
     pub name: &'static str,
-    /// Sends `items` items through one stage at `rate` items per second and returns the
-    /// end-to-end latency's p50 and p99.
-    pub run: fn(items: u64, rate: u64) -> Latency,
+    /// Sends `items` items through `stages` stages at `rate` items per second and returns the
+    /// end-to-end latency's p50 and p99; `None` if the contender does not apply.
+    pub run: fn(items: u64, rate: u64, stages: usize) -> Option<Latency>,
 }
 
 /// The name of the crossbeam-channel contender, a baseline of the throughput table.
@@ -195,7 +195,11 @@ pub const LATENCY: &[LatencyContender] = &[
     LatencyContender { name: "backflow push (BusySpin)", run: backflow_latency_busy_spin },
     LatencyContender { name: CHANNEL, run: channel_latency },
     LatencyContender { name: ARRAY_QUEUE, run: array_queue_latency },
+    LatencyContender { name: "disruptor publish (spin, yield)", run: lmax::disruptor_latency },
 ];
+
+/// The stage counts of the paced-latency workload.
+pub const LATENCY_STAGES: &[usize] = &[1, 3];
 
 /// How the backflow producer feeds the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,39 +437,41 @@ pub fn delay_alone(workload: Workload) -> Option<Duration> {
 }
 
 /// Nanoseconds since `epoch`.
-fn nanos_since(epoch: Instant) -> u64 {
+pub fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Calls `send` with the time since `epoch` `items` times, at `rate` items per second,
-/// busy-waiting between items. An item that falls behind schedule goes at once.
-fn paced(items: u64, rate: u64, epoch: Instant, mut send: impl FnMut(u64)) {
+/// Calls `send` with the time since `epoch` `items` times, at `rate` items per second on
+/// average. Between items the producer sleeps until the next one is due (it does not hold a
+/// core by busy-waiting); `thread::sleep` overshoots by tens of microseconds, so when it wakes
+/// it sends every item that has come due, each stamped when it is sent.
+pub fn paced(items: u64, rate: u64, epoch: Instant, mut send: impl FnMut(u64)) {
     let start = Instant::now();
     for i in 0..items {
         let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        while Instant::now() < due {
-            spin_loop();
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
         }
         send(nanos_since(epoch));
     }
 }
 
 /// The p50 and p99 of `histogram`, which must hold `items` values.
-fn latency(histogram: &Histogram, items: u64) -> Latency {
+pub fn latency(histogram: &Histogram, items: u64) -> Latency {
     let snapshot = histogram.snapshot();
     assert_eq!(snapshot.count(), items, "items lost");
     let percentiles = snapshot.percentiles();
     Latency { p50: percentiles.p50, p99: percentiles.p99 }
 }
 
-/// backflow, one stage: `push` per item, the sink records each item's latency.
-fn backflow_latency(items: u64, rate: u64, strategy: WaitStrategy) -> Latency {
-    let ready = Arc::new(Barrier::new(2));
+/// backflow, `stages` stages: `push` per item, the sink records each item's latency.
+fn backflow_latency(items: u64, rate: u64, stages: usize, strategy: WaitStrategy) -> Latency {
+    let ready = Arc::new(Barrier::new(stages + 1));
     let histogram = Arc::new(Histogram::new());
     let recorder = Arc::clone(&histogram);
     let epoch = Instant::now();
     let sink = move |sent: u64| recorder.record(nanos_since(epoch).saturating_sub(sent));
-    let pipeline = build(1, strategy, true, identity, &ready, sink);
+    let pipeline = build(stages, strategy, true, identity, &ready, sink);
     let input = pipeline.input();
     ready.wait();
     paced(items, rate, epoch, |sent| input.push(sent).expect("the pipeline is open"));
@@ -475,23 +481,28 @@ fn backflow_latency(items: u64, rate: u64, strategy: WaitStrategy) -> Latency {
 }
 
 /// backflow, default wait strategy (park).
-pub fn backflow_latency_park(items: u64, rate: u64) -> Latency {
-    backflow_latency(items, rate, WaitStrategy::Park)
+pub fn backflow_latency_park(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    Some(backflow_latency(items, rate, stages, WaitStrategy::Park))
 }
 
-/// backflow, busy-spinning worker.
-pub fn backflow_latency_busy_spin(items: u64, rate: u64) -> Latency {
-    backflow_latency(items, rate, WaitStrategy::BusySpin)
+/// backflow, busy-spinning workers.
+pub fn backflow_latency_busy_spin(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    Some(backflow_latency(items, rate, stages, WaitStrategy::BusySpin))
 }
 
-/// A paced producer and a consumer thread recording each item's latency, over one queue.
+/// A paced producer and a consumer thread recording each item's latency, over one queue
+/// (one stage only: the latency rows of the peers are for the 1-stage table).
 fn thread_latency<Q: Sync>(
     items: u64,
     rate: u64,
+    stages: usize,
     queue: &Q,
     push: impl Fn(&Q, u64),
     pop: impl Fn(&Q) -> u64 + Sync,
-) -> Latency {
+) -> Option<Latency> {
+    if stages != 1 {
+        return None;
+    }
     let histogram = Histogram::new();
     let barrier = Barrier::new(2);
     let epoch = Instant::now();
@@ -506,15 +517,15 @@ fn thread_latency<Q: Sync>(
         barrier.wait();
         paced(items, rate, epoch, |sent| push(queue, sent));
     });
-    latency(&histogram, items)
+    Some(latency(&histogram, items))
 }
 
 /// crossbeam-channel `bounded`, blocking `send` / `recv`.
-pub fn channel_latency(items: u64, rate: u64) -> Latency {
-    thread_latency(items, rate, &crossbeam_channel::bounded(CAPACITY), send, recv)
+pub fn channel_latency(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    thread_latency(items, rate, stages, &crossbeam_channel::bounded(CAPACITY), send, recv)
 }
 
 /// crossbeam's `ArrayQueue`, waiting with `Backoff` then `yield_now`.
-pub fn array_queue_latency(items: u64, rate: u64) -> Latency {
-    thread_latency(items, rate, &ArrayQueue::new(CAPACITY), push_backoff, pop_backoff)
+pub fn array_queue_latency(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    thread_latency(items, rate, stages, &ArrayQueue::new(CAPACITY), push_backoff, pop_backoff)
 }
