@@ -62,8 +62,11 @@ fn main() {
     if part("mpmc") {
         mpmc_tables(rounds, mpmc_items, cores);
     }
+    if part("pipeline") || part("throughput") {
+        throughput_tables(rounds, pipeline_items, cores);
+    }
     if part("pipeline") {
-        pipeline_tables(rounds, pipeline_items, cores);
+        pipeline_tables(rounds);
     }
     if part("parallel") {
         parallel_table(rounds, parallel_items, cores);
@@ -121,7 +124,7 @@ fn mpmc_tables(rounds: usize, mpmc_items: u64, cores: usize) {
     }
 }
 
-fn pipeline_tables(rounds: usize, items: u64, cores: usize) {
+fn throughput_tables(rounds: usize, items: u64, cores: usize) {
     let contenders: Vec<_> = pipeline::THROUGHPUT.iter().filter(|c| selected(c.name)).collect();
     let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
     for &stages in pipeline::STAGES {
@@ -138,19 +141,25 @@ fn pipeline_tables(rounds: usize, items: u64, cores: usize) {
         let samples = interleave(&names, rounds, |i| {
             (contenders[i].run)(workload).map(|elapsed| per_second(items, elapsed))
         });
-        let baselines = [Baseline::Row(pipeline::CHANNEL), Baseline::Row(pipeline::ARRAY_QUEUE)];
+        let baselines = [Baseline::Row(pipeline::DISRUPTOR), Baseline::Row(pipeline::CHANNEL)];
         println!("{}", table_in(&samples, &baselines, MILLIONS));
     }
+}
 
+fn pipeline_tables(rounds: usize) {
     let rate = pipeline::RATE;
-    println!(
-        "## Pipeline latency, 1 stage: {LATENCY_ITEMS} items paced at {} k items/s, end to end\n",
-        rate / 1000
-    );
     let contenders: Vec<_> = pipeline::LATENCY.iter().filter(|c| selected(c.name)).collect();
     let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
-    let runs = interleave_runs(&names, rounds, |i| Some((contenders[i].run)(LATENCY_ITEMS, rate)));
-    println!("{}", latency_table(&runs, pipeline::CHANNEL));
+    for &stages in pipeline::LATENCY_STAGES {
+        println!(
+            "## Pipeline latency, {stages} stage(s): {LATENCY_ITEMS} items paced at {} k items/s \
+             (the producer sleeps between items), end to end\n",
+            rate / 1000
+        );
+        let runs =
+            interleave_runs(&names, rounds, |i| (contenders[i].run)(LATENCY_ITEMS, rate, stages));
+        println!("{}", latency_table(&runs, "backflow push (Park)"));
+    }
 
     let delay = pipeline::SINK_DELAY;
     let limit = 1e9 / delay.as_nanos() as f64;

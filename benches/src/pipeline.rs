@@ -23,6 +23,7 @@
 use std::convert::identity;
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::Backoff;
 
+use crate::lmax;
 use crate::report::Latency;
 use crate::{CAPACITY, timed_sum};
 
@@ -142,13 +144,16 @@ pub struct PipelineContender {
 pub struct LatencyContender {
     /// The row label.
     pub name: &'static str,
-    /// Sends `items` items through one stage at `rate` items per second and returns the
-    /// end-to-end latency's p50 and p99.
-    pub run: fn(items: u64, rate: u64) -> Latency,
+    /// Sends `items` items through `stages` stages at `rate` items per second and returns the
+    /// end-to-end latency's p50 and p99; `None` if the contender does not apply.
+    pub run: fn(items: u64, rate: u64, stages: usize) -> Option<Latency>,
 }
 
 /// The name of the crossbeam-channel contender, a baseline of the throughput table.
 pub const CHANNEL: &str = "crossbeam-channel bounded";
+
+/// The name of the disruptor contender fed in batches, a baseline of the throughput table.
+pub const DISRUPTOR: &str = "disruptor batch_publish (spin, yield)";
 
 /// The name of the `ArrayQueue` + `Backoff` contender, a baseline of the throughput table.
 pub const ARRAY_QUEUE: &str = "ArrayQueue + Backoff";
@@ -162,7 +167,11 @@ pub const THROUGHPUT: &[PipelineContender] = &[
     PipelineContender { name: "backflow push (Park)", run: backflow_single },
     PipelineContender { name: "backflow push_iter (BusySpin)", run: backflow_busy_spin },
     PipelineContender { name: CHANNEL, run: channel },
+    PipelineContender { name: "std sync_channel", run: std_channel },
+    PipelineContender { name: "kanal bounded", run: kanal_channel },
     PipelineContender { name: ARRAY_QUEUE, run: array_queue },
+    PipelineContender { name: DISRUPTOR, run: lmax::disruptor_batch },
+    PipelineContender { name: "disruptor publish (spin, yield)", run: lmax::disruptor_single },
 ];
 
 /// Timings on (the default) against off, same pipeline.
@@ -186,7 +195,11 @@ pub const LATENCY: &[LatencyContender] = &[
     LatencyContender { name: "backflow push (BusySpin)", run: backflow_latency_busy_spin },
     LatencyContender { name: CHANNEL, run: channel_latency },
     LatencyContender { name: ARRAY_QUEUE, run: array_queue_latency },
+    LatencyContender { name: "disruptor publish (spin, yield)", run: lmax::disruptor_latency },
 ];
+
+/// The stage counts of the paced-latency workload.
+pub const LATENCY_STAGES: &[usize] = &[1, 3];
 
 /// How the backflow producer feeds the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +377,50 @@ pub fn channel(workload: Workload) -> Option<Duration> {
     Some(thread_per_stage(workload, &channels(workload.stages), send, recv))
 }
 
+/// A thread per stage on std's `sync_channel`, blocking `send` / `recv`. Its receiver is not
+/// `Sync`, so each thread is given its own ends rather than sharing the queues.
+pub fn std_channel(workload: Workload) -> Option<Duration> {
+    let Workload { items, stages, sink_delay } = workload;
+    let (mut senders, mut receivers): (Vec<_>, Vec<_>) =
+        (0..stages).map(|_| mpsc::sync_channel::<u64>(CAPACITY)).unzip();
+    let mut threads: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    let first = senders.remove(0);
+    threads.push(Box::new(move || {
+        (0..items).for_each(|x| first.send(x).expect("the receiver lives until the end"));
+    }));
+    let last = receivers.pop().expect("one queue per stage");
+    for (rx, tx) in receivers.into_iter().zip(senders) {
+        threads.push(Box::new(move || {
+            for _ in 0..items {
+                let x = rx.recv().expect("the sender lives until the end");
+                tx.send(step(x)).expect("the receiver lives until the end");
+            }
+        }));
+    }
+    let sink = move || {
+        let mut sum = 0;
+        for _ in 0..items {
+            let x = step(last.recv().expect("the sender lives until the end"));
+            sink_delay.apply();
+            sum += x;
+        }
+        sum
+    };
+    Some(timed_sum(checksum(items, stages), threads, vec![sink]))
+}
+
+/// A thread per stage on kanal's `bounded`, blocking `send` / `recv`.
+pub fn kanal_channel(workload: Workload) -> Option<Duration> {
+    let queues: Vec<_> = (0..workload.stages).map(|_| kanal::bounded(CAPACITY)).collect();
+    let send = |q: &(kanal::Sender<u64>, kanal::Receiver<u64>), x| {
+        q.0.send(x).expect("the receiver lives until the end");
+    };
+    let recv = |q: &(kanal::Sender<u64>, kanal::Receiver<u64>)| {
+        q.1.recv().expect("the sender lives until the end")
+    };
+    Some(thread_per_stage(workload, &queues, send, recv))
+}
+
 /// A thread per stage on crossbeam's `ArrayQueue`, waiting with `Backoff` then `yield_now`.
 pub fn array_queue(workload: Workload) -> Option<Duration> {
     let queues: Vec<_> = (0..workload.stages).map(|_| ArrayQueue::new(CAPACITY)).collect();
@@ -380,39 +437,41 @@ pub fn delay_alone(workload: Workload) -> Option<Duration> {
 }
 
 /// Nanoseconds since `epoch`.
-fn nanos_since(epoch: Instant) -> u64 {
+pub fn nanos_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Calls `send` with the time since `epoch` `items` times, at `rate` items per second,
-/// busy-waiting between items. An item that falls behind schedule goes at once.
-fn paced(items: u64, rate: u64, epoch: Instant, mut send: impl FnMut(u64)) {
+/// Calls `send` with the time since `epoch` `items` times, at `rate` items per second on
+/// average. Between items the producer sleeps until the next one is due (it does not hold a
+/// core by busy-waiting); `thread::sleep` overshoots by tens of microseconds, so when it wakes
+/// it sends every item that has come due, each stamped when it is sent.
+pub fn paced(items: u64, rate: u64, epoch: Instant, mut send: impl FnMut(u64)) {
     let start = Instant::now();
     for i in 0..items {
         let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        while Instant::now() < due {
-            spin_loop();
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
         }
         send(nanos_since(epoch));
     }
 }
 
 /// The p50 and p99 of `histogram`, which must hold `items` values.
-fn latency(histogram: &Histogram, items: u64) -> Latency {
+pub fn latency(histogram: &Histogram, items: u64) -> Latency {
     let snapshot = histogram.snapshot();
     assert_eq!(snapshot.count(), items, "items lost");
     let percentiles = snapshot.percentiles();
     Latency { p50: percentiles.p50, p99: percentiles.p99 }
 }
 
-/// backflow, one stage: `push` per item, the sink records each item's latency.
-fn backflow_latency(items: u64, rate: u64, strategy: WaitStrategy) -> Latency {
-    let ready = Arc::new(Barrier::new(2));
+/// backflow, `stages` stages: `push` per item, the sink records each item's latency.
+fn backflow_latency(items: u64, rate: u64, stages: usize, strategy: WaitStrategy) -> Latency {
+    let ready = Arc::new(Barrier::new(stages + 1));
     let histogram = Arc::new(Histogram::new());
     let recorder = Arc::clone(&histogram);
     let epoch = Instant::now();
     let sink = move |sent: u64| recorder.record(nanos_since(epoch).saturating_sub(sent));
-    let pipeline = build(1, strategy, true, identity, &ready, sink);
+    let pipeline = build(stages, strategy, true, identity, &ready, sink);
     let input = pipeline.input();
     ready.wait();
     paced(items, rate, epoch, |sent| input.push(sent).expect("the pipeline is open"));
@@ -422,23 +481,28 @@ fn backflow_latency(items: u64, rate: u64, strategy: WaitStrategy) -> Latency {
 }
 
 /// backflow, default wait strategy (park).
-pub fn backflow_latency_park(items: u64, rate: u64) -> Latency {
-    backflow_latency(items, rate, WaitStrategy::Park)
+pub fn backflow_latency_park(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    Some(backflow_latency(items, rate, stages, WaitStrategy::Park))
 }
 
-/// backflow, busy-spinning worker.
-pub fn backflow_latency_busy_spin(items: u64, rate: u64) -> Latency {
-    backflow_latency(items, rate, WaitStrategy::BusySpin)
+/// backflow, busy-spinning workers.
+pub fn backflow_latency_busy_spin(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    Some(backflow_latency(items, rate, stages, WaitStrategy::BusySpin))
 }
 
-/// A paced producer and a consumer thread recording each item's latency, over one queue.
+/// A paced producer and a consumer thread recording each item's latency, over one queue
+/// (one stage only: the latency rows of the peers are for the 1-stage table).
 fn thread_latency<Q: Sync>(
     items: u64,
     rate: u64,
+    stages: usize,
     queue: &Q,
     push: impl Fn(&Q, u64),
     pop: impl Fn(&Q) -> u64 + Sync,
-) -> Latency {
+) -> Option<Latency> {
+    if stages != 1 {
+        return None;
+    }
     let histogram = Histogram::new();
     let barrier = Barrier::new(2);
     let epoch = Instant::now();
@@ -453,15 +517,15 @@ fn thread_latency<Q: Sync>(
         barrier.wait();
         paced(items, rate, epoch, |sent| push(queue, sent));
     });
-    latency(&histogram, items)
+    Some(latency(&histogram, items))
 }
 
 /// crossbeam-channel `bounded`, blocking `send` / `recv`.
-pub fn channel_latency(items: u64, rate: u64) -> Latency {
-    thread_latency(items, rate, &crossbeam_channel::bounded(CAPACITY), send, recv)
+pub fn channel_latency(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    thread_latency(items, rate, stages, &crossbeam_channel::bounded(CAPACITY), send, recv)
 }
 
 /// crossbeam's `ArrayQueue`, waiting with `Backoff` then `yield_now`.
-pub fn array_queue_latency(items: u64, rate: u64) -> Latency {
-    thread_latency(items, rate, &ArrayQueue::new(CAPACITY), push_backoff, pop_backoff)
+pub fn array_queue_latency(items: u64, rate: u64, stages: usize) -> Option<Latency> {
+    thread_latency(items, rate, stages, &ArrayQueue::new(CAPACITY), push_backoff, pop_backoff)
 }

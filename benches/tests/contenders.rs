@@ -56,8 +56,12 @@ fn every_pipeline_contender_delivers_every_item() {
         assert!(elapsed >= Duration::from_millis(2), "{}: 20 × 100 µs", contender.name);
     }
     for contender in pipeline::LATENCY {
-        let latency = (contender.run)(1_000, pipeline::RATE);
+        let latency =
+            (contender.run)(1_000, pipeline::RATE, 1).expect("every contender runs 1 stage");
         assert!(latency.p50 <= latency.p99, "{}", contender.name);
+        if let Some(latency) = (contender.run)(1_000, pipeline::RATE, 3) {
+            assert!(latency.p50 <= latency.p99, "{}", contender.name);
+        }
     }
 }
 

@@ -106,8 +106,9 @@ fn every_item_is_dropped_exactly_once() {
     assert_eq!(counter.dropped(), 5);
 }
 
-/// Producers push distinct numbers, consumers pop them: every number arrives exactly once, and
-/// each producer's numbers arrive in the order pushed as seen by any one consumer.
+/// Producers push distinct numbers, consumers pop them (odd-numbered consumers in runs of up
+/// to 3): every number arrives exactly once, and each producer's numbers arrive in the order
+/// pushed as seen by any one consumer.
 fn transfer(producers: usize, consumers: usize, per_producer: usize, capacity: usize) {
     let ring = Arc::new(HeapRing::<usize>::with_capacity(capacity).unwrap());
     let remaining = Arc::new(AtomicUsize::new(producers * per_producer));
@@ -126,21 +127,28 @@ fn transfer(producers: usize, consumers: usize, per_producer: usize, capacity: u
         })
         .collect();
     let consumer_threads: Vec<_> = (0..consumers)
-        .map(|_| {
+        .map(|c| {
             let ring = Arc::clone(&ring);
             let remaining = Arc::clone(&remaining);
             std::thread::spawn(move || {
                 let mut seen = Vec::new();
                 let mut last = vec![None; producers];
+                let mut popped = Vec::new();
                 while remaining.load(Ordering::SeqCst) > 0 {
-                    if let Ok(item) = ring.try_pop() {
+                    if c % 2 == 1 {
+                        ring.pop_each(3, |item| popped.push(item));
+                    } else {
+                        popped.extend(ring.try_pop().ok());
+                    }
+                    if popped.is_empty() {
+                        std::thread::yield_now();
+                    }
+                    for item in popped.drain(..) {
                         remaining.fetch_sub(1, Ordering::SeqCst);
                         let p = item / per_producer;
                         assert!(last[p] < Some(item), "producer {p} reordered");
                         last[p] = Some(item);
                         seen.push(item);
-                    } else {
-                        std::thread::yield_now();
                     }
                 }
                 seen
@@ -165,6 +173,51 @@ fn two_producers_two_consumers_lose_and_duplicate_nothing() {
 #[test]
 fn four_producers_one_consumer_through_one_slot() {
     transfer(4, 1, scaled(10_000, 30), 1);
+}
+
+#[test]
+fn runs_pop_across_the_end_of_the_buffer() {
+    let ring = HeapRing::<u32>::with_capacity(5).unwrap();
+    let mut seen = Vec::new();
+    for x in 0..4 {
+        ring.try_push(x).unwrap();
+    }
+    assert_eq!(ring.pop_each(3, |x| seen.push(x)), 3);
+    for x in 4..8 {
+        ring.try_push(x).unwrap();
+    }
+    assert!(ring.is_full());
+    assert_eq!(ring.pop_each(100, |x| seen.push(x)), 5);
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    assert!(ring.is_empty());
+    assert_eq!(ring.pop_each(4, |x| seen.push(x)), 0);
+}
+
+#[test]
+fn a_panic_inside_a_run_drops_the_rest_once_and_frees_their_slots() {
+    let counter = DropCounter::default();
+    let ring = HeapRing::with_capacity(4).unwrap();
+    for _ in 0..4 {
+        assert!(ring.try_push(counter.item(0)).is_ok());
+    }
+    let mut calls = 0;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ring.pop_each(3, |_item| {
+            calls += 1;
+            if calls == 2 {
+                panic!("the caller's closure panics");
+            }
+        });
+    }));
+    assert!(result.is_err());
+    // Two items went to the closure, the third was dropped with the run; one is left inside.
+    assert_eq!(counter.dropped(), 3);
+    assert_eq!(ring.len(), 1);
+    for _ in 0..3 {
+        assert!(ring.try_push(counter.item(0)).is_ok(), "the run's slots are free again");
+    }
+    drop(ring);
+    assert_eq!(counter.dropped(), 7);
 }
 
 #[test]
@@ -201,10 +254,16 @@ enum Op {
     Push(u8),
     ForcePush(u8),
     Pop,
+    PopRun(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![any::<u8>().prop_map(Op::Push), any::<u8>().prop_map(Op::ForcePush), Just(Op::Pop)]
+    prop_oneof![
+        any::<u8>().prop_map(Op::Push),
+        any::<u8>().prop_map(Op::ForcePush),
+        Just(Op::Pop),
+        (0usize..12).prop_map(Op::PopRun),
+    ]
 }
 
 fn check_against_model<S>(ring: &Ring<u8, S>, ops: &[Op]) -> Result<(), TestCaseError>
@@ -230,6 +289,13 @@ where
                 prop_assert_eq!(ring.force_push(*x), evicted);
             }
             Op::Pop => prop_assert_eq!(ring.try_pop().ok(), model.pop_front()),
+            Op::PopRun(max) => {
+                let mut popped = Vec::new();
+                let n = ring.pop_each(*max, |x| popped.push(x));
+                let expected: Vec<u8> = model.drain(..(*max).min(model.len())).collect();
+                prop_assert_eq!(n, expected.len());
+                prop_assert_eq!(popped, expected);
+            }
         }
         prop_assert_eq!(ring.len(), model.len());
         prop_assert_eq!(ring.is_full(), model.len() == capacity);

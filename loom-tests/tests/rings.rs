@@ -160,3 +160,52 @@ fn mpmc_force_push_racing_pop() {
         assert!(ring.is_empty());
     });
 }
+
+#[test]
+fn mpmc_run_pop_races_a_single_pop_and_the_producers() {
+    loom::model(|| {
+        let ring = Arc::new(mpmc::HeapRing::<u32>::with_capacity(3).unwrap());
+        ring.try_push(0).unwrap();
+        let producers: Vec<_> = (1..3)
+            .map(|p| {
+                let ring = Arc::clone(&ring);
+                thread::spawn(move || ring.try_push(p).unwrap())
+            })
+            .collect();
+        let consumer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || ring.try_pop().ok())
+        };
+        let mut seen = Vec::new();
+        ring.pop_each(3, |item| seen.push(item));
+        seen.extend(consumer.join().unwrap());
+        for p in producers {
+            p.join().unwrap();
+        }
+        // Whatever the consumers did not get is still inside: nothing lost, nothing twice.
+        while let Ok(item) = ring.try_pop() {
+            seen.push(item);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2]);
+    });
+}
+
+#[test]
+fn mpmc_runs_wrap_around_in_order() {
+    loom::model(|| {
+        let ring = Arc::new(mpmc::HeapRing::<u32>::with_capacity(2).unwrap());
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || (0..4).for_each(|i| push_mpmc(&ring, i)))
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            if ring.pop_each(2, |item| seen.push(item)) == 0 {
+                thread::yield_now();
+            }
+        }
+        assert_eq!(seen, [0, 1, 2, 3]);
+        producer.join().unwrap();
+    });
+}

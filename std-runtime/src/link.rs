@@ -356,10 +356,13 @@ impl<T> Link<T> {
         // around drop hooks (which may push into the pipeline themselves).
         let mut queue = self.ring.pusher();
         let mut envelopes = envelopes;
+        let mut refused = None;
         if self.may_run() {
-            received += queue.push_run(&mut envelopes) as u64;
+            let (pushed, back) = queue.push_run(&mut envelopes);
+            received += pushed as u64;
+            refused = back;
         }
-        for mut envelope in envelopes {
+        for mut envelope in refused.into_iter().chain(envelopes) {
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
                 match self.overflow.push(&mut queue, envelope, pressure_on) {
@@ -422,7 +425,11 @@ impl<T> Link<T> {
         // Counted once per batch, and also if a drop hook panics on the way.
         let mut received = Tally { counter: &self.counters.received, n: 0 };
         if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
-            received.n += queue.push_run(&mut iter::from_fn(|| batch.pop_front())) as u64;
+            let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
+            received.n += pushed as u64;
+            if let Some(envelope) = back {
+                batch.push_front(envelope);
+            }
         }
         'items: while let Some(mut envelope) = batch.pop_front() {
             if self.consumer_gone.load(Ordering::Relaxed) {
@@ -510,9 +517,9 @@ impl<T> Drop for Link<T> {
 }
 
 /// A count added to a counter when it goes out of scope, even by a panic.
-struct Tally<'a> {
-    counter: &'a Counter,
-    n: u64,
+pub(crate) struct Tally<'a> {
+    pub(crate) counter: &'a Counter,
+    pub(crate) n: u64,
 }
 
 impl Drop for Tally<'_> {

@@ -76,18 +76,11 @@ impl<T> Slots<T> {
         }
     }
 
-    /// Pops up to `max` items, oldest first, into `f`; returns how many.
-    pub(crate) fn pop_each(&self, max: usize, mut f: impl FnMut(T)) -> usize {
+    /// Pops up to `max` items, oldest first, into `f`; returns how many. With the MPMC ring the
+    /// run is claimed whole before `f` runs (see `mpmc::Ring::pop_each`): `f` must not panic.
+    pub(crate) fn pop_each(&self, max: usize, f: impl FnMut(T)) -> usize {
         match self {
-            Self::Shared(ring) => {
-                let mut popped = 0;
-                while popped < max {
-                    let Ok(item) = ring.try_pop() else { break };
-                    f(item);
-                    popped += 1;
-                }
-                popped
-            }
+            Self::Shared(ring) => ring.pop_each(max, f),
             Self::Single { rx, .. } => locked(rx).pop_each(max, f),
         }
     }
@@ -113,13 +106,23 @@ pub(crate) enum Pusher<'a, T> {
 }
 
 impl<T> Pusher<'_, T> {
-    /// Pushes items from `items` while there is room, publishing them once, and returns how
-    /// many; takes an item from `items` only when it has a slot for it. An MPMC ring takes
-    /// none this way (0): its pushes go one by one through the overflow policy.
-    pub(crate) fn push_run(&mut self, items: &mut impl Iterator<Item = T>) -> usize {
+    /// Pushes items from `items` while there is room and returns how many, with the item it
+    /// took but found no room for, if any (only an MPMC ring, which other threads fill too,
+    /// gives one back). An SPSC ring takes an item only when it has a slot for it and
+    /// publishes the run once.
+    pub(crate) fn push_run(&mut self, items: &mut impl Iterator<Item = T>) -> (usize, Option<T>) {
         match self {
-            Self::Shared(_) => 0,
-            Self::Single { tx, .. } => tx.push_iter(items),
+            Self::Shared(ring) => {
+                let mut pushed = 0;
+                for item in items {
+                    if let Err(PushError::Full(back)) = ring.try_push(item) {
+                        return (pushed, Some(back));
+                    }
+                    pushed += 1;
+                }
+                (pushed, None)
+            }
+            Self::Single { tx, .. } => (tx.push_iter(items), None),
         }
     }
 }

@@ -552,6 +552,74 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
         }
     }
 
+    /// Pops up to `max` of the oldest items, claimed as one run with a single compare-and-swap
+    /// on the head, into `f`, oldest first; returns how many. The run is the items published
+    /// from the head on, so it may be shorter than the ring's length while a producer is
+    /// halfway through a slot.
+    ///
+    /// The whole run is taken from the ring before `f` sees its first item: if `f` panics, the
+    /// rest of the run is dropped with the unwinding. Give it something that cannot panic
+    /// (pushing into a buffer with room) when every item matters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::ring::mpmc::ArrayRing;
+    ///
+    /// let ring = ArrayRing::<u8, 4>::new();
+    /// for x in 1..=3 {
+    ///     ring.try_push(x).unwrap();
+    /// }
+    /// let mut seen = Vec::new();
+    /// assert_eq!(ring.pop_each(2, |x| seen.push(x)), 2);
+    /// assert_eq!(seen, [1, 2]);
+    /// assert_eq!(ring.len(), 1);
+    /// ```
+    pub fn pop_each(&self, max: usize, mut f: impl FnMut(T)) -> usize {
+        let (head, run) = self.claim_run(max);
+        // Whatever `f` does, every claimed slot is read and handed back to the producers.
+        for item in (Run { ring: self, position: head, left: run }) {
+            f(item);
+        }
+        run
+    }
+
+    /// Claims the run of published items from the head, at most `max`, with one CAS; returns
+    /// its first position and length.
+    fn claim_run(&self, max: usize) -> (usize, usize) {
+        let backoff = Backoff::new();
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // Count the slots from the head that hold this lap's item.
+            let slots = self.slots.slots();
+            let (mut run, mut end) = (0, head);
+            while run < max {
+                let index = end & (self.one_lap - 1);
+                // SAFETY: the low bits of a position are always below the capacity.
+                let slot = unsafe { slots.get_unchecked(index) };
+                if slot.stamp.load(Ordering::Acquire) != end.wrapping_add(1) {
+                    break;
+                }
+                run += 1;
+                end = if index + 1 < slots.len() {
+                    end + 1
+                } else {
+                    (end & !(self.one_lap - 1)).wrapping_add(self.one_lap)
+                };
+            }
+            if run == 0 {
+                return (head, 0);
+            }
+            match self.head.compare_exchange_weak(head, end, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => return (head, run),
+                Err(current) => {
+                    head = current;
+                    backoff.spin();
+                }
+            }
+        }
+    }
+
     /// The number of items the ring holds when full.
     ///
     /// # Examples
@@ -643,6 +711,50 @@ impl<T, S: Storage<Slot = Slot<T>>> Drop for Ring<T, S> {
             // thread can touch them, and each is dropped once because the ring is going away.
             unsafe { self.slots.slots()[index].drop_in_place() };
         }
+    }
+}
+
+/// A run of slots claimed by [`Ring::pop_each`], read one at a time. Dropped early (a panic in
+/// the caller's closure), it reads and drops the rest, so that every claimed slot goes back to
+/// the producers.
+struct Run<'a, T, S: Storage<Slot = Slot<T>>> {
+    ring: &'a Ring<T, S>,
+    position: usize,
+    left: usize,
+}
+
+impl<T, S: Storage<Slot = Slot<T>>> Iterator for Run<'_, T, S> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.left == 0 {
+            return None;
+        }
+        let ring = self.ring;
+        let position = self.position;
+        let slots = ring.slots.slots();
+        let index = position & (ring.one_lap - 1);
+        // SAFETY: the low bits of a position are always below the capacity.
+        let slot = unsafe { slots.get_unchecked(index) };
+        // SAFETY: the head CAS of `claim_run` made this slot ours, and its stamp (== position
+        // + 1, loaded with Acquire before the CAS) says its producer finished writing it; it
+        // is read once, as `left` and `position` move past it before the slot is handed back.
+        let item = unsafe { slot.read() };
+        self.left -= 1;
+        self.position = if index + 1 < slots.len() {
+            position + 1
+        } else {
+            (position & !(ring.one_lap - 1)).wrapping_add(ring.one_lap)
+        };
+        // `{ lap + 1, index }`: ready for next lap's write.
+        slot.stamp.store(position.wrapping_add(ring.one_lap), Ordering::Release);
+        Some(item)
+    }
+}
+
+impl<T, S: Storage<Slot = Slot<T>>> Drop for Run<'_, T, S> {
+    fn drop(&mut self) {
+        self.for_each(drop);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DropHook, DropReason, Dropped};
-use crate::link::Envelope;
+use crate::link::{Envelope, Tally};
 use crate::stats::SinkShared;
 
 /// The sink closure, shared by the last stage's workers.
@@ -30,16 +30,19 @@ impl<T> Sink<T> {
             return false;
         }
         let mut call = self.call.lock().unwrap_or_else(PoisonError::into_inner);
+        // Counted once per batch, and up to the item in the sink's hands if it panics.
+        let mut tally = Tally { counter: &self.shared.delivered, n: 0 };
         let delivered = catch_unwind(AssertUnwindSafe(|| {
             while let Some(envelope) = batch.pop_front() {
                 if envelope.born != 0 {
                     self.shared.latency.record(self.control.now().saturating_sub(envelope.born));
                 }
                 call(envelope.item);
-                self.shared.delivered.increment();
+                tally.n += 1;
             }
         }));
         drop(call);
+        drop(tally);
         if let Err(panic) = delivered {
             // The panic stops the pipeline: say so before letting go of anything, so that
             // whoever watches it knows the rest is abandoned, not delivered.
