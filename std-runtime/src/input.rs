@@ -286,10 +286,10 @@ impl<In> Input<In> {
         if left == 0 && self.link.control.timings {
             self.countdown.set(self.link.control.sample_every.get() - 1);
             let now = self.link.control.now();
-            Envelope { item, born: now, queued: now }
+            Envelope { item, born: now, queued: now, weight: 0 }
         } else {
             self.countdown.set(left.saturating_sub(1));
-            Envelope { item, born: 0, queued: 0 }
+            Envelope { item, born: 0, queued: 0, weight: 0 }
         }
     }
 }

@@ -122,6 +122,15 @@ impl<T> Pusher<'_, T> {
             Self::Single { tx, .. } => tx.push_iter(items),
         }
     }
+
+    /// Pops the oldest item, to make room for another one by weight (`DropOldest` under a
+    /// byte budget, where the ring may have free slots).
+    pub(crate) fn evict(&mut self) -> Option<T> {
+        match self {
+            Self::Shared(ring) => ring.try_pop().ok(),
+            Self::Single { rx, .. } => locked(rx).try_pop().ok(),
+        }
+    }
 }
 
 impl<T> Queue<T> for Pusher<'_, T> {
