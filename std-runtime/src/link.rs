@@ -395,21 +395,26 @@ impl<T> Link<T> {
             received += queue.push_run(&mut envelopes) as u64;
         }
         for mut envelope in envelopes {
-            if !self.weigh(&mut envelope) {
+            if self.weight.is_some() && !self.weigh(&mut envelope) {
                 return (received, Err((envelope, PushFailure::Cancelled)));
             }
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                let outcome = match self.push(&mut queue, envelope, pressure_on) {
-                    Step::Done(outcome) => outcome,
-                    Step::Evicted { oldest, item } => {
-                        envelope = item;
-                        if let Some(oldest) = oldest {
-                            drop(queue);
-                            self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
-                            queue = self.ring.pusher();
+                // NB: without a byte budget, one branch and the core's policy as it is.
+                let outcome = if self.weight.is_none() {
+                    self.overflow.push(&mut queue, envelope, pressure_on)
+                } else {
+                    match self.push_weighed(&mut queue, envelope, pressure_on) {
+                        Step::Done(outcome) => outcome,
+                        Step::Evicted { oldest, item } => {
+                            envelope = item;
+                            if let Some(oldest) = oldest {
+                                drop(queue);
+                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
+                                queue = self.ring.pusher();
+                            }
+                            continue;
                         }
-                        continue;
                     }
                 };
                 match outcome {
@@ -475,22 +480,27 @@ impl<T> Link<T> {
             received.n += queue.push_run(&mut iter::from_fn(|| batch.pop_front())) as u64;
         }
         'items: while let Some(mut envelope) = batch.pop_front() {
-            if self.consumer_gone.load(Ordering::Relaxed) || !self.weigh(&mut envelope) {
+            let weighed = self.weight.is_none() || self.weigh(&mut envelope);
+            if self.consumer_gone.load(Ordering::Relaxed) || !weighed {
                 batch.push_front(envelope);
                 break;
             }
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                let outcome = match self.push(&mut queue, envelope, pressure_on) {
-                    Step::Done(outcome) => outcome,
-                    Step::Evicted { oldest, item } => {
-                        envelope = item;
-                        if let Some(oldest) = oldest {
-                            drop(queue);
-                            self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
-                            queue = self.ring.pusher();
+                let outcome = if self.weight.is_none() {
+                    self.overflow.push(&mut queue, envelope, pressure_on)
+                } else {
+                    match self.push_weighed(&mut queue, envelope, pressure_on) {
+                        Step::Done(outcome) => outcome,
+                        Step::Evicted { oldest, item } => {
+                            envelope = item;
+                            if let Some(oldest) = oldest {
+                                drop(queue);
+                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
+                                queue = self.ring.pusher();
+                            }
+                            continue;
                         }
-                        continue;
                     }
                 };
                 match outcome {
@@ -581,7 +591,6 @@ enum Step<T> {
 impl<T> Link<T> {
     /// Weighs the item into its envelope, if the link has a byte budget. A panic of the user's
     /// function stops the pipeline (`drain()` reports it); returns `false` then.
-    #[inline]
     fn weigh(&self, envelope: &mut Envelope<T>) -> bool {
         let Some(weight) = &self.weight else { return true };
         match weight.weigh(&envelope.item) {
@@ -597,12 +606,11 @@ impl<T> Link<T> {
         }
     }
 
-    /// Pushes under the overflow policy, and under the byte budget if there is one: an item
-    /// that does not fit by weight waits (`Block`, as `MustWait`), is dropped (`DropNewest`),
-    /// handed back (`Fail`) or evicts the oldest item (`DropOldest`). Every weight counted in
-    /// for an item that is not queued in the end, or that is evicted, is counted out here.
-    #[inline]
-    fn push(
+    /// Pushes under the overflow policy and the byte budget: an item that does not fit by
+    /// weight waits (`Block`, as `MustWait`), is dropped (`DropNewest`), handed back (`Fail`)
+    /// or evicts the oldest item (`DropOldest`). Every weight counted in for an item that is
+    /// not queued in the end, or that is evicted, is counted out here.
+    fn push_weighed(
         &self,
         queue: &mut Pusher<'_, Envelope<T>>,
         envelope: Envelope<T>,
