@@ -428,3 +428,143 @@ fn many_producers_and_workers_stay_within_the_budget_and_deliver_everything() {
     assert_settled(&report, u64::from(ITEMS));
     assert!(samples > 0);
 }
+
+// ---- heavy items, real memory ---------------------------------------------------------------
+
+/// Items in a heavy run.
+const HEAVY_ITEMS: u32 = 20_000;
+/// Each of the three stages' byte budget.
+const HEAVY_BUDGET: usize = 64 << 20;
+/// What a heavy run may hold besides its three queues' budgets, at its peak: the test
+/// process itself, the item being made and the one in the sink, each worker's batch (at most
+/// a [`BATCH`](backflow::stage::BATCH)th of a budget, plus one item) and the allocator's
+/// slack.
+const HEAVY_SLACK: usize = 32 << 20;
+/// How long the sink takes per item: slower than the producer, so the queues fill up.
+const HEAVY_SINK_DELAY: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The byte every byte of item `id` but its first four is set to.
+fn fill_byte(id: u32) -> u8 {
+    (id % 251) as u8 + 1
+}
+
+/// Item `id`: 1 KiB to 1 MiB (from `rng`), its id in the first four bytes, every other byte
+/// written.
+fn heavy_item(id: u32, rng: &mut u64) -> Vec<u8> {
+    // xorshift64: sizes spread evenly, the same every run.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let size = 1024 + (*rng % ((1 << 20) - 1024 + 1)) as usize;
+    let mut item = vec![fill_byte(id); size];
+    item[..4].copy_from_slice(&id.to_le_bytes());
+    item
+}
+
+/// The peak resident memory of this process so far, in bytes (`VmHWM`).
+fn peak_rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:")).expect("VmHWM");
+    let kib: usize = line.trim().trim_end_matches("kB").trim().parse().expect("VmHWM in kB");
+    kib * 1024
+}
+
+/// Pushes [`HEAVY_ITEMS`] heavy items through three stages of [`HEAVY_BUDGET`] bytes each
+/// under `overflow`, into a slow sink that checks every item it gets; returns the report, the
+/// items delivered and the peak resident memory. Run it alone in a process (the peak is the
+/// process's).
+fn heavy_run(overflow: Overflow) -> (Report, u64, usize) {
+    let stage = || {
+        |item: Vec<u8>| {
+            assert_eq!(
+                item.last(),
+                Some(&fill_byte(u32::from_le_bytes(item[..4].try_into().unwrap())))
+            );
+            item
+        }
+    };
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&delivered);
+    let pipeline = Pipeline::<Vec<u8>>::builder()
+        .stage("a", stage)
+        .capacity_bytes(HEAVY_BUDGET, Vec::len)
+        .overflow(overflow)
+        .stage("b", stage)
+        .capacity_bytes(HEAVY_BUDGET, Vec::len)
+        .overflow(overflow)
+        .stage("c", stage)
+        .capacity_bytes(HEAVY_BUDGET, Vec::len)
+        .overflow(overflow)
+        .sink(move |item: Vec<u8>| {
+            let id = u32::from_le_bytes(item[..4].try_into().unwrap());
+            assert!(item[4..].iter().step_by(4096).all(|&b| b == fill_byte(id)));
+            thread::sleep(HEAVY_SINK_DELAY);
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let input = pipeline.input();
+    let mut rng = 0x9E37_79B9_7F4A_7C15;
+    for id in 0..HEAVY_ITEMS {
+        input.push(heavy_item(id, &mut rng)).unwrap();
+    }
+    let report = pipeline.drain().unwrap();
+    let delivered = delivered.load(std::sync::atomic::Ordering::Relaxed);
+    (report, delivered, peak_rss())
+}
+
+/// Checks a heavy run's accounting and its peak memory against three budgets and the slack.
+fn assert_heavy_run(overflow: Overflow) -> Report {
+    let started = std::time::Instant::now();
+    let (report, delivered, peak) = heavy_run(overflow);
+    let mib = |bytes: usize| bytes as f64 / f64::from(1 << 20);
+    println!(
+        "{overflow:?}: {delivered} of {HEAVY_ITEMS} delivered in {:.1?}, peak RSS {:.1} MiB \
+         (bound {:.0} MiB)",
+        started.elapsed(),
+        mib(peak),
+        mib(3 * HEAVY_BUDGET + HEAVY_SLACK)
+    );
+    assert_settled(&report, u64::from(HEAVY_ITEMS));
+    assert_eq!(report.sink().delivered, delivered);
+    let dropped: u64 = report.stages().iter().map(|s| s.accounting.dropped).sum();
+    assert_eq!(delivered + dropped, u64::from(HEAVY_ITEMS), "{report}");
+    assert!(peak <= 3 * HEAVY_BUDGET + HEAVY_SLACK, "peak RSS {:.1} MiB\n{report}", mib(peak));
+    report
+}
+
+#[test]
+fn heavy_items_under_block_all_arrive_within_three_budgets_of_memory() {
+    common::isolated("heavy_items_under_block_all_arrive_within_three_budgets_of_memory", || {
+        let report = assert_heavy_run(Overflow::Block);
+        assert_eq!(report.sink().delivered, u64::from(HEAVY_ITEMS));
+        // Each queue reached its high mark (80 % of its budget): the bound was put to work.
+        for stage in report.stages() {
+            assert!(stage.pressure_transitions > 0, "{}: pressure never on\n{report}", stage.name);
+        }
+    });
+}
+
+#[test]
+fn heavy_items_under_drop_oldest_are_delivered_or_counted_within_three_budgets() {
+    common::isolated(
+        "heavy_items_under_drop_oldest_are_delivered_or_counted_within_three_budgets",
+        || {
+            let report = assert_heavy_run(Overflow::DropOldest);
+            let evicted: u64 = report.stages().iter().map(|s| s.dropped_oldest).sum();
+            assert!(evicted > 0, "the slow sink makes the last queue evict\n{report}");
+        },
+    );
+}
+
+#[test]
+fn heavy_items_under_drop_newest_are_delivered_or_counted_within_three_budgets() {
+    common::isolated(
+        "heavy_items_under_drop_newest_are_delivered_or_counted_within_three_budgets",
+        || {
+            let report = assert_heavy_run(Overflow::DropNewest);
+            let refused: u64 = report.stages().iter().map(|s| s.dropped_newest).sum();
+            assert!(refused > 0, "the slow sink makes the last queue refuse\n{report}");
+        },
+    );
+}
