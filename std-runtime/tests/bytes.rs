@@ -283,6 +283,31 @@ fn the_stats_table_shows_the_weight_beside_the_fill() {
 }
 
 #[test]
+fn prometheus_exposes_the_weight_of_budgeted_queues_only() {
+    let (gate, entered, seen) = (Gate::default(), Flag::default(), Seen::default());
+    let delivered = Arc::clone(&seen.delivered);
+    let pipeline = Pipeline::<Item>::builder()
+        .stage("plain", || |x: Item| x)
+        .stage("pass", || |x: Item| x)
+        .capacity_bytes(BUDGET, |item: &Item| item.weight)
+        .sink(common::held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    hold_first(&pipeline, &entered);
+    pipeline.input().push(item(1, 30)).unwrap();
+    common::eventually("item 1 reaches the budgeted queue", || pass(&pipeline).queue_len == 1);
+    let text = pipeline.stats().to_prometheus("p");
+    assert!(text.contains("# TYPE backflow_stage_queue_bytes gauge\n"), "{text}");
+    assert!(
+        text.contains("backflow_stage_queue_bytes{pipeline=\"p\",stage=\"pass\"} 30\n"),
+        "{text}"
+    );
+    assert!(!text.contains("backflow_stage_queue_bytes{pipeline=\"p\",stage=\"plain\"}"), "{text}");
+    gate.open();
+    assert_settled(&pipeline.drain().unwrap(), 2);
+}
+
+#[test]
 fn a_budget_of_zero_or_marks_as_counts_are_config_errors() {
     let build = |bytes: usize, counts: bool| {
         let builder = Pipeline::<Vec<u8>>::builder()
