@@ -197,6 +197,27 @@ impl WeightBudget {
             }
     }
 
+    /// Whether a run of items weighing `weight` in all fits into a queue holding `used` as
+    /// one: the total stays within the limit. No exception for an empty queue (that is for a
+    /// single item): a run over the limit goes item by item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::weight_budget::WeightBudget;
+    ///
+    /// let budget = WeightBudget::new(10)?;
+    /// assert!(budget.fits_run(4, 6));
+    /// assert!(!budget.fits_run(0, 11));
+    /// # Ok::<(), backflow_core::ConfigError>(())
+    /// ```
+    pub const fn fits_run(&self, used: usize, weight: usize) -> bool {
+        match used.checked_add(weight) {
+            Some(total) => total <= self.limit,
+            None => false,
+        }
+    }
+
     /// Whether a queue holding `used` is at its limit (or over it, with a heavy item alone):
     /// only an item of weight zero could still fit, and only below the limit.
     ///
@@ -382,6 +403,29 @@ impl AtomicWeight {
                 }
             }
         }
+    }
+
+    /// Counts `weight`, the total of a run of items pushed at once, if it
+    /// [`fits_run`](WeightBudget::fits_run); returns whether it did. Whoever is admitted
+    /// releases each item's weight as for [`try_admit`](Self::try_admit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::weight_budget::{AtomicWeight, WeightBudget};
+    ///
+    /// let weight = AtomicWeight::new(WeightBudget::new(10)?);
+    /// assert!(weight.try_admit_run(7));
+    /// assert!(!weight.try_admit_run(4));
+    /// assert_eq!(weight.load(), 7);
+    /// # Ok::<(), backflow_core::ConfigError>(())
+    /// ```
+    pub fn try_admit_run(&self, weight: usize) -> bool {
+        let budget = self.budget;
+        let admitted = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            budget.fits_run(used, weight).then(|| used + weight)
+        });
+        admitted.is_ok()
     }
 
     /// Takes off the weight of an item that left the queue (or was admitted and then not

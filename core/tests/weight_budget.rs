@@ -15,7 +15,12 @@ use proptest::prelude::*;
 /// One step of a test run.
 #[derive(Debug, Clone)]
 enum Op {
-    Push { weight: usize, policy: Overflow },
+    Push {
+        weight: usize,
+        policy: Overflow,
+    },
+    /// Several items pushed at once if their total fits, as a worker's batch.
+    Run(Vec<usize>),
     Pop,
 }
 
@@ -32,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         // Some items heavier than any budget below, some of weight zero.
         3 => (0usize..150, policy()).prop_map(|(weight, policy)| Op::Push { weight, policy }),
+        1 => proptest::collection::vec(0usize..60, 1..5).prop_map(Op::Run),
         2 => Just(Op::Pop),
     ]
 }
@@ -99,6 +105,22 @@ proptest! {
                     prop_assert_eq!(popped, model.pop_front());
                     if let Some(item) = popped {
                         weight.release(item);
+                    }
+                }
+                Op::Run(items) => {
+                    let total: usize = items.iter().sum();
+                    let queued: usize = model.iter().sum();
+                    let admitted = weight.try_admit_run(total);
+                    prop_assert_eq!(admitted, queued + total <= limit);
+                    if admitted {
+                        // As the runtime does: what the ring does not take is counted out.
+                        for &item in &items {
+                            if ring.try_push(item).is_ok() {
+                                model.push_back(item);
+                            } else {
+                                weight.release(item);
+                            }
+                        }
                     }
                 }
                 Op::Push { weight: item, policy } => {

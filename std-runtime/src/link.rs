@@ -251,14 +251,13 @@ impl<T> Link<T> {
             None => self.ring.pop_each(max, |envelope| buf.push_back(envelope)),
             Some(weight) => {
                 let most = weight.budget().limit() / BATCH;
-                let (mut popped, mut left) = (0, 0);
-                while popped < max && (popped == 0 || left < most) {
-                    let Some(envelope) = self.ring.try_pop() else { break };
+                let mut left = 0;
+                let popped = self.ring.pop_while(max, |envelope| {
                     // No overflow: what is queued was counted in without overflowing.
                     left += envelope.weight;
                     buf.push_back(envelope);
-                    popped += 1;
-                }
+                    left < most
+                });
                 weight.release(left);
                 popped
             }
@@ -473,15 +472,21 @@ impl<T> Link<T> {
     /// waiting, the rest are received and abandoned and this returns `false`; if the consumer
     /// is gone, everything is received and abandoned and the worker may go on.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        if self.weight.is_some() && !self.weigh_all(batch) {
+            batch.drain(..).for_each(|envelope| self.abandon(envelope.item));
+            return false;
+        }
         let mut queue = self.ring.pusher();
         // Counted once per batch, and also if a drop hook panics on the way.
         let mut received = Tally { counter: &self.counters.received, n: 0 };
-        if self.may_run() && self.weight.is_none() && !self.consumer_gone.load(Ordering::Relaxed) {
-            received.n += queue.push_run(&mut iter::from_fn(|| batch.pop_front())) as u64;
+        if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
+            received.n += match &self.weight {
+                None => queue.push_run(&mut iter::from_fn(|| batch.pop_front())) as u64,
+                Some(weight) => Self::push_weighed_run(weight, &mut queue, batch),
+            };
         }
         'items: while let Some(mut envelope) = batch.pop_front() {
-            let weighed = self.weight.is_none() || self.weigh(&mut envelope);
-            if self.consumer_gone.load(Ordering::Relaxed) || !weighed {
+            if self.consumer_gone.load(Ordering::Relaxed) {
                 batch.push_front(envelope);
                 break;
             }
@@ -599,11 +604,23 @@ impl<T> Link<T> {
                 true
             }
             Err(message) => {
-                let stage = self.stage.to_string();
-                self.control.fail(Fatal { stage, message, culprit: Culprit::Weigh });
+                self.weigh_failed(message);
                 false
             }
         }
+    }
+
+    /// Weighs a worker's batch into its envelopes, as [`weigh`](Self::weigh) does one item.
+    fn weigh_all(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        let Some(weight) = &self.weight else { return true };
+        let weighed = weight.weigh_all(batch.iter_mut().map(|e| (&e.item, &mut e.weight)));
+        weighed.map_err(|message| self.weigh_failed(message)).is_ok()
+    }
+
+    /// The user's weigh function panicked: the pipeline stops.
+    fn weigh_failed(&self, message: String) {
+        let stage = self.stage.to_string();
+        self.control.fail(Fatal { stage, message, culprit: Culprit::Weigh });
     }
 
     /// Pushes under the overflow policy and the byte budget: an item that does not fit by
@@ -650,6 +667,25 @@ impl<T> Link<T> {
                 return Step::Evicted { oldest, item: envelope };
             }
         })
+    }
+
+    /// Pushes as much of a weighed batch as the ring takes at once, if the whole batch fits
+    /// the byte budget (the rest goes item by item); returns how many.
+    fn push_weighed_run(
+        weight: &Weight<T>,
+        queue: &mut Pusher<'_, Envelope<T>>,
+        batch: &mut VecDeque<Envelope<T>>,
+    ) -> u64 {
+        if !queue.takes_runs() {
+            return 0;
+        }
+        let total = batch.iter().try_fold(0, |total: usize, e| total.checked_add(e.weight));
+        if !total.is_some_and(|total| weight.try_admit_run(total)) {
+            return 0;
+        }
+        let pushed = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
+        weight.release(batch.iter().map(|e| e.weight).sum());
+        pushed as u64
     }
 
     /// Counts out the weight of an item that left the ring.

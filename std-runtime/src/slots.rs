@@ -92,6 +92,31 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Pops items, oldest first, into `f` until it returns `false` (or `max` items, or the ring
+    /// is empty); returns how many. An SPSC ring is locked once for the run.
+    pub(crate) fn pop_while(&self, max: usize, mut f: impl FnMut(T) -> bool) -> usize {
+        let mut popped = 0;
+        let mut go_on = true;
+        match self {
+            Self::Shared(ring) => {
+                while go_on && popped < max {
+                    let Ok(item) = ring.try_pop() else { break };
+                    go_on = f(item);
+                    popped += 1;
+                }
+            }
+            Self::Single { rx, .. } => {
+                let mut rx = locked(rx);
+                while go_on && popped < max {
+                    let Ok(item) = rx.try_pop() else { break };
+                    go_on = f(item);
+                    popped += 1;
+                }
+            }
+        }
+        popped
+    }
+
     /// The pushing side, for a run of pushes by one thread. With an SPSC ring it holds the
     /// producer's lock until dropped.
     pub(crate) fn pusher(&self) -> Pusher<'_, T> {
@@ -121,6 +146,11 @@ impl<T> Pusher<'_, T> {
             Self::Shared(_) => 0,
             Self::Single { tx, .. } => tx.push_iter(items),
         }
+    }
+
+    /// Whether [`push_run`](Self::push_run) takes items (an SPSC ring).
+    pub(crate) fn takes_runs(&self) -> bool {
+        matches!(self, Self::Single { .. })
     }
 
     /// Pops the oldest item, to make room for another one by weight (`DropOldest` under a

@@ -37,9 +37,31 @@ impl<T> Weight<T> {
         catch_unwind(AssertUnwindSafe(|| (self.weigh)(item))).map_err(|p| panic_message(&*p))
     }
 
+    /// Weighs each item, writing its weight beside it, under one guard against a panic.
+    ///
+    /// # Errors
+    ///
+    /// The message of the function's panic (some weights are then left unwritten).
+    pub(crate) fn weigh_all<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a T, &'a mut usize)>,
+    ) -> Result<(), String>
+    where
+        T: 'a,
+    {
+        let weigh = &*self.weigh;
+        catch_unwind(AssertUnwindSafe(|| items.for_each(|(item, weight)| *weight = weigh(item))))
+            .map_err(|p| panic_message(&*p))
+    }
+
     /// Counts `weight` in if it fits; otherwise what `policy` says (see the core).
     pub(crate) fn try_admit(&self, weight: usize, policy: Overflow) -> Admission {
         self.count.try_admit(weight, policy)
+    }
+
+    /// Counts in `weight`, a run's total, if it fits within the budget as a whole.
+    pub(crate) fn try_admit_run(&self, weight: usize) -> bool {
+        self.count.try_admit_run(weight)
     }
 
     /// Counts out the weight of an item that left the queue.
