@@ -304,8 +304,7 @@ impl<T> Link<T> {
     }
 
     /// Free slots a push could fill now without waiting: none while pressure is on under
-    /// `Block`.
-    /// With a byte budget, none either while the queue is at its budget.
+    /// `Block`, nor, with a byte budget, while the queue is at its budget.
     pub(crate) fn room(&self) -> usize {
         let weighed_full = self.weight.as_ref().is_some_and(Weight::is_full);
         if self.may_run() && !weighed_full { self.capacity().saturating_sub(self.len()) } else { 0 }
@@ -580,7 +579,7 @@ impl<T> Link<T> {
     }
 }
 
-/// A push under a byte budget, as [`Link::push`] reports it: the core's outcome, or an item
+/// A push under a byte budget, as [`Link::push_weighed`] reports it: the core's outcome, or an item
 /// evicted to make room (`DropOldest`), after which the push is tried again.
 enum Step<T> {
     Done(PushOutcome<T>),

@@ -392,7 +392,8 @@ where
     }
 
     /// Water marks as percentages of the capacity (default 80 % / 40 %): pressure turns on at
-    /// `high` and off at `low`.
+    /// `high` and off at `low`. With [`capacity_bytes`](Self::capacity_bytes), percentages of
+    /// the byte budget too.
     ///
     /// # Examples
     ///
@@ -405,7 +406,9 @@ where
         self
     }
 
-    /// Water marks as item counts.
+    /// Water marks as item counts. Not with [`capacity_bytes`](Self::capacity_bytes), whose
+    /// marks are percentages (`build()` returns [`ConfigError::Invalid`] naming
+    /// `water_mark_counts`).
     ///
     /// # Examples
     ///
