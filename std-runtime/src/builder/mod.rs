@@ -353,9 +353,9 @@ where
     /// - An item heavier than the whole budget is admitted alone, into a queue that holds no
     ///   weight, and nothing joins it until it has left: it waits for the queue to empty
     ///   rather than forever.
-    /// - A worker takes items from the queue in batches that weigh at most a
-    ///   [`BATCH`](crate::stage::BATCH)th of `bytes` (or a single item, if heavier), so a stage
-    ///   holds at most its budget, plus that much and one item per worker.
+    /// - A worker stops taking items from the queue for its batch once they weigh a
+    ///   [`BATCH`](crate::stage::BATCH)th of `bytes` (it always takes one), so a stage holds at
+    ///   most its budget, plus that much and one item per worker.
     /// - A key-ordered stage has a budget of `bytes` per worker, as it has a capacity per
     ///   worker. The [`Output`]'s queue after the last stage is bounded by count only.
     ///
