@@ -6,12 +6,14 @@
 //! `BACKFLOW_BENCH_PIPELINE_ITEMS` (default 10 000 000), `BACKFLOW_BENCH_PARALLEL_ITEMS`
 //! (default 50 000), `BACKFLOW_BENCH_ORDERED_ITEMS` (default 800 000, the 1 µs stage),
 //! `BACKFLOW_BENCH_ORDERED_MAP_ITEMS` (default 15 000 000, the plain map),
-//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel`, `ordered` or `metrics`: run
-//! one part),
+//! `BACKFLOW_BENCH_BYTES_ITEMS` (default 20 000, the heavy items of the byte budget),
+//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel`, `ordered`, `metrics` or
+//! `bytes`: run one part),
 //! `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only the contenders whose name
 //! contains one).
 
 use std::env;
+use std::time::Duration;
 
 use backflow_benches::ordered::{self, Load};
 use backflow_benches::pipeline::{self, SinkDelay, Workload};
@@ -19,7 +21,7 @@ use backflow_benches::report::{
     Baseline, MILLIONS, Summary, THOUSANDS, interleave, interleave_runs, latency_table, per_second,
     table, table_in,
 };
-use backflow_benches::{mpmc, parallel, spsc};
+use backflow_benches::{bytes, mpmc, parallel, spsc};
 
 /// Items per paced-latency run: half a second at [`pipeline::RATE`].
 const LATENCY_ITEMS: u64 = pipeline::RATE / 2;
@@ -77,6 +79,54 @@ fn main() {
     if part("metrics") {
         metrics_table(rounds, pipeline_items);
     }
+    if part("bytes") {
+        let heavy_items = env_or("BACKFLOW_BENCH_BYTES_ITEMS", 20_000);
+        bytes_tables(rounds, u32::try_from(heavy_items).unwrap_or(u32::MAX), pipeline_items);
+    }
+}
+
+/// Heavy items through three stages with and without a byte budget (throughput and peak
+/// memory), and small items with and without one (what the budget costs per item).
+fn bytes_tables(rounds: usize, items: u32, small_items: u64) {
+    let heavy: Vec<_> = bytes::HEAVY.iter().filter(|(name, _)| selected(name)).collect();
+    let names: Vec<&str> = heavy.iter().map(|(name, _)| *name).collect();
+    for delay in [Duration::ZERO, Duration::from_micros(50)] {
+        println!(
+            "## Byte budget: {items} items of 1 KiB – 1 MiB through 3 stages, sink sleeping \
+             {delay:?} per item\n"
+        );
+        let runs =
+            interleave_runs(&names, rounds, |i| Some(bytes::heavy(items, heavy[i].1, delay)));
+        println!(
+            "| contender | median items/s | median MB/s | min – max items/s | peak RSS MiB (max) |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        for (name, runs) in runs {
+            let rates: Vec<f64> =
+                runs.iter().map(|r| per_second(u64::from(items), r.elapsed)).collect();
+            let mbs: Vec<f64> =
+                runs.iter().map(|r| r.bytes as f64 / 1e6 / r.elapsed.as_secs_f64()).collect();
+            let (Some(rate), Some(mb)) = (Summary::of(&rates), Summary::of(&mbs)) else { continue };
+            let peak = runs.iter().filter_map(|r| r.peak_rss).max();
+            let peak = peak.map_or_else(
+                || "–".to_string(),
+                |p| format!("{:.0}", p as f64 / f64::from(1 << 20)),
+            );
+            println!(
+                "| {name} | {:.0} | {:.0} | {:.0} – {:.0} | {peak} |",
+                rate.median, mb.median, rate.min, rate.max
+            );
+        }
+        println!();
+    }
+    println!("## Byte budget: {small_items} u64 items through 3 stages, push_iter\n");
+    let small: Vec<_> = bytes::SMALL.iter().filter(|(name, _)| selected(name)).collect();
+    let names: Vec<&str> = small.iter().map(|(name, _)| *name).collect();
+    let samples = interleave(&names, rounds, |i| {
+        Some(per_second(small_items, bytes::small(small_items, small[i].1)))
+    });
+    let baselines = [Baseline::Row(bytes::SMALL[0].0)];
+    println!("{}", table_in(&samples, &baselines, MILLIONS));
 }
 
 /// The 3-stage pipeline with its timings on and off, interleaved: what the stats cost.

@@ -1,7 +1,7 @@
 //! Every bench workload runs to completion and delivers every item (each run checks the sum of
 //! what its consumers received), so the bench numbers come from working queues.
 
-use backflow_benches::{mpmc, report, spsc};
+use backflow_benches::{bytes, mpmc, report, spsc};
 
 const ITEMS: u64 = 20_000;
 
@@ -87,5 +87,16 @@ fn every_ordered_contender_delivers_every_item_and_ordered_ones_in_order() {
                 assert_eq!(run.inversions, 0, "{} {load:?}", contender.name);
             }
         }
+    }
+}
+
+#[test]
+fn the_byte_budget_workloads_deliver_every_item() {
+    for &(name, budget) in bytes::HEAVY {
+        let run = bytes::heavy(200, budget, std::time::Duration::ZERO);
+        assert!(run.bytes >= 200 * 1024, "{name}");
+    }
+    for &(name, budget) in bytes::SMALL {
+        assert!(report::per_second(ITEMS, bytes::small(ITEMS, budget)) > 0.0, "{name}");
     }
 }

@@ -7,6 +7,8 @@
 //! - [`water_marks`]: high/low marks and the [`Pressure`] state machine (hysteresis).
 //! - [`overflow`]: what a push does when the queue is full ([`Overflow`]), as one function
 //!   whose every outcome accounts for the item.
+//! - [`weight_budget`]: a queue bounded by the total weight of its items as well as their
+//!   number ([`WeightBudget`]), and the shared count that applies it.
 //! - [`stage`]: the [`Stage`] trait, combinators and fusion (`a.then(b)`, `a >> b`).
 //! - [`metrics`]: lock-free counters and a log-linear latency histogram (64-bit targets).
 //! - [`driver`]: a cooperative single-threaded loop that runs stages over rings (bare metal).
@@ -60,6 +62,7 @@ pub mod stage;
 mod sync;
 pub mod token_bucket;
 pub mod water_marks;
+pub mod weight_budget;
 
 pub use breaker::CircuitBreaker;
 pub use error::ConfigError;
@@ -69,3 +72,4 @@ pub use retry::RetrySchedule;
 pub use stage::Stage;
 pub use token_bucket::TokenBucket;
 pub use water_marks::{Pressure, WaterMarks};
+pub use weight_budget::WeightBudget;

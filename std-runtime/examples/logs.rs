@@ -4,6 +4,7 @@
 //! cargo run --release --example logs                        # 3 M generated lines, ~3 s
 //! cargo run --release --example logs -- --slow-sink-us 200  # a slow store: backpressure
 //! cargo run --release --example logs -- --slow-sink-us 200 --overflow drop-oldest
+//! cargo run --release --example logs -- --slow-sink-us 200 --max-queue-bytes 65536
 //! cargo run --release --example logs -- access.log          # or `-` for stdin
 //! cargo run --release --features http --example logs -- --metrics-addr 127.0.0.1:9898 --hold
 //! ```
@@ -51,6 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backflow::builder::Builder;
 use backflow::core::metrics::{Histogram, Snapshot};
 use backflow::{
     DEFAULT_CAPACITY, DeadLetter, Dropped, Input, Overflow, Pipeline, Report, StageStats, Stats,
@@ -110,6 +112,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_LINE_BYTES))]
     max_line_bytes: usize,
+    /// Bound every stage's queue by the bytes its items hold as well, 1 to 1 TiB: a line
+    /// weighs its length, a record its size and its strings [default: by item count only].
+    #[arg(long, value_name = "BYTES",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_QUEUE_BYTES))]
+    max_queue_bytes: Option<usize>,
     /// At the end, write the final stats in the Prometheus text format to FILE.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
@@ -148,6 +155,8 @@ const MAX_SLOW_SINK_US: u64 = 1_000_000;
 /// `--max-line-bytes`: a line of the input is held whole until it is parsed, so the first
 /// queue holds at most `--capacity` × this many bytes of lines.
 const MAX_LINE_BYTES: u64 = 16 << 20;
+/// `--max-queue-bytes`: far more than a machine gives a queue.
+const MAX_QUEUE_BYTES: u64 = 1 << 40;
 /// `--refresh-ms`.
 const REFRESH_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
@@ -384,6 +393,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
     Pipeline::<Line>::builder()
         .stage("parse", || stage::try_map(parse))
         .capacity(capacity)
+        .max_queue_bytes(args.max_queue_bytes)
         .dead_letter(move |letter: DeadLetter<'_, Line>| {
             if dlq.dead_lettered.fetch_add(1, Ordering::Relaxed) < EXAMPLES as u64 {
                 let line = match letter.item {
@@ -405,6 +415,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
         })
         .workers(args.workers)
         .capacity(capacity)
+        .max_queue_bytes(args.max_queue_bytes)
         .broadcast("totals", |every| {
             every
                 .stage("aggregate", || {
@@ -416,6 +427,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
                 })
                 .workers(args.aggregate_workers)
                 .capacity(capacity)
+                .max_queue_bytes(args.max_queue_bytes)
                 .sink(move |(key, partial): (Key, Totals)| {
                     lock(&totals.totals).entry(key).or_default().merge(&partial);
                 })
@@ -436,6 +448,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
         )
         .stage("encode", || |hit: Hit| encode(&hit))
         .capacity(capacity)
+        .max_queue_bytes(args.max_queue_bytes)
         .overflow(Overflow::from(args.overflow))
         .on_drop(move |_: Dropped<'_, Hit>| {
             drops.dropped.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +461,53 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
             store.stored_bytes.fetch_add(json.len() as u64 + 1, Ordering::Relaxed);
         })
         .build()
+}
+
+/// `--max-queue-bytes` on a stage: its queue bounded by the bytes its items hold as well as
+/// by their number.
+trait MaxQueueBytes: Sized {
+    fn max_queue_bytes(self, max: Option<usize>) -> Self;
+}
+
+impl<In, Last, Out, P> MaxQueueBytes for Builder<In, Last, Out, P>
+where
+    In: Send + 'static,
+    Last: Weight + Send + 'static,
+    Out: Send + 'static,
+{
+    fn max_queue_bytes(self, max: Option<usize>) -> Self {
+        match max {
+            Some(max) => self.capacity_bytes(max, Last::bytes),
+            None => self,
+        }
+    }
+}
+
+/// What an item holds in memory, as `--max-queue-bytes` weighs it.
+trait Weight {
+    fn bytes(&self) -> usize;
+}
+
+impl Weight for Line {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::TooLong { head, .. } => head.len(),
+        }
+    }
+}
+
+impl Weight for Access {
+    fn bytes(&self) -> usize {
+        size_of::<Self>() + self.method.len() + self.path.len() + self.agent.len()
+    }
+}
+
+impl Weight for Hit {
+    /// The route is shared by every record of it.
+    fn bytes(&self) -> usize {
+        size_of::<Self>()
+    }
 }
 
 /// Where the lines come from: the generator, stdin, or a file opened before the pipeline
@@ -1272,10 +1332,14 @@ fn print_header(out: &mut impl io::Write, args: &Args, items: u64) -> io::Result
     writeln!(out, "             │                 └─┬─► alerts                 (5xx)")?;
     writeln!(out, "        dead letters             └─► encode ─► sink (store)   (the rest)")?;
     writeln!(out)?;
+    let bounds = match args.max_queue_bytes {
+        None => format!("{} items", args.capacity),
+        Some(max) => format!("{} items and {} bytes", args.capacity, group(max as u64)),
+    };
     writeln!(
         out,
-        "  queues of {} items; the store's queue (encode) when full: {}; {store}",
-        args.capacity, args.overflow
+        "  queues of {bounds}; the store's queue (encode) when full: {}; {store}",
+        args.overflow
     )?;
     writeln!(out)
 }
@@ -1376,11 +1440,20 @@ fn live_table(stats: &Stats) -> Vec<String> {
     lines
 }
 
-/// `[####      ]  412/1024`
+/// A queue's fill, `0.0..=1.0`: by items, or by bytes if that is fuller.
+fn fill_share(s: &StageStats) -> f64 {
+    let by_bytes = s.queue_capacity_bytes.map_or(0.0, |max| s.queue_bytes as f64 / max as f64);
+    s.utilization().max(by_bytes)
+}
+
+/// `[####      ]  412/1024`, or with `--max-queue-bytes`, `[####      ] 1.2M/4.0M`.
 fn queue_bar(s: &StageStats) -> String {
     const WIDTH: usize = 10;
-    let filled = (s.utilization() * WIDTH as f64).round() as usize;
-    let fill = format!("{}/{}", s.queue_len, s.queue_capacity);
+    let filled = (fill_share(s) * WIDTH as f64).round() as usize;
+    let fill = match s.queue_capacity_bytes {
+        None => format!("{}/{}", s.queue_len, s.queue_capacity),
+        Some(max) => format!("{}/{}", bytes(s.queue_bytes as u64), bytes(max as u64)),
+    };
     format!(
         "[{}{}] {fill:>9}",
         "#".repeat(filled.min(WIDTH)),
@@ -1399,7 +1472,7 @@ fn status_line(stats: &Stats) -> String {
     );
     for s in stats.stages() {
         let on = if s.pressure_on { " ON" } else { "" };
-        let _ = write!(line, " {} {}%{on}", s.name, (s.utilization() * 100.0).round());
+        let _ = write!(line, " {} {}%{on}", s.name, (fill_share(s) * 100.0).round());
     }
     let dropped: u64 = stats.stages().iter().map(|s| s.accounting.dropped).sum();
     let _ = write!(line, " | drops {}", group(dropped));

@@ -36,6 +36,8 @@ pub(crate) enum Culprit {
     Worker(usize),
     /// The stage's (or sink's) drop hook panicked, on whichever thread called it.
     DropHook,
+    /// The function that weighs the stage's items for its byte budget panicked.
+    Weigh,
 }
 
 /// Something threads may be parked on (a queue), woken when the pipeline is cancelled.

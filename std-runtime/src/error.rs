@@ -267,6 +267,19 @@ pub enum PipelineError {
         /// The final accounting.
         report: Box<Report>,
     },
+    /// The function that weighs a stage's items for its byte budget
+    /// ([`Builder::capacity_bytes`](crate::Builder::capacity_bytes)) panicked; the pipeline was
+    /// cancelled. The item being weighed was handed back to the [`Input`](crate::Input) that
+    /// pushed it ([`PushError::Cancelled`]), or, pushed by a worker, abandoned and counted.
+    #[error("stage `{stage}`: the weigh function panicked: {message}")]
+    WeighPanicked {
+        /// The stage whose weigh function panicked.
+        stage: String,
+        /// The first panic's message, when it was a string.
+        message: String,
+        /// The final accounting.
+        report: Box<Report>,
+    },
 }
 
 impl PipelineError {
@@ -287,7 +300,8 @@ impl PipelineError {
             Self::Cancelled { report }
             | Self::StageFailed { report, .. }
             | Self::WorkerPanicked { report, .. }
-            | Self::DropHookPanicked { report, .. } => report,
+            | Self::DropHookPanicked { report, .. }
+            | Self::WeighPanicked { report, .. } => report,
         }
     }
 }

@@ -186,7 +186,9 @@ impl<In> Input<In> {
     }
 
     /// How many items a push could put into the first stage's queue now without waiting:
-    /// its free slots, or none while pressure is on under `Block`. A source that pulls from
+    /// its free slots, or none while pressure is on under `Block` (or while the queue is at
+    /// its byte budget, with [`capacity_bytes`](crate::Builder::capacity_bytes): how many
+    /// items would fit by weight is not known before they are weighed). A source that pulls from
     /// elsewhere (a socket, a broker) asks for no more than this, so the backpressure reaches
     /// whatever it pulls from.
     ///
@@ -286,10 +288,10 @@ impl<In> Input<In> {
         if left == 0 && self.link.control.timings {
             self.countdown.set(self.link.control.sample_every.get() - 1);
             let now = self.link.control.now();
-            Envelope { item, born: now, queued: now }
+            Envelope { item, born: now, queued: now, weight: 0 }
         } else {
             self.countdown.set(left.saturating_sub(1));
-            Envelope { item, born: 0, queued: 0 }
+            Envelope { item, born: 0, queued: 0, weight: 0 }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::plan::{Order, Plan, StagePlan};
 use crate::policy::{Gate, Policy, TypedSettings};
 use crate::route::{Downstream, Fan, FanCounts, Keyed, Lanes, Reorder, Sink, Split};
 use crate::stats::{SinkShared, StageShared};
+use crate::weight::Weight;
 use crate::worker::{self, WorkerId, WorkerParts};
 
 /// What the per-stage closures build into.
@@ -187,6 +188,7 @@ pub(crate) fn output<T>(
         stage: Arc::clone(&wiring.sink_names[0]),
         counters: Arc::clone(&wiring.sinks[0].counters),
         on_drop,
+        weight: None,
     };
     Ok(Arc::new(new_link(spec, &wiring.control)?))
 }
@@ -227,6 +229,9 @@ where
                 stage: Arc::clone(&stage.name),
                 counters: Arc::clone(&wiring.shared[index].counters),
                 on_drop: typed.on_drop.clone(),
+                // Each lane of a key-ordered stage has a budget of its own, as it has a
+                // capacity of its own.
+                weight: stage.budget.zip(typed.weigh.clone()).map(|(b, w)| Weight::new(b, w)),
             };
             new_link(spec, &wiring.control).map(Arc::new)
         })

@@ -81,6 +81,7 @@ mod stages;
 pub mod stats;
 mod wait;
 mod watchdog;
+mod weight;
 mod worker;
 
 /// The `no_std` core: rings, water marks, overflow policies, stage traits.

@@ -15,15 +15,18 @@ use std::time::Instant;
 use backflow_core::metrics::Counter;
 use backflow_core::overflow::{self, Overflow, PushOutcome};
 use backflow_core::ring::CapacityError;
+use backflow_core::weight_budget::Admission;
 use backflow_core::{Pressure, WaterMarks};
 use crossbeam_utils::CachePadded;
 
-use crate::control::{Control, Wake};
+use crate::batch::BATCH;
+use crate::control::{Control, Culprit, Fatal, Wake};
 use crate::event::Event;
 use crate::hooks::{DropHook, DropReason, Dropped};
-use crate::slots::Slots;
+use crate::slots::{Pusher, Slots};
 use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
+use crate::weight::Weight;
 
 /// An item in flight with its timestamps (nanoseconds from [`Control::now`]); both are `0`
 /// unless the item is one of the sampled ones.
@@ -34,6 +37,9 @@ pub(crate) struct Envelope<T> {
     pub(crate) born: u64,
     /// When the item was put in the queue it is in (for queue wait).
     pub(crate) queued: u64,
+    /// Its weight while it is in a queue with a byte budget (see [`Weight`]): what was
+    /// counted in, and is counted out when it leaves. `0` elsewhere.
+    pub(crate) weight: usize,
 }
 
 /// The per-handle state of an [`Input`](crate::Input): written only by that handle's thread.
@@ -109,6 +115,8 @@ pub(crate) struct Link<T> {
     counters: Arc<StageCounters>,
     on_drop: Option<DropHook<T>>,
     pub(crate) control: Arc<Control>,
+    /// The byte budget, if the stage has one: its water marks are then `marks`.
+    weight: Option<Weight<T>>,
 }
 
 /// How a link is set up.
@@ -123,6 +131,8 @@ pub(crate) struct LinkSpec<T> {
     pub(crate) stage: Arc<str>,
     pub(crate) counters: Arc<StageCounters>,
     pub(crate) on_drop: Option<DropHook<T>>,
+    /// A byte budget; its water marks replace `marks`.
+    pub(crate) weight: Option<Weight<T>>,
 }
 
 impl<T> Link<T> {
@@ -132,11 +142,12 @@ impl<T> Link<T> {
     ///
     /// The ring's capacity is out of range, or its slots could not be allocated.
     pub(crate) fn new(spec: LinkSpec<T>, control: Arc<Control>) -> Result<Self, CapacityError> {
+        let marks = spec.weight.as_ref().map_or(spec.marks, |weight| weight.budget().marks());
         Ok(Self {
             ring: Slots::new(spec.capacity, spec.single)?,
             overflow: spec.overflow,
-            marks: spec.marks,
-            pressure: Mutex::new(Pressure::new(spec.marks)),
+            marks,
+            pressure: Mutex::new(Pressure::new(marks)),
             pressure_on: AtomicBool::new(false),
             items: Signal::new(),
             room: Signal::new(),
@@ -147,6 +158,7 @@ impl<T> Link<T> {
             counters: spec.counters,
             on_drop: spec.on_drop,
             control,
+            weight: spec.weight,
         })
     }
 
@@ -205,9 +217,9 @@ impl<T> Link<T> {
 
     /// Turns pressure on if the fill reached the high mark.
     fn raise(&self) {
-        if !self.pressure_on.load(Ordering::Relaxed) && self.ring.len() >= self.marks.high() {
+        if !self.pressure_on.load(Ordering::Relaxed) && self.fill() >= self.marks.high() {
             let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-            let turned_on = pressure.observe(self.ring.len()).is_some() && pressure.is_on();
+            let turned_on = pressure.observe(self.fill()).is_some() && pressure.is_on();
             self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
             if turned_on {
                 // Under the lock, so that on and off are announced in order.
@@ -223,7 +235,7 @@ impl<T> Link<T> {
             return false;
         }
         let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-        let turned_off = pressure.observe(self.ring.len()).is_some() && !pressure.is_on();
+        let turned_off = pressure.observe(self.fill()).is_some() && !pressure.is_on();
         self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
         if turned_off {
             self.control.emit(&Event::PressureOff { stage: &self.stage });
@@ -231,9 +243,25 @@ impl<T> Link<T> {
         turned_off
     }
 
-    /// Pops up to `max` items into `buf`; returns how many.
+    /// Pops up to `max` items into `buf`; returns how many. With a byte budget, stops early
+    /// once the items popped weigh a [`BATCH`]th of the budget (taking at least one), so that
+    /// what a worker holds stays small beside what its queue holds.
     pub(crate) fn pop_into(&self, buf: &mut VecDeque<Envelope<T>>, max: usize) -> usize {
-        let popped = self.ring.pop_each(max, |envelope| buf.push_back(envelope));
+        let popped = match &self.weight {
+            None => self.ring.pop_each(max, |envelope| buf.push_back(envelope)),
+            Some(weight) => {
+                let most = weight.budget().limit() / BATCH;
+                let mut left = 0;
+                let popped = self.ring.pop_while(max, |envelope| {
+                    // No overflow: what is queued was counted in without overflowing.
+                    left += envelope.weight;
+                    buf.push_back(envelope);
+                    left < most
+                });
+                weight.release(left);
+                popped
+            }
+        };
         if popped > 0 {
             self.popped();
         }
@@ -247,6 +275,9 @@ impl<T> Link<T> {
         // sees this pop's fill, or this load sees pressure on.
         fence(Ordering::SeqCst);
         if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
+            self.room.notify();
+        } else if self.weight.is_some() {
+            // Producers may be waiting for weight to leave, with pressure off.
             self.room.notify();
         }
     }
@@ -273,9 +304,10 @@ impl<T> Link<T> {
     }
 
     /// Free slots a push could fill now without waiting: none while pressure is on under
-    /// `Block`.
+    /// `Block`, nor, with a byte budget, while the queue is at its budget.
     pub(crate) fn room(&self) -> usize {
-        if self.may_run() { self.capacity().saturating_sub(self.len()) } else { 0 }
+        let weighed_full = self.weight.as_ref().is_some_and(Weight::is_full);
+        if self.may_run() && !weighed_full { self.capacity().saturating_sub(self.len()) } else { 0 }
     }
 
     /// Waits until [`room`](Self::room) is not zero, or `deadline`, or the pipeline stops;
@@ -286,19 +318,20 @@ impl<T> Link<T> {
                 return 0;
             }
             let room = self.room();
-            if room > 0 || self.wait_for_room(deadline).is_err() {
+            if room > 0 || self.wait_for_room(deadline, 0).is_err() {
                 return if self.stopping() { 0 } else { self.room() };
             }
         }
     }
 
-    /// Waits until pressure is off (the fill is back at the low mark), or `deadline`.
-    fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Stop> {
+    /// Waits until pressure is off (the fill is back at the low mark) and, with a byte budget,
+    /// an item of `weight` fits, or `deadline`.
+    fn wait_for_room(&self, deadline: Option<Instant>, weight: usize) -> Result<(), Stop> {
         self.raise();
         let ready = || {
             self.stopping() || {
                 self.relieve();
-                !self.pressure_on.load(Ordering::Acquire)
+                !self.pressure_on.load(Ordering::Acquire) && self.fits(weight)
             }
         };
         let woke = wait_until(&self.room, self.control.strategy, ready, deadline);
@@ -357,15 +390,35 @@ impl<T> Link<T> {
         let mut queue = self.ring.pusher();
         let mut envelopes = envelopes;
         let mut refused = None;
-        if self.may_run() {
+        if self.may_run() && self.weight.is_none() {
             let (pushed, back) = queue.push_run(&mut envelopes);
             received += pushed as u64;
             refused = back;
         }
         for mut envelope in refused.into_iter().chain(envelopes) {
+            if self.weight.is_some() && !self.weigh(&mut envelope) {
+                return (received, Err((envelope, PushFailure::Cancelled)));
+            }
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                match self.overflow.push(&mut queue, envelope, pressure_on) {
+                // NB: without a byte budget, one branch and the core's policy as it is.
+                let outcome = if self.weight.is_none() {
+                    self.overflow.push(&mut queue, envelope, pressure_on)
+                } else {
+                    match self.push_weighed(&mut queue, envelope, pressure_on) {
+                        Step::Done(outcome) => outcome,
+                        Step::Evicted { oldest, item } => {
+                            envelope = item;
+                            if let Some(oldest) = oldest {
+                                drop(queue);
+                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
+                                queue = self.ring.pusher();
+                            }
+                            continue;
+                        }
+                    }
+                };
+                match outcome {
                     PushOutcome::Pushed => break,
                     PushOutcome::Dropped { item, reason } => {
                         drop(queue);
@@ -383,7 +436,7 @@ impl<T> Link<T> {
                         if deadline.is_some_and(|d| d <= Instant::now()) {
                             return (received, Err((envelope, PushFailure::Full)));
                         }
-                        let failure = match self.wait_for_room(deadline) {
+                        let failure = match self.wait_for_room(deadline, envelope.weight) {
                             Ok(()) => None,
                             Err(Stop::Timeout) => Some(PushFailure::Timeout),
                             Err(Stop::Cancelled) => Some(PushFailure::Cancelled),
@@ -421,15 +474,24 @@ impl<T> Link<T> {
     /// waiting, the rest are received and abandoned and this returns `false`; if the consumer
     /// is gone, everything is received and abandoned and the worker may go on.
     pub(crate) fn deliver(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        if self.weight.is_some() && !self.weigh_all(batch) {
+            batch.drain(..).for_each(|envelope| self.abandon(envelope.item));
+            return false;
+        }
         let mut queue = self.ring.pusher();
         // Counted once per batch, and also if a drop hook panics on the way.
         let mut received = Tally { counter: &self.counters.received, n: 0 };
         if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
-            let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
-            received.n += pushed as u64;
-            if let Some(envelope) = back {
-                batch.push_front(envelope);
-            }
+            received.n += match &self.weight {
+                None => {
+                    let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
+                    if let Some(envelope) = back {
+                        batch.push_front(envelope);
+                    }
+                    pushed as u64
+                }
+                Some(weight) => Self::push_weighed_run(weight, &mut queue, batch),
+            };
         }
         'items: while let Some(mut envelope) = batch.pop_front() {
             if self.consumer_gone.load(Ordering::Relaxed) {
@@ -438,7 +500,23 @@ impl<T> Link<T> {
             }
             loop {
                 let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                match self.overflow.push(&mut queue, envelope, pressure_on) {
+                let outcome = if self.weight.is_none() {
+                    self.overflow.push(&mut queue, envelope, pressure_on)
+                } else {
+                    match self.push_weighed(&mut queue, envelope, pressure_on) {
+                        Step::Done(outcome) => outcome,
+                        Step::Evicted { oldest, item } => {
+                            envelope = item;
+                            if let Some(oldest) = oldest {
+                                drop(queue);
+                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
+                                queue = self.ring.pusher();
+                            }
+                            continue;
+                        }
+                    }
+                };
+                match outcome {
                     PushOutcome::Pushed => {
                         received.n += 1;
                         break;
@@ -455,7 +533,7 @@ impl<T> Link<T> {
                         envelope = back;
                         // Consumers may be parked although this batch already filled the ring.
                         self.items.notify();
-                        if self.wait_for_room(None).is_err() {
+                        if self.wait_for_room(None, envelope.weight).is_err() {
                             batch.push_front(envelope);
                             break 'items;
                         }
@@ -488,6 +566,7 @@ impl<T> Link<T> {
     /// and handed to the drop hook.
     pub(crate) fn sweep(&self) {
         while let Some(envelope) = self.ring.try_pop() {
+            self.release(envelope.weight);
             self.give_up(envelope.item);
         }
     }
@@ -497,6 +576,7 @@ impl<T> Link<T> {
     pub(crate) fn pop_blocking(&self) -> Option<Envelope<T>> {
         loop {
             if let Some(envelope) = self.ring.try_pop() {
+                self.release(envelope.weight);
                 self.popped();
                 return Some(envelope);
             }
@@ -505,6 +585,146 @@ impl<T> Link<T> {
             }
             self.wait_for_items(None);
         }
+    }
+}
+
+/// A push under a byte budget, as [`Link::push_weighed`] reports it: the core's outcome, or an item
+/// evicted to make room (`DropOldest`), after which the push is tried again.
+enum Step<T> {
+    Done(PushOutcome<T>),
+    /// The oldest item was evicted (`None`: there was none to evict, as the weight still
+    /// counted belongs to items being pushed or popped by other threads right now).
+    Evicted {
+        oldest: Option<T>,
+        item: T,
+    },
+}
+
+/// The byte budget: weighing on the way in, counting in and out.
+impl<T> Link<T> {
+    /// Weighs the item into its envelope, if the link has a byte budget. A panic of the user's
+    /// function stops the pipeline (`drain()` reports it); returns `false` then.
+    fn weigh(&self, envelope: &mut Envelope<T>) -> bool {
+        let Some(weight) = &self.weight else { return true };
+        match weight.weigh(&envelope.item) {
+            Ok(w) => {
+                envelope.weight = w;
+                true
+            }
+            Err(message) => {
+                self.weigh_failed(message);
+                false
+            }
+        }
+    }
+
+    /// Weighs a worker's batch into its envelopes, as [`weigh`](Self::weigh) does one item.
+    fn weigh_all(&self, batch: &mut VecDeque<Envelope<T>>) -> bool {
+        let Some(weight) = &self.weight else { return true };
+        let weighed = weight.weigh_all(batch.iter_mut().map(|e| (&e.item, &mut e.weight)));
+        weighed.map_err(|message| self.weigh_failed(message)).is_ok()
+    }
+
+    /// The user's weigh function panicked: the pipeline stops.
+    fn weigh_failed(&self, message: String) {
+        let stage = self.stage.to_string();
+        self.control.fail(Fatal { stage, message, culprit: Culprit::Weigh });
+    }
+
+    /// Pushes under the overflow policy and the byte budget: an item that does not fit by
+    /// weight waits (`Block`, as `MustWait`), is dropped (`DropNewest`), handed back (`Fail`)
+    /// or evicts the oldest item (`DropOldest`). Every weight counted in for an item that is
+    /// not queued in the end, or that is evicted, is counted out here.
+    fn push_weighed(
+        &self,
+        queue: &mut Pusher<'_, Envelope<T>>,
+        envelope: Envelope<T>,
+        pressure_on: bool,
+    ) -> Step<Envelope<T>> {
+        let Some(weight) = &self.weight else {
+            return Step::Done(self.overflow.push(queue, envelope, pressure_on));
+        };
+        if self.overflow == Overflow::Block && pressure_on {
+            return Step::Done(PushOutcome::MustWait(envelope));
+        }
+        Step::Done(match weight.try_admit(envelope.weight, self.overflow) {
+            Admission::Admit => {
+                let counted = envelope.weight;
+                let outcome = self.overflow.push(queue, envelope, pressure_on);
+                match &outcome {
+                    PushOutcome::Pushed => {}
+                    // Evicted by count: the new item went in, the oldest left.
+                    PushOutcome::Dropped { item, reason: overflow::DropReason::Oldest } => {
+                        weight.release(item.weight);
+                    }
+                    _ => weight.release(counted),
+                }
+                outcome
+            }
+            Admission::Wait => PushOutcome::MustWait(envelope),
+            Admission::Reject => PushOutcome::Rejected(envelope),
+            Admission::DropNewest => {
+                PushOutcome::Dropped { item: envelope, reason: overflow::DropReason::Newest }
+            }
+            Admission::EvictOldest => {
+                let oldest = queue.evict();
+                match &oldest {
+                    Some(oldest) => weight.release(oldest.weight),
+                    None => std::thread::yield_now(),
+                }
+                return Step::Evicted { oldest, item: envelope };
+            }
+        })
+    }
+
+    /// Pushes as much of a weighed batch as the ring takes at once, if the whole batch fits
+    /// the byte budget (the rest goes item by item); returns how many.
+    fn push_weighed_run(
+        weight: &Weight<T>,
+        queue: &mut Pusher<'_, Envelope<T>>,
+        batch: &mut VecDeque<Envelope<T>>,
+    ) -> u64 {
+        if !queue.takes_runs() {
+            return 0;
+        }
+        let total = batch.iter().try_fold(0, |total: usize, e| total.checked_add(e.weight));
+        if !total.is_some_and(|total| weight.try_admit_run(total)) {
+            return 0;
+        }
+        let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
+        if let Some(envelope) = back {
+            batch.push_front(envelope);
+        }
+        weight.release(batch.iter().map(|e| e.weight).sum());
+        pushed as u64
+    }
+
+    /// Counts out the weight of an item that left the ring.
+    #[inline]
+    fn release(&self, weight: usize) {
+        if let Some(budget) = &self.weight {
+            budget.release(weight);
+        }
+    }
+
+    /// Whether an item of `weight` fits the byte budget now (any does without one).
+    fn fits(&self, weight: usize) -> bool {
+        self.weight.as_ref().is_none_or(|budget| budget.fits(weight))
+    }
+
+    /// The fill the water marks apply to: the item count, or with a byte budget, the nearer
+    /// of the weight and the count's share of the capacity, in weight units.
+    #[inline]
+    fn fill(&self) -> usize {
+        match &self.weight {
+            None => self.ring.len(),
+            Some(weight) => weight.fill(self.ring.len(), self.ring.capacity()),
+        }
+    }
+
+    /// The weight queued and the byte budget, if there is one.
+    pub(crate) fn bytes(&self) -> Option<(usize, usize)> {
+        self.weight.as_ref().map(Weight::used_and_limit)
     }
 }
 
@@ -545,6 +765,8 @@ pub(crate) trait LinkView: Wake {
     /// Sweeps only if the consumer is gone (a dropped output handle).
     fn sweep_orphaned(&self);
     fn handle_received(&self) -> u64;
+    /// The weight queued and the byte budget, if the queue has one.
+    fn bytes(&self) -> Option<(usize, usize)>;
 }
 
 impl<T: Send> Wake for Link<T> {
@@ -578,5 +800,9 @@ impl<T: Send> LinkView for Link<T> {
 
     fn handle_received(&self) -> u64 {
         self.handles.as_ref().map_or(0, Handles::received)
+    }
+
+    fn bytes(&self) -> Option<(usize, usize)> {
+        Link::bytes(self)
     }
 }

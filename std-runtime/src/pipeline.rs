@@ -119,6 +119,7 @@ impl Parts<'_> {
                 handle_received: view.handle_received(),
                 queue_len: view.len(),
                 queue_capacity: view.capacity(),
+                bytes: view.bytes(),
                 pressure: view.pressure(),
             })
             .collect();
@@ -183,6 +184,7 @@ impl<In> Running<In> {
                 }
                 Culprit::Stage => PipelineError::StageFailed { stage, error: message, report },
                 Culprit::DropHook => PipelineError::DropHookPanicked { stage, message, report },
+                Culprit::Weigh => PipelineError::WeighPanicked { stage, message, report },
             })
         } else if self.control.is_cancelled() {
             Err(PipelineError::Cancelled { report })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backflow_core::breaker::CircuitBreaker;
-use backflow_core::{Overflow, RetrySchedule, TokenBucket, WaterMarks};
+use backflow_core::{Overflow, RetrySchedule, TokenBucket, WaterMarks, WeightBudget};
 
 /// A pipeline definition, validated.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub(crate) struct StagePlan {
     pub(crate) workers: usize,
     pub(crate) capacity: usize,
     pub(crate) marks: WaterMarks,
+    /// The byte budget of its input queue, with its water marks in bytes.
+    pub(crate) budget: Option<WeightBudget>,
     pub(crate) overflow: Overflow,
     pub(crate) order: Order,
     pub(crate) retry: Option<RetrySchedule>,

@@ -13,6 +13,7 @@ use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
 use crate::stats::CircuitGauge;
+use crate::weight::WeighFn;
 
 /// What happens to an item once its attempts are used up.
 pub(crate) enum OnFailure<T> {
@@ -41,6 +42,8 @@ pub(crate) struct TypedSettings<In, Out> {
     pub(crate) before: Option<Look<In>>,
     pub(crate) after: Option<Look<Out>>,
     pub(crate) key: Option<KeyFn<In>>,
+    /// Weighs an item for the byte budget.
+    pub(crate) weigh: Option<WeighFn<In>>,
 }
 
 impl<In, Out> Default for TypedSettings<In, Out> {
@@ -52,6 +55,7 @@ impl<In, Out> Default for TypedSettings<In, Out> {
             before: None,
             after: None,
             key: None,
+            weigh: None,
         }
     }
 }

@@ -85,6 +85,31 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Pops items, oldest first, into `f` until it returns `false` (or `max` items, or the ring
+    /// is empty); returns how many. An SPSC ring is locked once for the run.
+    pub(crate) fn pop_while(&self, max: usize, mut f: impl FnMut(T) -> bool) -> usize {
+        let mut popped = 0;
+        let mut go_on = true;
+        match self {
+            Self::Shared(ring) => {
+                while go_on && popped < max {
+                    let Ok(item) = ring.try_pop() else { break };
+                    go_on = f(item);
+                    popped += 1;
+                }
+            }
+            Self::Single { rx, .. } => {
+                let mut rx = locked(rx);
+                while go_on && popped < max {
+                    let Ok(item) = rx.try_pop() else { break };
+                    go_on = f(item);
+                    popped += 1;
+                }
+            }
+        }
+        popped
+    }
+
     /// The pushing side, for a run of pushes by one thread. With an SPSC ring it holds the
     /// producer's lock until dropped.
     pub(crate) fn pusher(&self) -> Pusher<'_, T> {
@@ -123,6 +148,21 @@ impl<T> Pusher<'_, T> {
                 (pushed, None)
             }
             Self::Single { tx, .. } => (tx.push_iter(items), None),
+        }
+    }
+
+    /// Whether [`push_run`](Self::push_run) publishes a run at once (an SPSC ring), so that
+    /// whatever it does not take stays with the caller.
+    pub(crate) fn takes_runs(&self) -> bool {
+        matches!(self, Self::Single { .. })
+    }
+
+    /// Pops the oldest item, to make room for another one by weight (`DropOldest` under a
+    /// byte budget, where the ring may have free slots).
+    pub(crate) fn evict(&mut self) -> Option<T> {
+        match self {
+            Self::Shared(ring) => ring.try_pop().ok(),
+            Self::Single { rx, .. } => locked(rx).try_pop().ok(),
         }
     }
 }

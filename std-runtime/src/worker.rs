@@ -131,7 +131,7 @@ impl<T> Emit<T> for Outputs<'_, T> {
             after(&item);
         }
         self.emitted += 1;
-        self.buf.push_back(Envelope { item, born: self.born, queued: self.queued });
+        self.buf.push_back(Envelope { item, born: self.born, queued: self.queued, weight: 0 });
     }
 }
 

@@ -124,6 +124,20 @@ fn a_slow_store_turns_pressure_on_and_is_the_bottleneck() {
 }
 
 #[test]
+fn queues_bounded_in_bytes_fill_by_weight_and_still_balance() {
+    // 4 KiB of lines or records per queue: a few dozen of them, far below the 1 024 items.
+    let args = ["--max-queue-bytes", "4096", "--slow-sink-us", "50", "--items", "3000"];
+    let (stdout, f) = run(&args);
+    let n = |key| count(&f, key);
+    assert!(stdout.contains("queues of 1024 items and 4,096 bytes"), "{stdout}");
+    assert!(n("pressure_transitions") > 0, "the weight never reached a high mark:\n{stdout}");
+    assert!(stdout.contains("/4.0KiB"), "the report shows each queue's weight:\n{stdout}");
+    assert_eq!((n("dropped"), n("report_dropped")), (0, 0));
+    assert_eq!(n("alerts") + n("stored"), n("enriched"));
+    assert_eq!(f["balanced"], "true");
+}
+
+#[test]
 fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
     let max = u64::MAX.to_string();
     let cases = [
@@ -141,6 +155,8 @@ fn numeric_flags_out_of_range_are_refused_before_anything_runs() {
         ("--refresh-ms", &max),
         ("--max-line-bytes", "0"),
         ("--max-line-bytes", &max),
+        ("--max-queue-bytes", "0"),
+        ("--max-queue-bytes", "1099511627777"),
     ];
     for (flag, value) in cases {
         // Lines from an empty stdin: a value that slipped through would end the run at once

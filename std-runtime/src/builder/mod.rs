@@ -336,8 +336,64 @@ where
         self
     }
 
+    /// Bounds this stage's input queue by the total weight of its items as well as by their
+    /// number: at most `bytes`, each item weighing what `weigh` says (e.g. `Vec::len`,
+    /// `String::len`). The weight is whatever unit `weigh` counts in; bytes, usually.
+    ///
+    /// - An item is weighed once, as it is pushed (on the pushing thread), and its weight is
+    ///   counted out when it leaves the queue, whichever way it leaves.
+    /// - The water marks ([`water_marks`](Self::water_marks), default 80 % / 40 %) are
+    ///   percentages of `bytes`, and apply to the fuller of the two bounds: pressure turns on
+    ///   when the weight or the item count reaches its high mark, and off when both are back
+    ///   at their low marks. Marks as counts ([`water_mark_counts`](Self::water_mark_counts))
+    ///   are an error.
+    /// - An item that does not fit gets the [`overflow`](Self::overflow) policy: `Block`
+    ///   waits until enough weight has left, `DropOldest` evicts the oldest items until it
+    ///   fits, `DropNewest` drops it, `Fail` hands it back.
+    /// - An item heavier than the whole budget is admitted alone, into a queue that holds no
+    ///   weight, and nothing joins it until it has left: it waits for the queue to empty
+    ///   rather than forever.
+    /// - A worker stops taking items from the queue for its batch once they weigh a
+    ///   [`BATCH`](crate::stage::BATCH)th of `bytes` (it always takes one), so a stage holds at
+    ///   most its budget, plus that much and one item per worker.
+    /// - A key-ordered stage has a budget of `bytes` per worker, as it has a capacity per
+    ///   worker. The [`Output`]'s queue after the last stage is bounded by count only.
+    ///
+    /// If `weigh` panics, the pipeline is cancelled and `drain()` returns
+    /// [`PipelineError::WeighPanicked`](crate::PipelineError::WeighPanicked); the item is
+    /// handed back to the pushing [`Input`](crate::Input), or abandoned and counted.
+    ///
+    /// `build()` returns [`ConfigError::Invalid`] naming `capacity_bytes` if `bytes` is zero.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Overflow, Pipeline};
+    ///
+    /// let pipeline = Pipeline::<Vec<u8>>::builder()
+    ///     .stage("checksum", || |chunk: Vec<u8>| chunk.iter().map(|&b| u64::from(b)).sum::<u64>())
+    ///     .capacity_bytes(64 << 20, Vec::len) // at most 64 MiB of chunks queued
+    ///     .overflow(Overflow::Block)
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// pipeline.input().push(vec![1; 4096])?;
+    /// let report = pipeline.drain()?;
+    /// let checksum = report.stage("checksum").unwrap();
+    /// assert_eq!((checksum.queue_bytes, checksum.queue_capacity_bytes), (0, Some(64 << 20)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn capacity_bytes<W>(mut self, bytes: usize, weigh: W) -> Self
+    where
+        W: Fn(&Last) -> usize + Send + Sync + 'static,
+    {
+        self.last().capacity_bytes = Some(bytes);
+        self.typed().weigh = Some(Arc::new(weigh));
+        self
+    }
+
     /// Water marks as percentages of the capacity (default 80 % / 40 %): pressure turns on at
-    /// `high` and off at `low`.
+    /// `high` and off at `low`. With [`capacity_bytes`](Self::capacity_bytes), percentages of
+    /// the byte budget too.
     ///
     /// # Examples
     ///
@@ -350,7 +406,9 @@ where
         self
     }
 
-    /// Water marks as item counts.
+    /// Water marks as item counts. Not with [`capacity_bytes`](Self::capacity_bytes), whose
+    /// marks are percentages (`build()` returns [`ConfigError::Invalid`] naming
+    /// `water_mark_counts`).
     ///
     /// # Examples
     ///

@@ -56,6 +56,8 @@ pub(super) struct StageSettings {
     pub(super) name: String,
     pub(super) workers: NonZeroUsize,
     pub(super) capacity: usize,
+    /// The byte budget of its input queue (its weigh function is a typed setting).
+    pub(super) capacity_bytes: Option<usize>,
     pub(super) marks: Marks,
     pub(super) overflow: Overflow,
     pub(super) order: Order,
@@ -147,6 +149,7 @@ impl StageSettings {
             name,
             workers: NonZeroUsize::MIN,
             capacity: DEFAULT_CAPACITY,
+            capacity_bytes: None,
             marks: Marks::Default,
             overflow: Overflow::Block,
             order: Order::Unordered,

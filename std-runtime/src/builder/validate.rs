@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backflow_core::breaker::CircuitBreaker;
 use backflow_core::ring::MAX_CAPACITY;
-use backflow_core::{Overflow, TokenBucket, WaterMarks};
+use backflow_core::{Overflow, TokenBucket, WaterMarks, WeightBudget};
 
 use super::spec::{Chain, Marks, SinkSpec, StageSettings};
 use crate::error::ConfigError;
@@ -88,6 +88,8 @@ fn resolve(
         Marks::Counts { high, low } => WaterMarks::from_counts(settings.capacity, high, low),
     }
     .map_err(|source| ConfigError::WaterMarks { stage: stage(), source })?;
+    let budget = settings.capacity_bytes.map(|limit| budget(limit, settings.marks)).transpose();
+    let budget = budget.map_err(|error| error.at(stage()))?;
     if settings.overflow == Overflow::Fail && index > 0 {
         return Err(ConfigError::FailNotFirst { stage: stage() });
     }
@@ -120,6 +122,7 @@ fn resolve(
         workers: settings.workers.get(),
         capacity: settings.capacity,
         marks,
+        budget,
         overflow: settings.overflow,
         order: settings.order,
         retry: settings.retry,
@@ -127,6 +130,43 @@ fn resolve(
         watched: settings.stall_after.is_some(),
         typed: settings.typed,
     })
+}
+
+/// What is wrong with a byte budget, before it is known which stage it belongs to.
+enum BudgetError {
+    Marks(backflow_core::ConfigError),
+    Invalid(backflow_core::ConfigError),
+}
+
+impl BudgetError {
+    fn at(self, stage: String) -> ConfigError {
+        match self {
+            Self::Marks(source) => ConfigError::WaterMarks { stage, source },
+            Self::Invalid(source) => ConfigError::Invalid { stage, source },
+        }
+    }
+}
+
+/// A byte budget of `limit`, with the stage's water marks as percentages of it.
+fn budget(limit: usize, marks: Marks) -> Result<WeightBudget, BudgetError> {
+    let invalid = |field, expected| {
+        BudgetError::Invalid(backflow_core::ConfigError::Invalid { field, expected })
+    };
+    if limit == 0 {
+        return Err(invalid("capacity_bytes", "at least 1"));
+    }
+    let marks = match marks {
+        Marks::Default => WaterMarks::for_capacity(limit),
+        Marks::Percent { high, low } => WaterMarks::from_percent(limit, high, low),
+        Marks::Counts { .. } => {
+            return Err(invalid(
+                "water_mark_counts",
+                "percentages (`water_marks`) with `capacity_bytes`",
+            ));
+        }
+    }
+    .map_err(BudgetError::Marks)?;
+    WeightBudget::with_marks(limit, marks).map_err(BudgetError::Marks)
 }
 
 /// Checks a stage's or sink's name: not empty, no control characters, not taken.
@@ -256,6 +296,40 @@ mod tests {
         chain.stages[0].overflow = Overflow::Fail;
         chain.stages[1].order = Order::KeyOrdered;
         assert!(validate(chain, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn a_byte_budget_takes_the_marks_as_percentages_of_it() {
+        let check = |set: fn(&mut StageSettings)| {
+            let mut chain = line(&["a", "b"]);
+            chain.stages[1].capacity_bytes = Some(1000);
+            set(&mut chain.stages[1]);
+            validate(chain, Duration::ZERO).map(|mut plan| plan.stages.remove(1))
+        };
+        let b = || "b".to_string();
+        let plain = check(|_| {}).unwrap();
+        assert_eq!(plain.budget, Some(WeightBudget::new(1000).unwrap()));
+        // The item-count marks stay as they were, for the output's queue.
+        assert_eq!(plain.marks, WaterMarks::for_capacity(1024).unwrap());
+        let tuned = check(|s| s.marks = Marks::Percent { high: 90, low: 10 }).unwrap();
+        assert_eq!(tuned.budget.map(|b| (b.marks().high(), b.marks().low())), Some((900, 100)));
+        let invalid = |field, expected| ConfigError::Invalid {
+            stage: b(),
+            source: backflow_core::ConfigError::Invalid { field, expected },
+        };
+        assert_eq!(
+            check(|s| s.capacity_bytes = Some(0)).unwrap_err(),
+            invalid("capacity_bytes", "at least 1")
+        );
+        assert_eq!(
+            check(|s| s.marks = Marks::Counts { high: 8, low: 2 }).unwrap_err(),
+            invalid("water_mark_counts", "percentages (`water_marks`) with `capacity_bytes`")
+        );
+        assert!(matches!(
+            check(|s| s.marks = Marks::Percent { high: 101, low: 10 }).unwrap_err(),
+            ConfigError::WaterMarks { stage, .. } if stage == "b"
+        ));
+        assert!(check(|s| s.capacity_bytes = None).unwrap().budget.is_none());
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl<T> Fan<T> {
                 item: clone(&e.item),
                 born: e.born,
                 queued: e.queued,
+                weight: 0,
             })),
             Split::Route(accepts) => {
                 let mut i = 0;

@@ -103,4 +103,9 @@ impl<T: Send> LinkView for Lanes<T> {
     fn handle_received(&self) -> u64 {
         0
     }
+
+    fn bytes(&self) -> Option<(usize, usize)> {
+        let lanes = self.0.iter().filter_map(|lane| lane.bytes());
+        lanes.reduce(|(used, limit), (u, l)| (used + u, limit.saturating_add(l)))
+    }
 }

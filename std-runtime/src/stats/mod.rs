@@ -328,6 +328,11 @@ pub struct StageStats {
     pub queue_len: usize,
     /// Its input queue's capacity.
     pub queue_capacity: usize,
+    /// The weight of the items in its input queue, as its byte budget counts it (`0` without
+    /// one; see [`Builder::capacity_bytes`](crate::Builder::capacity_bytes)).
+    pub queue_bytes: usize,
+    /// Its input queue's byte budget, if it has one.
+    pub queue_capacity_bytes: Option<usize>,
     /// Whether pressure is on in front of it.
     pub pressure_on: bool,
     /// Pressure transitions (on and off) so far.
@@ -677,6 +682,8 @@ pub(crate) struct StageSource<'a> {
     pub(crate) handle_received: u64,
     pub(crate) queue_len: usize,
     pub(crate) queue_capacity: usize,
+    /// The weight queued and the byte budget, if the queue has one.
+    pub(crate) bytes: Option<(usize, usize)>,
     pub(crate) pressure: (bool, u64),
 }
 
@@ -705,6 +712,8 @@ impl Collector<'_> {
                     circuit: shared.circuit.get(),
                     queue_len: source.queue_len,
                     queue_capacity: source.queue_capacity,
+                    queue_bytes: source.bytes.map_or(0, |(used, _)| used),
+                    queue_capacity_bytes: source.bytes.map(|(_, limit)| limit),
                     pressure_on: source.pressure.0,
                     pressure_transitions: source.pressure.1,
                     process_time: shared.process_time.snapshot().percentiles(),
@@ -756,6 +765,30 @@ fn nanos(ns: u64) -> String {
     }
 }
 
+/// A number of bytes as a short human string: `512B`, `3.5KiB`, `64.0MiB`, `1.2GiB`.
+fn bytes(n: usize) -> String {
+    match n {
+        0..1024 => format!("{n}B"),
+        1024..0x10_0000 => format!("{:.1}KiB", n as f64 / 1024.0),
+        0x10_0000..0x4000_0000 => format!("{:.1}MiB", n as f64 / f64::from(0x10_0000)),
+        _ => format!("{:.1}GiB", n as f64 / f64::from(0x4000_0000)),
+    }
+}
+
+/// A stage's queue fill: `items/capacity`, and with a byte budget `weight/budget` beside it.
+fn queue(s: &StageStats) -> String {
+    match s.queue_capacity_bytes {
+        None => format!("{}/{}", s.queue_len, s.queue_capacity),
+        Some(limit) => format!(
+            "{}/{} {}/{}",
+            s.queue_len,
+            s.queue_capacity,
+            bytes(s.queue_bytes),
+            bytes(limit)
+        ),
+    }
+}
+
 /// A count per second as a short human string: `950/s`, `12.3k/s`, `4.5M/s`.
 fn rate(per_second: f64) -> String {
     if per_second >= 1e6 {
@@ -797,7 +830,7 @@ impl fmt::Display for Stats {
                 a.dropped.to_string(),
                 a.errored.to_string(),
                 a.abandoned.to_string(),
-                format!("{}/{}", s.queue_len, s.queue_capacity),
+                queue(s),
                 format!(
                     "{} ({})",
                     if s.pressure_on { "on" } else { "off" },
@@ -1047,6 +1080,7 @@ mod tests {
             handle_received: 0,
             queue_len: 0,
             queue_capacity: 8,
+            bytes: None,
             pressure: (false, 0),
         };
         let collector = Collector {

@@ -194,6 +194,14 @@ fn families(stats: &Stats) -> Families<'_> {
         gauge("backflow_stage_queue_capacity_items", "The capacity of the stage's input queue."),
         &|s| one(Value::size(s.queue_capacity)),
     );
+    stage(
+        gauge(
+            "backflow_stage_queue_bytes",
+            "The weight (bytes) of the items in the stage's input queue, as its byte budget \
+             counts it; only stages with a byte budget.",
+        ),
+        &|s| s.queue_capacity_bytes.map_or_else(Vec::new, |_| one(Value::size(s.queue_bytes))),
+    );
     stage(gauge("backflow_stage_workers", "The stage's worker threads."), &|s| {
         one(Value::size(s.workers))
     });
