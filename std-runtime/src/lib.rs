@@ -71,12 +71,14 @@ mod plan;
 mod policy;
 mod prometheus;
 mod route;
+mod scale;
 mod slots;
 mod stages;
 pub mod stats;
 mod wait;
 mod watchdog;
 mod worker;
+mod workers;
 
 /// The `no_std` core: rings, water marks, overflow policies, stage traits.
 ///
