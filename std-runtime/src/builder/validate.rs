@@ -324,6 +324,33 @@ mod tests {
     }
 
     #[test]
+    fn a_range_starts_at_its_minimum_and_makes_the_queues_around_it_shared() {
+        // a (1..=3) → b (2) → c (1) → sink, within 6 threads.
+        let mut chain = line(&["a", "b", "c"]);
+        chain.settings.threads = Some(6);
+        chain.stages[0].range = Some((1, 3));
+        chain.stages[1].workers = workers(2);
+        let plan = validate(chain, Duration::ZERO).unwrap();
+        let counts: Vec<(usize, usize)> =
+            plan.stages.iter().map(|s| (s.workers, s.max_workers)).collect();
+        assert_eq!(counts, [(1, 3), (2, 2), (1, 1)]);
+        assert_eq!(plan.upstream, [0, 1, 2]);
+        // `b` is fed by a stage whose workers may change; `c` and the sink are not.
+        assert_eq!(plan.upstream_fixed, [true, false, true]);
+        assert!(plan.sink_upstream_fixed);
+        assert_eq!(plan.feeders, [vec![], vec![0], vec![1]]);
+        let scaling = plan.scaling.unwrap();
+        assert_eq!(scaling.scaler.budget(), 6);
+        assert_eq!(scaling.workers.iter().map(|w| w.workers()).collect::<Vec<_>>(), [1, 2, 1]);
+        // Without a budget, the ranges are the only limit; without a range, nothing scales.
+        let mut chain = line(&["a", "b"]);
+        chain.stages[1].range = Some((2, 5));
+        let plan = validate(chain, Duration::ZERO).unwrap();
+        assert_eq!(plan.scaling.unwrap().scaler.budget(), 6);
+        assert!(validate(line(&["a"]), Duration::ZERO).unwrap().scaling.is_none());
+    }
+
+    #[test]
     fn a_fan_counts_the_workers_behind_it_on_both_sides() {
         // a (2 workers) ─ fan ─ branch: b → its own sink `audit`
         //                     └ main: c → sink
