@@ -85,3 +85,19 @@ fn every_ordered_contender_delivers_every_item_and_ordered_ones_in_order() {
         }
     }
 }
+
+#[test]
+fn every_budget_contender_delivers_every_item_within_the_budget() {
+    use backflow_benches::budget::{self, Workers};
+
+    let contenders = budget::fixed_assignments().into_iter().map(Workers::Fixed);
+    for workers in contenders.chain([Workers::Budget]) {
+        // Each run asserts the sum and the accounting.
+        let run = budget::run(2_000, workers);
+        assert!(run.workers.iter().sum::<usize>() <= budget::THREADS, "{}", workers.name());
+        if let Workers::Fixed(counts) = workers {
+            assert_eq!(run.workers, counts);
+            assert!(run.moves.is_empty());
+        }
+    }
+}
