@@ -71,11 +71,14 @@ impl<In> Running<In> {
         }
         let watchdog = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).take();
         let scaler = self.scaler.lock().unwrap_or_else(PoisonError::into_inner).take();
-        for thread in watchdog.into_iter().chain(scaler).chain(take()) {
+        for thread in watchdog.into_iter().chain(scaler) {
             // The watchdog's and the controller's only user code is the event handler, whose
             // panic ends just that thread.
             let _ = thread.join();
         }
+        // Workers the controller started after the last look (they have exited, or are about
+        // to: the controller stops once every worker has).
+        take().into_iter().for_each(|thread| drop(thread.join()));
     }
 
     /// Cancels, joins and abandons whatever is left in the queues.

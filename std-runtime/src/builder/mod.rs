@@ -426,8 +426,10 @@ where
     /// pipeline's controller within its [`threads`](Source::threads) budget (see there).
     /// Replaces [`workers`](Self::workers), and the other way round.
     ///
-    /// An [`ordered`](Self::ordered) stage keeps its order as workers come and go: a worker
-    /// leaves between two batches, when it holds no batch's turn. A
+    /// An [`ordered`](Self::ordered) stage keeps its items' order as workers come and go: a
+    /// worker leaves between two batches, when it holds no batch's turn (what its stage value
+    /// emits when flushed on the way out goes downstream at once, as at the end of the
+    /// stream). A
     /// [`key_ordered`](Self::key_ordered) stage cannot have a range (each of its workers has
     /// its own queue, and keys are spread over a number of queues fixed when the pipeline is
     /// built): its workers stay fixed, counted against the budget.
