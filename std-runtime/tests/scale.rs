@@ -151,6 +151,8 @@ fn workers_move_to_the_slow_stage_and_follow_it() {
         let b = stats.stage("b").unwrap();
         assert_eq!((b.workers_min, b.workers_max), (1, 3));
         assert!(stats.to_string().contains("2 (1-3)"), "{stats}");
+        let exposition = stats.to_prometheus("t");
+        assert!(exposition.contains("backflow_stage_workers{pipeline=\"t\",stage=\"b\"} 2\n"));
 
         // The slow stage turns fast, the last one slow: the worker moves.
         costs[1].store(MICROSECOND, Ordering::Relaxed);
