@@ -285,7 +285,6 @@ where
             policy: policy.clone(),
             reorder: reorder.clone(),
             flush_every,
-            workers: Arc::clone(&shared.workers),
         };
         let departure = Departure {
             workers: Arc::clone(&shared.workers),

@@ -164,8 +164,6 @@ pub(crate) struct WorkerParts<In, Out> {
     /// The stage's ordered hand-off, if it is `Ordered` with several workers (or may get them).
     pub(crate) reorder: Option<Arc<Reorder<Out>>>,
     pub(crate) flush_every: Option<Duration>,
-    /// The stage's workers, for the requests to retire.
-    pub(crate) workers: Arc<Workers>,
 }
 
 /// Counts a worker out when dropped: after its work, or in place of it when its thread never
@@ -274,7 +272,7 @@ fn work<In, S, F>(
         }
         // Between batches (an ordered stage's worker holds no ticket here): leave as at the
         // end of the stream.
-        if parts.workers.take_retirement() {
+        if parts.shared.workers.take_retirement() {
             break;
         }
         if let Some(period) = parts.flush_every {
@@ -302,7 +300,7 @@ fn work<In, S, F>(
                 break;
             }
             let deadline = parts.flush_every.and_then(|period| flushed_at.checked_add(period));
-            input.wait_for_items_or(deadline, || parts.workers.retirement_asked());
+            input.wait_for_items_or(deadline, || parts.shared.workers.retirement_asked());
             continue;
         }
         let batch_started = control.timings.then(Instant::now);
