@@ -15,11 +15,12 @@
 use std::env;
 use std::time::Duration;
 
+use backflow_benches::budget::{self, Workers};
 use backflow_benches::ordered::{self, Load};
 use backflow_benches::pipeline::{self, SinkDelay, Workload};
 use backflow_benches::report::{
-    Baseline, MILLIONS, Summary, THOUSANDS, interleave, interleave_runs, latency_table, per_second,
-    table, table_in,
+    Baseline, MILLIONS, Samples, Summary, THOUSANDS, interleave, interleave_runs, latency_table,
+    per_second, table, table_in,
 };
 use backflow_benches::{bytes, mpmc, parallel, spsc};
 
@@ -48,6 +49,7 @@ fn main() {
     let parallel_items = env_or("BACKFLOW_BENCH_PARALLEL_ITEMS", 50_000);
     let ordered_items = env_or("BACKFLOW_BENCH_ORDERED_ITEMS", 800_000);
     let ordered_map_items = env_or("BACKFLOW_BENCH_ORDERED_MAP_ITEMS", 15_000_000);
+    let budget_items = env_or("BACKFLOW_BENCH_BUDGET_ITEMS", 400_000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let only = env::var("BACKFLOW_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
@@ -78,6 +80,9 @@ fn main() {
     }
     if part("metrics") {
         metrics_table(rounds, pipeline_items);
+    }
+    if part("budget") {
+        budget_table(rounds, budget_items, cores);
     }
     if part("bytes") {
         let heavy_items = env_or("BACKFLOW_BENCH_BYTES_ITEMS", 20_000);
@@ -273,6 +278,61 @@ fn ordered_tables(rounds: usize, spin_items: u64, map_items: u64, cores: usize) 
         for (name, counts) in names.iter().zip(&inversions) {
             let median = Summary::of(counts).map_or(0.0, |s| s.median);
             println!("- {name}: {median:.0}");
+        }
+        println!();
+    }
+}
+
+/// Every fixed assignment of the thread budget against the scaler, interleaved; the ratio
+/// column divides by the best fixed assignment's median. Then what the scaler did each run.
+fn budget_table(rounds: usize, items: u64, cores: usize) {
+    let costs: Vec<String> = budget::COSTS.iter().map(|c| c.as_micros().to_string()).collect();
+    println!(
+        "## Thread budget: 3 stages of {} µs per item, {} worker threads, {cores} cores, \
+         {items} items per run\n",
+        costs.join(" / "),
+        budget::THREADS
+    );
+    let contenders: Vec<Workers> = budget::fixed_assignments()
+        .into_iter()
+        .map(Workers::Fixed)
+        .chain([Workers::Budget])
+        .filter(|w| selected(&w.name()))
+        .collect();
+    let names: Vec<String> = contenders.iter().map(|w| w.name()).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let runs = interleave_runs(&name_refs, rounds, |i| Some(budget::run(items, contenders[i])));
+    let samples: Vec<Samples> = runs
+        .iter()
+        .map(|(name, runs)| Samples {
+            name: name.clone(),
+            per_second: runs.iter().map(|run| per_second(items, run.elapsed)).collect(),
+        })
+        .collect();
+    let best = samples
+        .iter()
+        .filter(|s| s.name.starts_with("fixed"))
+        .filter_map(|s| Some((s.name.as_str(), Summary::of(&s.per_second)?.median)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, _)| name);
+    let baselines: Vec<Baseline<'_>> = best.map(Baseline::Row).into_iter().collect();
+    println!("{}", table_in(&samples, &baselines, THOUSANDS));
+    let scaled = Workers::Budget.name();
+    for (name, runs) in runs.iter().filter(|(name, _)| *name == scaled) {
+        println!(
+            "{name}, run by run: the moves (time since the first push) and the workers at the end.\n"
+        );
+        for run in runs {
+            let moves: Vec<String> = run
+                .moves
+                .iter()
+                .map(|(at, what)| format!("{:.2} s {what}", at.as_secs_f64()))
+                .collect();
+            let [a, b, c] = run.workers;
+            println!(
+                "- {}; at the end {a} / {b} / {c}",
+                if moves.is_empty() { "no move".into() } else { moves.join(", ") }
+            );
         }
         println!();
     }

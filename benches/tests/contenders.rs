@@ -100,3 +100,19 @@ fn the_byte_budget_workloads_deliver_every_item() {
         assert!(report::per_second(ITEMS, bytes::small(ITEMS, budget)) > 0.0, "{name}");
     }
 }
+
+#[test]
+fn every_budget_contender_delivers_every_item_within_the_budget() {
+    use backflow_benches::budget::{self, Workers};
+
+    let contenders = budget::fixed_assignments().into_iter().map(Workers::Fixed);
+    for workers in contenders.chain([Workers::Budget]) {
+        // Each run asserts the sum and the accounting.
+        let run = budget::run(2_000, workers);
+        assert!(run.workers.iter().sum::<usize>() <= budget::THREADS, "{}", workers.name());
+        if let Workers::Fixed(counts) = workers {
+            assert_eq!(run.workers, counts);
+            assert!(run.moves.is_empty());
+        }
+    }
+}

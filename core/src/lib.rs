@@ -13,7 +13,9 @@
 //! - [`metrics`]: lock-free counters and a log-linear latency histogram (64-bit targets).
 //! - [`driver`]: a cooperative single-threaded loop that runs stages over rings (bare metal).
 //! - State machines with time passed in, so they need no clock: [`CircuitBreaker`],
-//!   [`TokenBucket`], [`RetrySchedule`], and [`ReorderWindow`] for re-sequencing.
+//!   [`TokenBucket`], [`RetrySchedule`], and [`ReorderWindow`] for re-sequencing; and
+//!   [`Scaler`], which moves workers within a thread budget to the stage that limits a
+//!   pipeline, one interval's measurements at a time.
 //!
 //! Every constructor that takes user input returns a [`ConfigError`] naming the field instead
 //! of panicking.
@@ -58,6 +60,7 @@ pub mod metrics;
 pub mod overflow;
 pub mod reorder;
 pub mod retry;
+pub mod scaler;
 pub mod stage;
 mod sync;
 pub mod token_bucket;
@@ -69,6 +72,7 @@ pub use error::ConfigError;
 pub use overflow::Overflow;
 pub use reorder::ReorderWindow;
 pub use retry::RetrySchedule;
+pub use scaler::Scaler;
 pub use stage::Stage;
 pub use token_bucket::TokenBucket;
 pub use water_marks::{Pressure, WaterMarks};

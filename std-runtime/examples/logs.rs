@@ -5,6 +5,7 @@
 //! cargo run --release --example logs -- --slow-sink-us 200  # a slow store: backpressure
 //! cargo run --release --example logs -- --slow-sink-us 200 --overflow drop-oldest
 //! cargo run --release --example logs -- --slow-sink-us 200 --max-queue-bytes 65536
+//! cargo run --release --example logs -- --threads 6         # workers move to the bottleneck
 //! cargo run --release --example logs -- access.log          # or `-` for stdin
 //! cargo run --release --features http --example logs -- --metrics-addr 127.0.0.1:9898 --hold
 //! ```
@@ -31,6 +32,11 @@
 //!   to show pressure building up from the sink back to the producer, or, with a drop
 //!   policy, items dropped and counted.
 //!
+//! - `--threads N` gives the four stages N worker threads together instead of fixed counts:
+//!   each starts with one, and every 200 ms a controller moves workers to the stage that
+//!   limits the pipeline (`Source::threads`, `Builder::workers_range`); the results say where
+//!   they went.
+//!
 //! While it runs, a table on stderr shows each stage's throughput, queue fill, pressure,
 //! p99 processing time, drops and time shares; at the end stdout gets the final report, the
 //! accounting check, the demo's own results and a `summary:` line for scripts.
@@ -55,8 +61,8 @@ use std::time::{Duration, Instant};
 use backflow::builder::Builder;
 use backflow::core::metrics::{Histogram, Snapshot};
 use backflow::{
-    DEFAULT_CAPACITY, DeadLetter, Dropped, Input, Overflow, Pipeline, Report, StageStats, Stats,
-    stage,
+    DEFAULT_CAPACITY, DeadLetter, Dropped, Event, Input, Overflow, Pipeline, Report, StageStats,
+    Stats, stage,
 };
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
 use clap::{Parser, ValueEnum, value_parser};
@@ -93,6 +99,12 @@ struct Args {
     /// merges).
     #[arg(long, value_name = "N", default_value_t = NonZeroUsize::MIN, value_parser = workers())]
     aggregate_workers: NonZeroUsize,
+    /// Worker threads of the four stages together, 1 to 256, instead of fixed counts: each
+    /// stage starts with one and may get up to N, moved every 200 ms to the stage that limits
+    /// the pipeline. At least 4 (one per stage).
+    #[arg(long, value_name = "N", conflicts_with_all = ["workers", "aggregate_workers"],
+          value_parser = value_parser!(u64).range(1..=MAX_THREADS).map(|n| n as usize))]
+    threads: Option<usize>,
     /// Capacity of every stage's input queue, 1 to 65,536.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CAPACITY))]
@@ -148,6 +160,8 @@ struct Args {
 const MAX_ITEMS: u64 = 1_000_000_000;
 /// `--workers`, `--aggregate-workers`: far more threads than the demo's work can use.
 const MAX_WORKERS: u64 = 64;
+/// `--threads`: four stages of up to 64 workers.
+const MAX_THREADS: u64 = 4 * MAX_WORKERS;
 /// `--capacity`: each of the four queues holds up to this many lines or records.
 const MAX_CAPACITY: u64 = 65_536;
 /// `--slow-sink-us`: a second per record.
@@ -388,10 +402,25 @@ fn in_flight(stats: &Stats) -> u64 {
 /// `aggregate` → `totals`; then 5xx records to `alerts`, the others to `encode` → the store.
 fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::ConfigError> {
     let capacity = args.capacity;
-    let [dlq, health, totals, alerts, drops, store] = [(); 6].map(|()| Arc::clone(tally));
+    let [dlq, health, totals, alerts, drops, store, scaled] = [(); 7].map(|()| Arc::clone(tally));
     let slow = args.slow_sink_us.filter(|&us| us > 0).map(Duration::from_micros);
-    Pipeline::<Line>::builder()
+    // A stage's workers: `fixed` of them, or 1 to the budget with `--threads`.
+    let workers = |fixed: NonZeroUsize| match args.threads {
+        Some(budget) => 1..=budget,
+        None => fixed.get()..=fixed.get(),
+    };
+    let started = Instant::now();
+    let mut source = Pipeline::<Line>::builder().on_event(move |event| {
+        if let Event::Scaled { .. } = event {
+            lock(&scaled.scaled).push((started.elapsed(), event.to_string()));
+        }
+    });
+    if let Some(budget) = args.threads {
+        source = source.threads(budget);
+    }
+    source
         .stage("parse", || stage::try_map(parse))
+        .workers_range(workers(NonZeroUsize::MIN))
         .capacity(capacity)
         .max_queue_bytes(args.max_queue_bytes)
         .dead_letter(move |letter: DeadLetter<'_, Line>| {
@@ -413,7 +442,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
                 Some(routes.enrich(access))
             })
         })
-        .workers(args.workers)
+        .workers_range(workers(args.workers))
         .capacity(capacity)
         .max_queue_bytes(args.max_queue_bytes)
         .broadcast("totals", |every| {
@@ -425,7 +454,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
                         |totals: &mut Totals, hit: Hit| totals.add(&hit),
                     )
                 })
-                .workers(args.aggregate_workers)
+                .workers_range(workers(args.aggregate_workers))
                 .capacity(capacity)
                 .max_queue_bytes(args.max_queue_bytes)
                 .sink(move |(key, partial): (Key, Totals)| {
@@ -447,6 +476,7 @@ fn build(args: &Args, tally: &Arc<Tally>) -> Result<Pipeline<Line>, backflow::Co
             },
         )
         .stage("encode", || |hit: Hit| encode(&hit))
+        .workers_range(workers(NonZeroUsize::MIN))
         .capacity(capacity)
         .max_queue_bytes(args.max_queue_bytes)
         .overflow(Overflow::from(args.overflow))
@@ -657,6 +687,8 @@ struct Tally {
     stored_bytes: AtomicU64,
     /// Items dropped by overflow policies, as the drop hooks saw them.
     dropped: AtomicU64,
+    /// With `--threads`: each change of a stage's workers, with the time since the start.
+    scaled: Mutex<Vec<(Duration, String)>>,
     totals: Mutex<HashMap<Key, Merged>>,
 }
 
@@ -1324,10 +1356,13 @@ fn print_header(out: &mut impl io::Write, args: &Args, items: u64) -> io::Result
     };
     writeln!(out, "backflow demo: {source}")?;
     writeln!(out)?;
+    let (enrich, aggregate) = match args.threads {
+        Some(_) => ("×n".to_string(), "×n".to_string()),
+        None => (format!("×{}", args.workers), format!("×{}", args.aggregate_workers)),
+    };
     writeln!(
         out,
-        "  lines ─► parse ─► enrich ×{} ─┬─► aggregate ×{} ─► totals  (every record)",
-        args.workers, args.aggregate_workers
+        "  lines ─► parse ─► enrich {enrich} ─┬─► aggregate {aggregate} ─► totals  (every record)"
     )?;
     writeln!(out, "             │                 └─┬─► alerts                 (5xx)")?;
     writeln!(out, "        dead letters             └─► encode ─► sink (store)   (the rest)")?;
@@ -1341,6 +1376,13 @@ fn print_header(out: &mut impl io::Write, args: &Args, items: u64) -> io::Result
         "  queues of {bounds}; the store's queue (encode) when full: {}; {store}",
         args.overflow
     )?;
+    if let Some(budget) = args.threads {
+        writeln!(
+            out,
+            "  {budget} worker threads for the four stages: each starts with 1 and may get up \
+             to {budget}, moved every 200 ms to the stage that limits the pipeline"
+        )?;
+    }
     writeln!(out)
 }
 
@@ -1588,6 +1630,22 @@ fn print_results(
         elapsed.as_secs_f64(),
         rate(lines as f64 / elapsed.as_secs_f64()).replace("/s", " lines/s")
     )?;
+    let moves = lock(&tally.scaled);
+    let at_end: Vec<String> =
+        stats.stages().iter().map(|s| format!("{} {}", s.name, s.workers)).collect();
+    let budget = stats.stages().first().filter(|s| s.workers_min < s.workers_max);
+    if budget.is_some() {
+        let total: usize = stats.stages().iter().map(|s| s.workers).sum();
+        writeln!(
+            out,
+            "workers: {} ({total} threads) at the end; {} moves",
+            at_end.join(", "),
+            moves.len()
+        )?;
+        for (at, what) in moves.iter() {
+            writeln!(out, "  {:>6.2} s  {what}", at.as_secs_f64())?;
+        }
+    }
 
     let enriched = enrich.emitted_outputs;
     let report_drops: u64 = stats.stages().iter().map(|s| s.accounting.dropped).sum();
@@ -1597,9 +1655,11 @@ fn print_results(
         "summary: lines={lines} parsed={} dead_lettered={dead} health_checks={health} \
          enriched={enriched} aggregated={aggregated} aggregate_in={} alerts={alerts} \
          stored={stored} dropped={dropped} report_dropped={report_drops} \
-         pressure_transitions={transitions} balanced={}",
+         pressure_transitions={transitions} workers={} moves={} balanced={}",
         parse.accounting.emitted_inputs,
         aggregate.accounting.emitted_inputs,
+        stats.stages().iter().map(|s| s.workers.to_string()).collect::<Vec<_>>().join("/"),
+        moves.len(),
         report.is_balanced()
     )
 }

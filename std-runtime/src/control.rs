@@ -55,7 +55,9 @@ pub(crate) struct Control {
     pub(crate) sample_every: NonZeroU32,
     /// Whether anything is timed: sampled latencies and the workers' time shares.
     pub(crate) timings: bool,
-    /// Worker threads that have returned.
+    /// Worker threads counted in: started, or about to be.
+    started: AtomicUsize,
+    /// Worker threads that have returned (or were counted in and never started).
     exited: AtomicUsize,
     /// Notified each time a worker exits (`shutdown` waits on it with a deadline).
     pub(crate) exit: Signal,
@@ -80,6 +82,7 @@ impl Control {
             start: Instant::now(),
             sample_every,
             timings,
+            started: AtomicUsize::new(0),
             exited: AtomicUsize::new(0),
             exit: Signal::new(),
             cancel_signal: Signal::new(),
@@ -174,13 +177,21 @@ impl Control {
         self.start
     }
 
+    /// Counts a worker thread in, before it starts.
+    pub(crate) fn worker_started(&self) {
+        self.started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether every worker thread counted in has exited. A worker is counted in at launch,
+    /// or later only while another worker of its stage runs (`Workers::enlist`), so once this
+    /// is true it stays true.
+    pub(crate) fn all_exited(&self) -> bool {
+        self.exited.load(Ordering::Acquire) == self.started.load(Ordering::Acquire)
+    }
+
     pub(crate) fn worker_exited(&self) {
         self.exited.fetch_add(1, Ordering::AcqRel);
         self.exit.notify();
-    }
-
-    pub(crate) fn exited(&self) -> usize {
-        self.exited.load(Ordering::Acquire)
     }
 
     /// Records a fatal failure (the first one wins) and cancels the pipeline.

@@ -132,6 +132,43 @@ pub enum ConfigError {
         /// The operating system's error.
         message: String,
     },
+    /// [`Builder::workers_range`](crate::Builder::workers_range) with a minimum of zero or
+    /// above the maximum.
+    #[error("stage `{stage}`: workers_range {min}..={max} must have 1 <= min <= max")]
+    WorkersRange {
+        /// The stage.
+        stage: String,
+        /// The minimum given.
+        min: usize,
+        /// The maximum given.
+        max: usize,
+    },
+    /// A key-ordered stage with a workers range: its keys are spread over one queue per
+    /// worker, a number fixed when the pipeline is built, so its workers cannot come and go.
+    #[error("stage `{stage}`: a key-ordered stage cannot have a workers range")]
+    KeyOrderedScaled {
+        /// The stage.
+        stage: String,
+    },
+    /// [`Source::threads`](crate::Source::threads) below the workers the stages start with
+    /// (each fixed number, each range's minimum), or zero.
+    #[error("threads: a budget of {budget} is below the {needed} workers the stages start with")]
+    ThreadBudget {
+        /// The budget given.
+        budget: usize,
+        /// The stages' workers at the start, together.
+        needed: usize,
+    },
+    /// A pipeline-wide scaling setting that cannot work: `scale_interval` zero, `timings` off
+    /// (the scaler measures how busy the stages are), or a field of the
+    /// [`ScalerConfig`](crate::core::scaler::ScalerConfig) out of range (`scaler.samples`, …).
+    #[error("`{field}` must be {expected}")]
+    Scaling {
+        /// The setting.
+        field: &'static str,
+        /// What it accepts.
+        expected: &'static str,
+    },
 }
 
 /// A push into a pipeline that did not happen; the item is inside, so nothing is lost.

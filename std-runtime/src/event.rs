@@ -5,11 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backflow_core::scaler::Reason;
+
 use crate::hooks::DropReason;
 use crate::stats::Report;
 
 /// Something that happened in a running pipeline. The handler is called on the thread where
-/// it happened (a worker, a producer, the stall watchdog, the one that drains), so it should
+/// it happened (a worker, a producer, the stall watchdog, the scaling controller, the one
+/// that drains), so it should
 /// be quick; it sees borrowed data and copies what it keeps.
 ///
 /// The handler is also the pipeline's error and completion hook: [`Event::Error`] comes with
@@ -109,6 +112,20 @@ pub enum Event<'a> {
         /// How long it has made no progress.
         idle: Duration,
     },
+    /// A stage's workers changed under the thread budget (see
+    /// [`Source::threads`](crate::Source::threads)): `to` is one more or one fewer than
+    /// `from`. A worker that leaves finishes its batch first, so for a moment the stage may run
+    /// one more than `to`.
+    Scaled {
+        /// The stage.
+        stage: &'a str,
+        /// Its workers before.
+        from: usize,
+        /// Its workers now.
+        to: usize,
+        /// Why: it was the bottleneck (one more), or had a worker to spare (one fewer).
+        reason: Reason,
+    },
     /// The pipeline finished (drained, shut down or cancelled) and every thread was joined.
     Drained {
         /// The final report.
@@ -137,6 +154,9 @@ impl fmt::Display for Event<'_> {
             Self::CircuitClosed { stage } => write!(f, "{stage}: circuit closed"),
             Self::Stalled { stage, queued, idle } => {
                 write!(f, "{stage}: stalled, {queued} queued, no progress for {idle:?}")
+            }
+            Self::Scaled { stage, from, to, reason } => {
+                write!(f, "{stage}: {from} → {to} workers ({reason})")
             }
             Self::Drained { report } => {
                 write!(

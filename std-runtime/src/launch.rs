@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex, mpsc};
-use std::thread;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use backflow_core::{Overflow, Stage};
 
@@ -16,9 +16,11 @@ use crate::pipeline::Running;
 use crate::plan::{Order, Plan, StagePlan};
 use crate::policy::{Gate, Policy, TypedSettings};
 use crate::route::{Downstream, Fan, FanCounts, Keyed, Lanes, Reorder, Sink, Split};
+use crate::scale::{Hire, ScaleSetup};
 use crate::stats::{SinkShared, StageShared};
 use crate::weight::Weight;
-use crate::worker::{self, WorkerId, WorkerParts};
+use crate::worker::{self, Departure, WorkerId, WorkerParts};
+use crate::workers::Workers;
 
 /// What the per-stage closures build into.
 pub(crate) struct Wiring {
@@ -28,16 +30,20 @@ pub(crate) struct Wiring {
     gates: Vec<Arc<Gate>>,
     shared: Vec<Arc<StageShared>>,
     views: Vec<Option<Arc<dyn LinkView>>>,
-    /// Upstream worker count per stage.
+    /// Upstream worker count per stage (at the start), and whether it is fixed.
     upstream: Vec<usize>,
+    upstream_fixed: Vec<bool>,
     fans: Vec<Arc<FanCounts>>,
     sinks: Vec<Arc<SinkShared>>,
     sink_names: Vec<Arc<str>>,
     /// The main line's last stage, and the workers that feed the main sink.
     trunk_last: usize,
     sink_upstream: usize,
+    sink_upstream_fixed: bool,
     /// The workers to start once every queue is allocated.
     workers: Vec<(WorkerId, Box<dyn FnOnce() + Send>)>,
+    /// How to add a worker to each stage with a workers range.
+    hires: Vec<Option<Hire>>,
 }
 
 /// Builds a part of the pipeline: given where its outputs go, allocates its queues and
@@ -56,8 +62,20 @@ pub(crate) fn start<In, Out>(
     attach: Attach<In, Out>,
     terminal: impl FnOnce(&Wiring) -> Result<Terminal<Out>, ConfigError>,
 ) -> Result<Running<In>, ConfigError> {
-    let Plan { stages, upstream, sink_names, fans, flows, watched, trunk_last, sink_upstream } =
-        plan;
+    let Plan {
+        stages,
+        upstream,
+        upstream_fixed,
+        feeders,
+        sink_names,
+        fans,
+        flows,
+        watched,
+        trunk_last,
+        sink_upstream,
+        sink_upstream_fixed,
+        scaling,
+    } = plan;
     let start = control.started_at();
     let mut stages = stages;
     let gates: Vec<Arc<Gate>> = stages
@@ -65,14 +83,17 @@ pub(crate) fn start<In, Out>(
         .map(|s| Arc::new(Gate::new(Arc::clone(&s.name), s.breaker.take(), s.limiter.take())))
         .collect();
     let shared = stages.iter().zip(&gates).map(|(s, gate)| {
-        Arc::new(StageShared::new(Arc::clone(&s.name), s.workers, start, gate.circuit()))
+        let workers = Arc::new(Workers::new(s.workers, s.workers, s.max_workers, start));
+        Arc::new(StageShared::new(Arc::clone(&s.name), workers, start, gate.circuit()))
     });
     let mut wiring = Wiring {
         control: Arc::clone(&control),
         shared: shared.collect(),
         gates,
         views: (0..stages.len()).map(|_| None).collect(),
+        hires: (0..stages.len()).map(|_| None).collect(),
         upstream,
+        upstream_fixed,
         stages,
         fans: fans
             .into_iter()
@@ -82,6 +103,7 @@ pub(crate) fn start<In, Out>(
         sink_names,
         trunk_last,
         sink_upstream,
+        sink_upstream_fixed,
         workers: Vec::new(),
     };
     // Every queue is allocated before the first thread starts: a queue the allocator
@@ -93,19 +115,8 @@ pub(crate) fn start<In, Out>(
     let views = wiring.views.into_iter().map(|v| v.expect("every stage attached")).collect();
     let (mut threads, mut refused) = (Vec::with_capacity(wiring.workers.len()), None);
     for (id, work) in wiring.workers {
-        // Each thread is let start (the standard library sets up its signal stack then)
-        // before the next one's stack is taken: when memory runs out, it is the next `spawn`
-        // that fails, with an error, not a started thread, which would abort.
-        let (started, has_started) = mpsc::sync_channel(1);
-        let spawned = thread::Builder::new().name(id.to_string()).spawn(move || {
-            let _ = started.send(());
-            work();
-        });
-        match spawned {
-            Ok(handle) => {
-                let _ = has_started.recv();
-                threads.push(handle);
-            }
+        match worker::spawn(&id, work) {
+            Ok(handle) => threads.push(handle),
             Err(error) => {
                 let (stage, worker) = (id.stage.to_string(), id.index);
                 refused = Some(ConfigError::Spawn { stage, worker, message: error.to_string() });
@@ -123,8 +134,10 @@ pub(crate) fn start<In, Out>(
         flows,
         watched,
         output,
-        threads: Mutex::new(threads),
+        threads: Arc::new(Mutex::new(threads)),
         watchdog: Mutex::new(None),
+        scale: scaling.map(|scaling| ScaleSetup { scaling, hires: wiring.hires, feeders }),
+        scaler: Mutex::new(None),
     };
     match refused {
         None => Ok(running),
@@ -183,7 +196,7 @@ pub(crate) fn output<T>(
         marks: last.marks,
         overflow: Overflow::Block,
         upstream,
-        single: upstream == 1,
+        single: upstream == 1 && wiring.sink_upstream_fixed,
         handles: false,
         stage: Arc::clone(&wiring.sink_names[0]),
         counters: Arc::clone(&wiring.sinks[0].counters),
@@ -208,8 +221,9 @@ where
     S::Out: Send + 'static,
     S::Error: fmt::Display,
 {
-    let upstream = wiring.upstream[index];
+    let (upstream, upstream_fixed) = (wiring.upstream[index], wiring.upstream_fixed[index]);
     let stage = &mut wiring.stages[index];
+    let scales = stage.max_workers > stage.workers;
     let typed: TypedSettings<In, S::Out> =
         stage.typed.take().map_or_else(TypedSettings::default, |typed| {
             *typed.downcast().expect("a stage's typed settings match its types")
@@ -223,8 +237,12 @@ where
                 marks: stage.marks,
                 overflow: stage.overflow,
                 upstream,
-                // The first link is fed by the input handles: any number of threads.
-                single: index > 0 && upstream == 1 && (keyed || stage.workers == 1),
+                // The first link is fed by the input handles: any number of threads. A stage
+                // with a workers range, or fed by one, may get more.
+                single: index > 0
+                    && upstream == 1
+                    && upstream_fixed
+                    && (keyed || (stage.workers == 1 && !scales)),
                 handles: index == 0,
                 stage: Arc::clone(&stage.name),
                 counters: Arc::clone(&wiring.shared[index].counters),
@@ -246,7 +264,7 @@ where
         watched: stage.watched,
     };
     let reorder =
-        (stage.order == Order::Ordered && stage.workers > 1).then(|| Arc::new(Reorder::new()));
+        (stage.order == Order::Ordered && stage.max_workers > 1).then(|| Arc::new(Reorder::new()));
     let flush_every = stage.flush_every;
     let head = match typed.key {
         Some(key) if keyed => {
@@ -258,29 +276,57 @@ where
             Downstream::Link(Arc::clone(&links[0]))
         }
     };
-    for worker in 0..wiring.stages[index].workers {
-        let id = WorkerId { stage: Arc::clone(&wiring.stages[index].name), index: worker };
+    let name = Arc::clone(&wiring.stages[index].name);
+    let (shared, control) = (Arc::clone(&wiring.shared[index]), Arc::clone(&wiring.control));
+    let factory = Arc::clone(factory);
+    let told = downstream.clone();
+    // Worker `worker`'s work: run the stage until the end, then count the worker out.
+    let work = move |worker: usize| -> (WorkerId, Box<dyn FnOnce() + Send>) {
+        let id = WorkerId { stage: Arc::clone(&name), index: worker };
         let parts = WorkerParts {
             input: Arc::clone(&links[worker % links.len()]),
             downstream: downstream.clone(),
-            shared: Arc::clone(&wiring.shared[index]),
+            shared: Arc::clone(&shared),
             policy: policy.clone(),
             reorder: reorder.clone(),
             flush_every,
         };
-        let (factory, control) = (Arc::clone(factory), Arc::clone(&wiring.control));
+        let departure = Departure {
+            workers: Arc::clone(&shared.workers),
+            downstream: downstream.clone(),
+            control: Arc::clone(&control),
+        };
+        let factory = Arc::clone(&factory);
         let work_id = id.clone();
         let work = move || {
             // `run` catches every panic of the user's code it calls; this one is for what it
-            // cannot reach (the `drop` of the factory's captures), so that the exit is
+            // cannot reach (the `drop` of the factory's captures), so that the departure is
             // always announced (`shutdown` waits for it).
             let _ = catch_unwind(AssertUnwindSafe(move || {
                 worker::run(&work_id, &*factory, &parts);
                 drop((factory, parts));
             }));
-            control.worker_exited();
+            drop(departure);
         };
-        wiring.workers.push((id, Box::new(work)));
+        (id, Box::new(work))
+    };
+    for worker in 0..wiring.stages[index].workers {
+        wiring.control.worker_started();
+        wiring.workers.push(work(worker));
+    }
+    if scales {
+        let workers = Arc::clone(&wiring.shared[index].workers);
+        let control = Arc::clone(&wiring.control);
+        // One more worker is counted in downstream and by the pipeline before it starts,
+        // while another worker of the stage still runs (see `Workers::enlist`).
+        let hire: Hire = Box::new(move || {
+            let announce = || {
+                told.upstream_added();
+                control.worker_started();
+            };
+            workers.enlist(Instant::now(), announce).map(&work)
+        });
+        wiring.hires[index] = Some(hire);
     }
     Ok(head)
 }

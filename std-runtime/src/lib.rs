@@ -76,6 +76,7 @@ mod pipeline;
 mod plan;
 mod policy;
 mod route;
+mod scale;
 mod slots;
 mod stages;
 pub mod stats;
@@ -83,6 +84,7 @@ mod wait;
 mod watchdog;
 mod weight;
 mod worker;
+mod workers;
 
 /// The `no_std` core: rings, water marks, overflow policies, stage traits.
 ///

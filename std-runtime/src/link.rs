@@ -190,6 +190,12 @@ impl<T> Link<T> {
         self.handles.as_ref().is_none_or(Handles::all_done)
     }
 
+    /// One more upstream worker will push (a worker added while the pipeline runs, counted in
+    /// while another upstream worker has not finished: the link is not finished yet).
+    pub(crate) fn upstream_added(&self) {
+        self.upstream_left.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// One upstream worker has finished pushing; the last one finishes the link.
     pub(crate) fn upstream_done(&self) {
         if self.upstream_left.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -285,11 +291,17 @@ impl<T> Link<T> {
     /// Waits until the ring has an item, the link is finished, the pipeline is cancelled, or
     /// `deadline`.
     pub(crate) fn wait_for_items(&self, deadline: Option<Instant>) {
+        self.wait_for_items_or(deadline, || false);
+    }
+
+    /// [`wait_for_items`](Self::wait_for_items), also ending when `stop()` (checked like the
+    /// rest of the condition: make it true, then [`wake_all`](Self::wake_all)).
+    pub(crate) fn wait_for_items_or(&self, deadline: Option<Instant>, stop: impl Fn() -> bool) {
         let control = &self.control;
         wait_until(
             &self.items,
             control.strategy,
-            || !self.ring.is_empty() || control.is_cancelled() || self.finished(),
+            || !self.ring.is_empty() || control.is_cancelled() || self.finished() || stop(),
             deadline,
         );
     }

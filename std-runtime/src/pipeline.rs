@@ -13,6 +13,7 @@ use crate::input::Input;
 use crate::link::{Link, LinkView};
 use crate::plan::{Flow, Node, Supply, Watched};
 use crate::route::FanCounts;
+use crate::scale::{self, ScaleSetup, ScaledStage, Threads};
 use crate::stats::Report;
 use crate::stats::{Collector, FlowCheck, Graph, SinkShared, StageShared, StageSource, Stats};
 use crate::watchdog;
@@ -30,8 +31,12 @@ pub(crate) struct Running<In> {
     pub(crate) watched: Vec<Watched>,
     /// The output handle's queue, if the pipeline ends in one.
     pub(crate) output: Option<Arc<dyn LinkView>>,
-    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Every worker thread: those started at launch and those the scaling controller adds.
+    pub(crate) threads: Threads,
     pub(crate) watchdog: Mutex<Option<JoinHandle<()>>>,
+    /// What the scaling controller needs, until it starts, if a stage has a workers range.
+    pub(crate) scale: Option<ScaleSetup>,
+    pub(crate) scaler: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<In> Running<In> {
@@ -50,16 +55,30 @@ impl<In> Running<In> {
         self.views.iter().chain(&self.output).for_each(|view| view.wake_all());
     }
 
-    /// Joins every worker thread.
+    /// Joins every worker thread, and the watchdog and the scaling controller, which end
+    /// with the last worker. The controller may add workers until then: the ones it added
+    /// are joined after it.
     fn join(&self) {
-        let threads =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let take =
+            || std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        loop {
+            let threads = take();
+            if threads.is_empty() {
+                break;
+            }
+            // Workers catch every panic themselves (see `worker::run`).
+            threads.into_iter().for_each(|thread| drop(thread.join()));
+        }
         let watchdog = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).take();
-        for thread in threads.into_iter().chain(watchdog) {
-            // Workers catch every panic themselves (see `worker::run`); the watchdog's only
-            // user code is the event handler, whose panic ends just the watchdog.
+        let scaler = self.scaler.lock().unwrap_or_else(PoisonError::into_inner).take();
+        for thread in watchdog.into_iter().chain(scaler) {
+            // The watchdog's and the controller's only user code is the event handler, whose
+            // panic ends just that thread.
             let _ = thread.join();
         }
+        // Workers the controller started after the last look (they have exited, or are about
+        // to: the controller stops once every worker has).
+        take().into_iter().for_each(|thread| drop(thread.join()));
     }
 
     /// Cancels, joins and abandons whatever is left in the queues.
@@ -225,16 +244,16 @@ impl<In> Running<In> {
 /// ```
 pub struct Pipeline<In> {
     running: Running<In>,
-    workers: usize,
     /// What its watches read.
     seen: Arc<Mutex<Seen>>,
 }
 
 impl<In> Pipeline<In> {
     /// A pipeline whose workers have all started: starts the stall watchdog, if a stage
-    /// asks for one, and announces the start.
-    pub(crate) fn start(running: Running<In>) -> Result<Self, ConfigError> {
-        let workers = running.threads.lock().unwrap_or_else(PoisonError::into_inner).len();
+    /// asks for one, and the scaling controller, if a stage has a workers range, and
+    /// announces the start.
+    pub(crate) fn start(mut running: Running<In>) -> Result<Self, ConfigError> {
+        let setup = running.scale.take();
         let r = &running;
         r.control.set_links(
             r.views
@@ -243,20 +262,34 @@ impl<In> Pipeline<In> {
                 .map(|view| Arc::downgrade(view) as Weak<dyn Wake>)
                 .collect(),
         );
-        match watchdog::start(&r.control, &r.watched, &r.stages, &r.views, workers) {
+        let refused = |running: &Running<In>, stage: &str, error: std::io::Error| {
+            running.stop();
+            ConfigError::Spawn { stage: stage.into(), worker: 0, message: error.to_string() }
+        };
+        match watchdog::start(&r.control, &r.watched, &r.stages, &r.views) {
             Ok(handle) => *r.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = handle,
-            Err(error) => {
-                running.stop();
-                return Err(ConfigError::Spawn {
-                    stage: "watchdog".into(),
-                    worker: 0,
-                    message: error.to_string(),
-                });
+            Err(error) => return Err(refused(r, "watchdog", error)),
+        }
+        if let Some(ScaleSetup { scaling, hires, feeders }) = setup {
+            let stages = r.stages.iter().zip(&r.views).zip(hires).zip(feeders);
+            let stages = stages
+                .map(|(((shared, view), hire), feeders)| ScaledStage {
+                    shared: Arc::clone(shared),
+                    view: Arc::clone(view),
+                    feeders,
+                    hire,
+                })
+                .collect();
+            match scale::start(&r.control, scaling, stages, &r.threads) {
+                Ok(handle) => {
+                    *r.scaler.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle)
+                }
+                Err(error) => return Err(refused(r, "scaler", error)),
             }
         }
         running.control.emit(&Event::Started { stages: running.stages.len() });
         let seen = Arc::new(Mutex::new(Seen::Live(Sources::of(&running))));
-        Ok(Self { running, workers, seen })
+        Ok(Self { running, seen })
     }
 
     /// A new handle for pushing items into the pipeline.
@@ -380,8 +413,7 @@ impl<In> Pipeline<In> {
         let was_cancelled = self.running.control.is_cancelled();
         self.running.close();
         let control = &self.running.control;
-        let all_exited = || control.exited() == self.workers;
-        let finished = control.exit.park_until(all_exited, deadline);
+        let finished = control.exit.park_until(|| control.all_exited(), deadline);
         if !finished {
             self.running.cancel();
         }
@@ -541,9 +573,10 @@ impl<In> Drop for Pipeline<In> {
 impl<In> fmt::Debug for Pipeline<In> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.running.stages.iter().map(|s| &*s.name).collect();
+        let workers: usize = self.running.stages.iter().map(|s| s.workers.count()).sum();
         f.debug_struct("Pipeline")
             .field("stages", &names)
-            .field("workers", &self.workers)
+            .field("workers", &workers)
             .finish_non_exhaustive()
     }
 }

@@ -6,14 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backflow_core::breaker::CircuitBreaker;
+use backflow_core::scaler::{Scaler, StageWorkers};
 use backflow_core::{Overflow, RetrySchedule, TokenBucket, WaterMarks, WeightBudget};
 
 /// A pipeline definition, validated.
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub(crate) stages: Vec<StagePlan>,
-    /// Worker threads that feed each stage.
+    /// Worker threads that feed each stage (at the start).
     pub(crate) upstream: Vec<usize>,
+    /// Whether each stage is fed by a fixed number of workers (no stage with a workers range).
+    pub(crate) upstream_fixed: Vec<bool>,
+    /// The stages whose workers feed each stage, through fans and merges; none for the first.
+    pub(crate) feeders: Vec<Vec<usize>>,
     /// Every sink's name, the main one (`sink`) first.
     pub(crate) sink_names: Vec<Arc<str>>,
     /// Whether each fan broadcasts (or routes).
@@ -24,15 +29,32 @@ pub(crate) struct Plan {
     pub(crate) watched: Vec<Watched>,
     /// The main line's last stage.
     pub(crate) trunk_last: usize,
-    /// Worker threads that feed the main sink.
+    /// Worker threads that feed the main sink (at the start), and whether that number is fixed.
     pub(crate) sink_upstream: usize,
+    pub(crate) sink_upstream_fixed: bool,
+    /// The thread budget and the scaler, when a stage has a workers range.
+    pub(crate) scaling: Option<Scaling>,
+}
+
+/// How the workers of stages with a workers range are scaled.
+#[derive(Debug, Clone)]
+pub(crate) struct Scaling {
+    /// How often the stages are measured.
+    pub(crate) interval: Duration,
+    /// The decisions, within the thread budget.
+    pub(crate) scaler: Scaler,
+    /// Every stage's workers and range, as the scaler counts them.
+    pub(crate) workers: Vec<StageWorkers>,
 }
 
 /// One stage as validated: every setting resolved against the others.
 #[derive(Debug)]
 pub(crate) struct StagePlan {
     pub(crate) name: Arc<str>,
+    /// Workers at the start: the fixed number, or the range's minimum.
     pub(crate) workers: usize,
+    /// The most workers it may have (`workers` unless it has a range).
+    pub(crate) max_workers: usize,
     pub(crate) capacity: usize,
     pub(crate) marks: WaterMarks,
     /// The byte budget of its input queue, with its water marks in bytes.

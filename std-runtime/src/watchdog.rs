@@ -43,14 +43,13 @@ impl Watch {
     }
 }
 
-/// Starts the watchdog for `watched` stages; it runs until all `workers` have exited or the
+/// Starts the watchdog for `watched` stages; it runs until every worker has exited or the
 /// pipeline is cancelled.
 pub(crate) fn start(
     control: &Arc<Control>,
     watched: &[Watched],
     stages: &[Arc<StageShared>],
     views: &[Arc<dyn LinkView>],
-    workers: usize,
 ) -> std::io::Result<Option<JoinHandle<()>>> {
     let Some(period) = watched.iter().map(|w| w.after).min() else { return Ok(None) };
     let now = Instant::now();
@@ -69,7 +68,7 @@ pub(crate) fn start(
     // Looking four times per shortest period reports a stall at most a quarter late.
     let tick = (period / 4).max(Duration::from_millis(1));
     let handle = thread::Builder::new().name("backflow:watchdog".into()).spawn(move || {
-        let done = || control.exited() == workers || control.is_cancelled();
+        let done = || control.all_exited() || control.is_cancelled();
         while !control.exit.park_until(done, deadline_after(tick)) {
             let now = Instant::now();
             for watch in &mut watches {

@@ -5,15 +5,21 @@
 //! the worker builds a fresh stage from the factory and carries on with the rest of the batch.
 //! A panic anywhere else (the sink, a drop hook) is fatal: the pipeline is cancelled and
 //! `drain()` reports it.
+//!
+//! A worker asked to retire (its stage has a worker to spare, see [`Workers`]) takes the
+//! request between two batches and leaves as at the end of its stream: it flushes its stage,
+//! delivers what that emits, and drops it.
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::iter;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, mpsc};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
@@ -27,6 +33,7 @@ use crate::panic::panic_message;
 use crate::policy::{Failure, OnFailure, Policy};
 use crate::route::{Downstream, HandOver, Reorder};
 use crate::stats::{StageCounters, StageShared};
+use crate::workers::Workers;
 
 /// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
 /// have piled up (an ordered stage's are held until the batch is done).
@@ -154,13 +161,44 @@ pub(crate) struct WorkerParts<In, Out> {
     pub(crate) downstream: Downstream<Out>,
     pub(crate) shared: Arc<StageShared>,
     pub(crate) policy: Policy<In, Out>,
-    /// The stage's ordered hand-off, if it is `Ordered` with several workers.
+    /// The stage's ordered hand-off, if it is `Ordered` with several workers (or may get them).
     pub(crate) reorder: Option<Arc<Reorder<Out>>>,
     pub(crate) flush_every: Option<Duration>,
 }
 
-/// Runs one worker to the end: until its input is finished and empty (then it flushes its
-/// stage), or until the pipeline is cancelled.
+/// Counts a worker out when dropped: after its work, or in place of it when its thread never
+/// started. It leaves its stage (the last one out finishes the queue downstream, once it has
+/// delivered everything) and its exit is announced (`shutdown` waits for it).
+pub(crate) struct Departure<T> {
+    pub(crate) workers: Arc<Workers>,
+    pub(crate) downstream: Downstream<T>,
+    pub(crate) control: Arc<Control>,
+}
+
+impl<T> Drop for Departure<T> {
+    fn drop(&mut self) {
+        self.workers.leave(|| self.downstream.upstream_done());
+        self.control.worker_exited();
+    }
+}
+
+/// Starts `work` on a thread named after `id`, and waits until the thread runs (the standard
+/// library sets up its signal stack then), so that when memory runs out it is the next
+/// `spawn` that fails, with an error, not a started thread, which would abort. A refused
+/// thread drops `work` unrun.
+pub(crate) fn spawn(id: &WorkerId, work: Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>> {
+    let (started, has_started) = mpsc::sync_channel(1);
+    let handle = thread::Builder::new().name(id.to_string()).spawn(move || {
+        let _ = started.send(());
+        work();
+    })?;
+    let _ = has_started.recv();
+    Ok(handle)
+}
+
+/// Runs one worker to the end: until its input is finished and empty, or it retires (then it
+/// flushes its stage), or until the pipeline is cancelled. The caller then lets go of its
+/// [`Departure`].
 pub(crate) fn run<In, S, F>(id: &WorkerId, factory: &F, parts: &WorkerParts<In, S::Out>)
 where
     F: Fn() -> S,
@@ -200,7 +238,6 @@ where
             reorder.abandon_waiting(downstream);
         }
     }
-    downstream.upstream_done();
 }
 
 fn work<In, S, F>(
@@ -233,6 +270,11 @@ fn work<In, S, F>(
         if control.is_cancelled() {
             return;
         }
+        // Between batches (an ordered stage's worker holds no ticket here): leave as at the
+        // end of the stream.
+        if parts.shared.workers.take_retirement() {
+            break;
+        }
         if let Some(period) = parts.flush_every {
             if flushed_at.elapsed() >= period {
                 flushed_at = Instant::now();
@@ -258,7 +300,7 @@ fn work<In, S, F>(
                 break;
             }
             let deadline = parts.flush_every.and_then(|period| flushed_at.checked_add(period));
-            input.wait_for_items(deadline);
+            input.wait_for_items_or(deadline, || parts.shared.workers.retirement_asked());
             continue;
         }
         let batch_started = control.timings.then(Instant::now);
@@ -303,7 +345,7 @@ fn work<In, S, F>(
             return;
         }
     }
-    // End of stream: let the stage emit what it holds back.
+    // End of stream, or retiring: let the stage emit what it holds back.
     flush(stage, outputs, parts, control);
 }
 

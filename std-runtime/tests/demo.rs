@@ -305,3 +305,29 @@ fn metrics_addr_without_the_http_feature_says_how_to_build_it() {
     let stderr = refused(&[Path::new("--hold"), Path::new("-")]);
     assert!(stderr.contains("--hold") && stderr.contains("--metrics-addr"), "{stderr}");
 }
+
+#[test]
+fn a_thread_budget_moves_workers_within_it_and_still_adds_up() {
+    let (stdout, f) = run(&["--items", "20000", "--threads", "6"]);
+    let n = |key| count(&f, key);
+    assert_eq!(n("lines"), n("parsed") + n("dead_lettered"));
+    assert_eq!(n("aggregated"), n("enriched"));
+    assert_eq!(n("alerts") + n("stored"), n("enriched"));
+    assert_eq!(f["balanced"], "true");
+    let workers: Vec<usize> = f["workers"].split('/').map(|w| w.parse().unwrap()).collect();
+    assert_eq!(workers.len(), 4, "{stdout}");
+    assert!(workers.iter().all(|&w| w >= 1) && workers.iter().sum::<usize>() <= 6, "{stdout}");
+    // Each move is listed under the final workers, one line each.
+    let listed = stdout.lines().filter(|line| line.contains(" workers (")).count();
+    assert_eq!(listed as u64, n("moves"), "{stdout}");
+    assert!(stdout.contains("workers: parse "), "{stdout}");
+    // A budget below one worker per stage, out of range, or with fixed worker counts: refused.
+    let stderr = refused(&["--threads", "3", "-"].map(Path::new));
+    assert!(stderr.contains("threads: a budget of 3"), "{stderr}");
+    for value in ["0", "257"] {
+        let stderr = refused(&["--threads", value, "-"].map(Path::new));
+        assert!(stderr.contains("invalid value") && stderr.contains(value), "{stderr}");
+    }
+    let stderr = refused(&["--threads", "6", "--workers", "2", "-"].map(Path::new));
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}

@@ -32,10 +32,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::ops::RangeInclusive;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backflow_core::breaker::BreakerConfig;
+use backflow_core::scaler::ScalerConfig;
 use backflow_core::{Overflow, RetrySchedule, Stage};
 
 use self::spec::{Chain, Marks, Settings, SinkSpec, StageSettings};
@@ -58,6 +60,10 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// One item in this many carries timestamps, unless [`Source::sample_every`] says otherwise.
 pub const DEFAULT_SAMPLE_EVERY: u32 = 256;
+
+/// How often the stages with a workers range are measured and their workers moved, unless
+/// [`Source::scale_interval`] says otherwise.
+pub const DEFAULT_SCALE_INTERVAL: Duration = Duration::from_millis(200);
 
 // The builder sits above the pipeline: the pipeline does not name it, and its entry point is
 // defined here.
@@ -201,6 +207,99 @@ impl<In: Send + 'static> Source<In> {
         self
     }
 
+    /// At most `budget` worker threads for all stages together: the stages with a
+    /// [`workers_range`](Builder::workers_range) start at their minimum, and every
+    /// [`scale_interval`](Self::scale_interval) a controller measures each stage and moves
+    /// workers to the one that limits the pipeline, the core's
+    /// [`Scaler`](crate::core::scaler::Scaler) deciding: one more for a stage busy most of
+    /// the time while the stage feeding it waits for room in its queue (while the budget
+    /// allows), one fewer for a stage that would still keep up without it (never below its
+    /// minimum), and, with the budget full, one from the latter to the former. Each change is
+    /// an [`Event::Scaled`]; the stats show every stage's workers and range.
+    ///
+    /// Without a budget, the stages with a range scale within their range only. Stages with a
+    /// fixed number of [`workers`](Builder::workers) count against the budget and never
+    /// change. An added worker runs a new stage value from the factory; a worker that leaves
+    /// finishes its batch, then flushes and drops its stage value as at the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns [`ConfigError::ThreadBudget`] when `budget` is below the workers the
+    /// stages start with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{Event, Pipeline};
+    ///
+    /// let pipeline = Pipeline::<u64>::builder()
+    ///     .threads(4)
+    ///     .on_event(|event| {
+    ///         if let Event::Scaled { stage, from, to, reason } = event {
+    ///             eprintln!("{stage}: {from} → {to} workers ({reason})");
+    ///         }
+    ///     })
+    ///     .stage("parse", || |x: u64| x + 1)
+    ///     .workers_range(1..=2)
+    ///     .stage("score", || |x: u64| x * 3)
+    ///     .workers_range(1..=3)
+    ///     .sink(|_| {})
+    ///     .build()?;
+    /// assert_eq!(pipeline.stats().stage("score").unwrap().workers_max, 3);
+    /// pipeline.drain()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn threads(mut self, budget: usize) -> Self {
+        self.settings.threads = Some(budget);
+        self
+    }
+
+    /// How often the stages with a [`workers_range`](Builder::workers_range) are measured and
+    /// their workers moved (default [`DEFAULT_SCALE_INTERVAL`]). Shorter reacts sooner and
+    /// measures less steadily: a stage's busy time is counted per batch.
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns [`ConfigError::Scaling`] naming `scale_interval` if it is zero and a
+    /// stage has a range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let source = backflow::Pipeline::<u8>::builder().scale_interval(Duration::from_millis(50));
+    /// # drop(source);
+    /// ```
+    pub fn scale_interval(mut self, interval: Duration) -> Self {
+        self.settings.scale_interval = interval;
+        self
+    }
+
+    /// The thresholds of the [`Scaler`](crate::core::scaler::Scaler) behind
+    /// [`threads`](Self::threads): when a stage counts as the bottleneck or as having a worker
+    /// to spare, for how many intervals in a row, and how many intervals nothing moves after
+    /// a move.
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns [`ConfigError::Scaling`] naming the field out of range, if a stage
+    /// has a range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::core::scaler::ScalerConfig;
+    ///
+    /// let source = backflow::Pipeline::<u8>::builder()
+    ///     .scaler(ScalerConfig { samples: 5, ..ScalerConfig::default() });
+    /// # drop(source);
+    /// ```
+    pub fn scaler(mut self, config: ScalerConfig) -> Self {
+        self.settings.scaler = config;
+        self
+    }
+
     /// Adds the first stage. `factory` makes one stage value per worker, inside the worker's
     /// thread, so stages can keep state without a lock; a closure `|x| …` is a stage.
     ///
@@ -319,6 +418,42 @@ where
     /// ```
     pub fn workers(mut self, workers: NonZeroUsize) -> Self {
         self.last().workers = workers;
+        self.last().range = None;
+        self
+    }
+
+    /// Lets this stage run between `min` and `max` workers, starting with `min`, moved by the
+    /// pipeline's controller within its [`threads`](Source::threads) budget (see there).
+    /// Replaces [`workers`](Self::workers), and the other way round.
+    ///
+    /// An [`ordered`](Self::ordered) stage keeps its items' order as workers come and go: a
+    /// worker leaves between two batches, when it holds no batch's turn (what its stage value
+    /// emits when flushed on the way out goes downstream at once, as at the end of the
+    /// stream). A
+    /// [`key_ordered`](Self::key_ordered) stage cannot have a range (each of its workers has
+    /// its own queue, and keys are spread over a number of queues fixed when the pipeline is
+    /// built): its workers stay fixed, counted against the budget.
+    ///
+    /// # Errors
+    ///
+    /// `build()` returns [`ConfigError::WorkersRange`] if `min` is zero or above `max`, and
+    /// [`ConfigError::KeyOrderedScaled`] on a key-ordered stage with `min < max`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::{ConfigError, Pipeline};
+    ///
+    /// let err = Pipeline::<u8>::builder()
+    ///     .stage("slow", || |x: u8| x)
+    ///     .workers_range(0..=4)
+    ///     .sink(|_| {})
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err, ConfigError::WorkersRange { stage: "slow".into(), min: 0, max: 4 });
+    /// ```
+    pub fn workers_range(mut self, workers: RangeInclusive<usize>) -> Self {
+        self.last().range = Some((*workers.start(), *workers.end()));
         self
     }
 

@@ -8,9 +8,10 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use backflow_core::breaker::BreakerConfig;
+use backflow_core::scaler::ScalerConfig;
 use backflow_core::{Overflow, RetrySchedule};
 
-use super::{DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY};
+use super::{DEFAULT_CAPACITY, DEFAULT_SAMPLE_EVERY, DEFAULT_SCALE_INTERVAL};
 use crate::error::ConfigError;
 use crate::event::EventHandler;
 use crate::plan::{Order, Supply};
@@ -23,12 +24,24 @@ pub(super) struct Settings {
     pub(super) sample_every: NonZeroU32,
     pub(super) timings: bool,
     pub(super) events: Option<EventHandler>,
+    /// The thread budget of the stages with a workers range, and how they are scaled.
+    pub(super) threads: Option<usize>,
+    pub(super) scale_interval: Duration,
+    pub(super) scaler: ScalerConfig,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         let sample_every = NonZeroU32::new(DEFAULT_SAMPLE_EVERY).unwrap_or(NonZeroU32::MIN);
-        Self { strategy: WaitStrategy::default(), sample_every, timings: true, events: None }
+        Self {
+            strategy: WaitStrategy::default(),
+            sample_every,
+            timings: true,
+            events: None,
+            threads: None,
+            scale_interval: DEFAULT_SCALE_INTERVAL,
+            scaler: ScalerConfig::default(),
+        }
     }
 }
 
@@ -39,6 +52,9 @@ impl fmt::Debug for Settings {
             .field("sample_every", &self.sample_every)
             .field("timings", &self.timings)
             .field("events", &self.events.is_some())
+            .field("threads", &self.threads)
+            .field("scale_interval", &self.scale_interval)
+            .field("scaler", &self.scaler)
             .finish()
     }
 }
@@ -55,6 +71,8 @@ pub(super) enum Marks {
 pub(super) struct StageSettings {
     pub(super) name: String,
     pub(super) workers: NonZeroUsize,
+    /// A workers range as given (`min..=max`), instead of `workers`.
+    pub(super) range: Option<(usize, usize)>,
     pub(super) capacity: usize,
     /// The byte budget of its input queue (its weigh function is a typed setting).
     pub(super) capacity_bytes: Option<usize>,
@@ -132,22 +150,43 @@ impl Chain {
         fan
     }
 
-    /// Worker threads that deliver through `supply`.
+    /// Worker threads that deliver through `supply`, at the start.
     pub(super) fn workers_behind(&self, supply: Supply) -> usize {
+        self.stages_behind(supply).iter().map(|&i| self.stages[i].initial_workers()).sum()
+    }
+
+    /// The stages whose workers deliver through `supply`.
+    pub(super) fn stages_behind(&self, supply: Supply) -> Vec<usize> {
         match supply {
-            Supply::Stage(index) => self.stages[index].workers.get(),
+            Supply::Stage(index) => vec![index],
             Supply::FanMain(fan) | Supply::FanSide(fan) => {
-                self.fans[fan].feeds.iter().map(|&s| self.workers_behind(s)).sum()
+                self.fans[fan].feeds.iter().flat_map(|&s| self.stages_behind(s)).collect()
             }
         }
+    }
+
+    /// Whether the stages delivering through `supply` have a fixed number of workers.
+    pub(super) fn fixed_behind(&self, supply: Supply) -> bool {
+        self.stages_behind(supply).iter().all(|&i| !self.stages[i].scales())
     }
 }
 
 impl StageSettings {
+    /// Workers at the start: the range's minimum, or the fixed number.
+    pub(super) fn initial_workers(&self) -> usize {
+        self.range.map_or(self.workers.get(), |(min, _)| min)
+    }
+
+    /// Whether its number of workers may change.
+    pub(super) fn scales(&self) -> bool {
+        self.range.is_some_and(|(min, max)| min < max)
+    }
+
     pub(super) fn new(name: String, feeds: Vec<Supply>) -> Self {
         Self {
             name,
             workers: NonZeroUsize::MIN,
+            range: None,
             capacity: DEFAULT_CAPACITY,
             capacity_bytes: None,
             marks: Marks::Default,

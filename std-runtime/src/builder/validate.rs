@@ -9,20 +9,23 @@ use std::time::Duration;
 
 use backflow_core::breaker::CircuitBreaker;
 use backflow_core::ring::MAX_CAPACITY;
+use backflow_core::scaler::{Scaler, StageWorkers};
 use backflow_core::{Overflow, TokenBucket, WaterMarks, WeightBudget};
 
-use super::spec::{Chain, Marks, SinkSpec, StageSettings};
+use super::spec::{Chain, Marks, Settings, SinkSpec, StageSettings};
 use crate::error::ConfigError;
-use crate::plan::{Flow, Node, Order, Plan, StagePlan, Watched};
+use crate::plan::{Flow, Node, Order, Plan, Scaling, StagePlan, Watched};
 
 /// Validates `chain` and resolves it into a plan; `since_start` is the time since the
 /// pipeline started (see [`resolve`]). Errors come in the order of the definition: a setting
-/// given where it cannot apply, then each stage, then each sink's name.
+/// given where it cannot apply, then each stage, then each sink's name, then the thread
+/// budget and scaling.
 pub(super) fn validate(mut chain: Chain, since_start: Duration) -> Result<Plan, ConfigError> {
     if let Some(error) = chain.misplaced.take() {
         return Err(error);
     }
     let sink_upstream = chain.tail.iter().map(|&f| chain.workers_behind(f)).sum();
+    let sink_upstream_fixed = chain.tail.iter().all(|&f| chain.fixed_behind(f));
     let trunk_last = chain.current;
     chain.sinks.insert(0, SinkSpec { name: "sink".into(), feeds: mem::take(&mut chain.tail) });
     let mut names = HashSet::new();
@@ -31,6 +34,11 @@ pub(super) fn validate(mut chain: Chain, since_start: Duration) -> Result<Plan, 
         .iter()
         .map(|s| s.feeds.iter().map(|&f| chain.workers_behind(f)).sum())
         .collect();
+    let upstream_fixed =
+        chain.stages.iter().map(|s| s.feeds.iter().all(|&f| chain.fixed_behind(f))).collect();
+    let feeders =
+        chain.stages.iter().map(|s| s.feeds.iter().flat_map(|&f| chain.stages_behind(f)).collect());
+    let feeders: Vec<Vec<usize>> = feeders.collect();
     let flows = flows(&chain);
     let watched = chain
         .stages
@@ -50,9 +58,14 @@ pub(super) fn validate(mut chain: Chain, since_start: Duration) -> Result<Plan, 
     for (index, sink) in chain.sinks.iter().enumerate() {
         check_name(&sink.name, stage_count + index, &mut names)?;
     }
+    let scaling = scaling(&chain.settings, &stages)?;
     Ok(Plan {
         stages,
         upstream,
+        upstream_fixed,
+        feeders,
+        sink_upstream_fixed,
+        scaling,
         sink_names: chain.sinks.iter().map(|s| Arc::from(s.name.as_str())).collect(),
         fans: chain.fans.iter().map(|f| f.broadcast).collect(),
         flows,
@@ -72,6 +85,16 @@ fn resolve(
 ) -> Result<StagePlan, ConfigError> {
     let stage = || settings.name.clone();
     check_name(&settings.name, index, names)?;
+    let (workers, max_workers) = match settings.range {
+        None => (settings.workers.get(), settings.workers.get()),
+        Some((min, max)) if min == 0 || min > max => {
+            return Err(ConfigError::WorkersRange { stage: stage(), min, max });
+        }
+        Some(range) => range,
+    };
+    if settings.order == Order::KeyOrdered && max_workers > workers {
+        return Err(ConfigError::KeyOrderedScaled { stage: stage() });
+    }
     if settings.capacity == 0 {
         return Err(ConfigError::ZeroCapacity { stage: stage() });
     }
@@ -119,7 +142,8 @@ fn resolve(
         name,
         breaker,
         limiter,
-        workers: settings.workers.get(),
+        workers,
+        max_workers,
         capacity: settings.capacity,
         marks,
         budget,
@@ -167,6 +191,39 @@ fn budget(limit: usize, marks: Marks) -> Result<WeightBudget, BudgetError> {
     }
     .map_err(BudgetError::Marks)?;
     WeightBudget::with_marks(limit, marks).map_err(BudgetError::Marks)
+}
+
+/// The thread budget and the scaler, checked against the stages: `None` when no stage has a
+/// workers range (a budget is still checked against the fixed workers). Without a budget,
+/// each stage's range is its only limit.
+fn scaling(settings: &Settings, stages: &[StagePlan]) -> Result<Option<Scaling>, ConfigError> {
+    let needed = stages.iter().fold(0usize, |sum, s| sum.saturating_add(s.workers));
+    if let Some(budget) = settings.threads.filter(|&budget| budget < needed.max(1)) {
+        return Err(ConfigError::ThreadBudget { budget, needed });
+    }
+    if stages.iter().all(|s| s.max_workers == s.workers) {
+        return Ok(None);
+    }
+    let invalid = |field, expected| ConfigError::Scaling { field, expected };
+    if settings.scale_interval.is_zero() {
+        return Err(invalid("scale_interval", "longer than zero"));
+    }
+    if !settings.timings {
+        return Err(invalid("timings", "on when a stage has a workers range"));
+    }
+    let core = |error| match error {
+        backflow_core::ConfigError::Invalid { field, expected } => invalid(field, expected),
+        _ => invalid("scaler", "valid"),
+    };
+    let workers = stages
+        .iter()
+        .map(|s| StageWorkers::new(s.workers, s.max_workers))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(core)?;
+    let most = stages.iter().fold(0usize, |sum, s| sum.saturating_add(s.max_workers));
+    let budget = settings.threads.unwrap_or(most);
+    let scaler = Scaler::new(settings.scaler, budget, &workers).map_err(core)?;
+    Ok(Some(Scaling { interval: settings.scale_interval, scaler, workers }))
 }
 
 /// Checks a stage's or sink's name: not empty, no control characters, not taken.
@@ -338,6 +395,33 @@ mod tests {
         chain.misplaced = Some(ConfigError::DropHookOnMerge { branch: "x".into() });
         let error = validate(chain, Duration::ZERO).unwrap_err();
         assert_eq!(error, ConfigError::DropHookOnMerge { branch: "x".into() });
+    }
+
+    #[test]
+    fn a_range_starts_at_its_minimum_and_makes_the_queues_around_it_shared() {
+        // a (1..=3) → b (2) → c (1) → sink, within 6 threads.
+        let mut chain = line(&["a", "b", "c"]);
+        chain.settings.threads = Some(6);
+        chain.stages[0].range = Some((1, 3));
+        chain.stages[1].workers = workers(2);
+        let plan = validate(chain, Duration::ZERO).unwrap();
+        let counts: Vec<(usize, usize)> =
+            plan.stages.iter().map(|s| (s.workers, s.max_workers)).collect();
+        assert_eq!(counts, [(1, 3), (2, 2), (1, 1)]);
+        assert_eq!(plan.upstream, [0, 1, 2]);
+        // `b` is fed by a stage whose workers may change; `c` and the sink are not.
+        assert_eq!(plan.upstream_fixed, [true, false, true]);
+        assert!(plan.sink_upstream_fixed);
+        assert_eq!(plan.feeders, [vec![], vec![0], vec![1]]);
+        let scaling = plan.scaling.unwrap();
+        assert_eq!(scaling.scaler.budget(), 6);
+        assert_eq!(scaling.workers.iter().map(|w| w.workers()).collect::<Vec<_>>(), [1, 2, 1]);
+        // Without a budget, the ranges are the only limit; without a range, nothing scales.
+        let mut chain = line(&["a", "b"]);
+        chain.stages[1].range = Some((2, 5));
+        let plan = validate(chain, Duration::ZERO).unwrap();
+        assert_eq!(plan.scaling.unwrap().scaler.budget(), 6);
+        assert!(validate(line(&["a"]), Duration::ZERO).unwrap().scaling.is_none());
     }
 
     #[test]

@@ -123,6 +123,11 @@ impl<T> Fan<T> {
         side
     }
 
+    pub(crate) fn upstream_added(&self) {
+        self.side.upstream_added();
+        self.main.upstream_added();
+    }
+
     pub(crate) fn upstream_done(&self) {
         self.side.upstream_done();
         self.main.upstream_done();

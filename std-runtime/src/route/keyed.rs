@@ -64,6 +64,10 @@ impl<T> Keyed<T> {
         batch.drain(..).for_each(|envelope| self.lanes[0].abandon(envelope.item));
     }
 
+    pub(crate) fn upstream_added(&self) {
+        self.lanes.iter().for_each(|lane| lane.upstream_added());
+    }
+
     pub(crate) fn upstream_done(&self) {
         self.lanes.iter().for_each(|lane| lane.upstream_done());
     }

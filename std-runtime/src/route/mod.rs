@@ -64,6 +64,16 @@ impl<T> Downstream<T> {
         }
     }
 
+    /// One more worker will deliver here (added while the pipeline runs).
+    pub(crate) fn upstream_added(&self) {
+        match self {
+            Self::Link(link) => link.upstream_added(),
+            Self::Sink(_) => {}
+            Self::Fan(fan) => fan.upstream_added(),
+            Self::Keyed(keyed) => keyed.upstream_added(),
+        }
+    }
+
     /// This worker will deliver nothing more.
     pub(crate) fn upstream_done(&self) {
         match self {

@@ -34,6 +34,8 @@ mod prometheus;
 pub(crate) use graph::Graph;
 pub use prometheus::exposition;
 
+use crate::workers::Workers;
+
 /// The atomic counters of one stage.
 #[derive(Debug, Default)]
 pub(crate) struct StageCounters {
@@ -104,7 +106,7 @@ impl CircuitGauge {
 #[derive(Debug)]
 pub(crate) struct StageShared {
     pub(crate) name: Arc<str>,
-    pub(crate) workers: usize,
+    pub(crate) workers: Arc<Workers>,
     pub(crate) counters: Arc<StageCounters>,
     pub(crate) process_time: Histogram,
     pub(crate) queue_wait: Histogram,
@@ -116,7 +118,7 @@ pub(crate) struct StageShared {
 impl StageShared {
     pub(crate) fn new(
         name: Arc<str>,
-        workers: usize,
+        workers: Arc<Workers>,
         start: Instant,
         circuit: Arc<CircuitGauge>,
     ) -> Self {
@@ -308,8 +310,13 @@ pub type Latency = Percentiles;
 pub struct StageStats {
     /// The stage's name.
     pub name: String,
-    /// Its worker threads.
+    /// Its worker threads now.
     pub workers: usize,
+    /// The fewest and the most worker threads it may have: both `workers` unless it has a
+    /// [`workers_range`](crate::Builder::workers_range).
+    pub workers_min: usize,
+    /// See [`workers_min`](Self::workers_min).
+    pub workers_max: usize,
     /// Where its items have gone.
     pub accounting: Accounting,
     /// Outputs emitted (a stage may emit any number per input).
@@ -351,7 +358,7 @@ pub struct StageStats {
 }
 
 /// How a stage's workers have spent their time since the pipeline started, as fractions of
-/// their wall time (workers × elapsed) that add up to 1.
+/// their wall time (workers × elapsed, as the number of workers changed) that add up to 1.
 ///
 /// # Examples
 ///
@@ -373,8 +380,8 @@ pub struct TimeShares {
 }
 
 impl TimeShares {
-    fn new(busy_ns: u64, backpressured_ns: u64, workers: usize, elapsed: Duration) -> Self {
-        let wall = elapsed.as_nanos() as f64 * workers.max(1) as f64;
+    fn new(busy_ns: u64, backpressured_ns: u64, wall_ns: u128) -> Self {
+        let wall = wall_ns as f64;
         if wall == 0.0 {
             return Self { idle: 1.0, ..Self::default() };
         }
@@ -702,7 +709,9 @@ impl Collector<'_> {
                 let mut window = shared.window.lock().unwrap_or_else(PoisonError::into_inner);
                 StageStats {
                     name: shared.name.to_string(),
-                    workers: shared.workers,
+                    workers: shared.workers.count(),
+                    workers_min: shared.workers.min(),
+                    workers_max: shared.workers.max(),
                     accounting,
                     emitted_outputs: c.emitted_outputs.get(),
                     dropped_oldest: c.dropped_oldest.get(),
@@ -723,8 +732,7 @@ impl Collector<'_> {
                     time: TimeShares::new(
                         c.busy_ns.get(),
                         c.backpressured_ns.get(),
-                        shared.workers,
-                        elapsed,
+                        shared.workers.time_ns(self.now),
                     ),
                 }
             })
@@ -824,7 +832,11 @@ impl fmt::Display for Stats {
             let a = &s.accounting;
             rows.push([
                 s.name.clone(),
-                s.workers.to_string(),
+                if s.workers_min < s.workers_max {
+                    format!("{} ({}-{})", s.workers, s.workers_min, s.workers_max)
+                } else {
+                    s.workers.to_string()
+                },
                 a.received.to_string(),
                 a.emitted_inputs.to_string(),
                 a.dropped.to_string(),
@@ -1072,7 +1084,8 @@ mod tests {
     fn report(count: impl FnOnce(&StageCounters, &SinkShared)) -> Report {
         let start = Instant::now();
         let name: Arc<str> = "parse".into();
-        let stage = StageShared::new(name, 1, start, Arc::new(CircuitGauge::new(None)));
+        let workers = Arc::new(Workers::new(1, 1, 1, start));
+        let stage = StageShared::new(name, workers, start, Arc::new(CircuitGauge::new(None)));
         let sink = SinkShared::new(start);
         count(&stage.counters, &sink);
         let source = StageSource {
