@@ -95,7 +95,11 @@ pub use error::{ConfigError, PipelineError, PushError};
 pub use event::Event;
 pub use hooks::{DeadLetter, DropReason, Dropped, ErrorPolicy};
 pub use input::Input;
+#[cfg(feature = "async")]
+pub use input::{RoomFuture, SendFuture};
 pub use output::Output;
+#[cfg(feature = "async")]
+pub use output::Recv;
 pub use pipeline::{Pipeline, Watch, run};
 pub use stats::Report;
 pub use wait::WaitStrategy;
