@@ -94,8 +94,12 @@ pub(super) fn work<In, S, F>(
                 break;
             }
             let left_to_take = !inputs.is_empty() || !held.retries.is_empty();
-            if held.taken.is_empty() || (ticket.is_none() && !left_to_take) {
+            if !left_to_take && (held.taken.is_empty() || ticket.is_none()) {
                 break;
+            }
+            if held.taken.is_empty() {
+                // Room made, and items to take.
+                continue;
             }
             // The stage has no room for the rest of the batch, or an ordered batch is not
             // reported yet: wait for the stage alone.
