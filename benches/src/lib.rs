@@ -12,6 +12,7 @@
 //! `send`/`recv`, which is how they are used.
 #![forbid(unsafe_code)]
 
+pub mod asynchronous;
 pub mod mpmc;
 pub mod ordered;
 pub mod parallel;
