@@ -127,7 +127,7 @@ async fn customer_tier(request: Request) -> Result<Enriched, Unavailable> {
     let key = u64::from(u32::from_be_bytes(request.client)) ^ request.path.len() as u64;
     let r = mix(key ^ CALLS.fetch_add(1, Ordering::Relaxed) << 32);
     tokio::time::sleep(Duration::from_micros(2_000 + r % 18_000)).await;
-    if r % 200 == 0 {
+    if r.is_multiple_of(200) {
         return Err(Unavailable(request.path));
     }
     let tier = ["free", "free", "free", "plus", "pro"][(key % 5) as usize];

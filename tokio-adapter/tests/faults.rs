@@ -274,11 +274,11 @@ fn run(seed: u64, runtime: &Runtime) {
             let report = match ending {
                 Ending::Cancel => {
                     pipeline.cancel();
-                    Some(pipeline.drain().map_or_else(|e| e.report().clone(), |r| r))
+                    Some(pipeline.drain().unwrap_or_else(|e| e.report().clone()))
                 }
-                Ending::Shutdown => Some(
-                    pipeline.shutdown(Duration::ZERO).map_or_else(|e| e.report().clone(), |r| r),
-                ),
+                Ending::Shutdown => {
+                    Some(pipeline.shutdown(Duration::ZERO).unwrap_or_else(|e| e.report().clone()))
+                }
                 _ => {
                     drop(pipeline);
                     None

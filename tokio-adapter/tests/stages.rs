@@ -67,7 +67,7 @@ fn ordered_across_workers_with_the_builders_ordering() {
         .stage("slow", move || {
             filter_map_async(|x: u64| async move {
                 tokio::time::sleep(delay(x)).await;
-                Ok::<_, Infallible>((x % 5 != 0).then_some(x))
+                Ok::<_, Infallible>((!x.is_multiple_of(5)).then_some(x))
             })
             .concurrency(32)
             .ordered()
