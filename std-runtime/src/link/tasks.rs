@@ -3,12 +3,16 @@
 //! code, a worker whose stage holds futures), on the link's own [`Signal`](crate::wait::Signal)s,
 //! so a task is woken by exactly the notifications that wake a parked thread.
 
+#[cfg(feature = "async")]
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
+#[cfg(feature = "async")]
 use backflow_core::Overflow;
 
-use super::{Envelope, Link};
+#[cfg(feature = "async")]
+use super::Envelope;
+use super::Link;
 use crate::event::Event;
 use crate::hooks::DropReason;
 use crate::wait::Registration;
@@ -32,6 +36,23 @@ impl<T> Link<T> {
         self.items.poll_until(cx, registration, ready)
     }
 
+    /// Gives up a task's place among the waiters for items.
+    pub(crate) fn forget_items(&self, registration: &mut Registration) {
+        self.items.unregister(registration);
+    }
+
+    /// Abandons an item this link already received and that is gone without being handed
+    /// back: a stage held it in flight (a future that owned it) when the pipeline stopped.
+    /// Counted, and announced as dropped; the drop hook has no item to see.
+    pub(crate) fn give_up_held(&self) {
+        self.counters.abandoned.increment();
+        self.control.emit(&Event::Dropped { stage: &self.stage, reason: DropReason::Abandoned });
+    }
+}
+
+/// What the async ends of a pipeline (`Input::send`, `Output` as a stream) need.
+#[cfg(feature = "async")]
+impl<T> Link<T> {
     /// `Ready` once a push under `Block` need not wait (pressure is off), or the pipeline
     /// stopped; otherwise registers the task to be woken when that may have changed.
     pub(crate) fn poll_room(
@@ -59,11 +80,6 @@ impl<T> Link<T> {
         polled
     }
 
-    /// Gives up a task's place among the waiters for items.
-    pub(crate) fn forget_items(&self, registration: &mut Registration) {
-        self.items.unregister(registration);
-    }
-
     /// Gives up a task's place among the waiters for room.
     pub(crate) fn forget_room(&self, registration: &mut Registration) {
         self.room.unregister(registration);
@@ -84,13 +100,5 @@ impl<T> Link<T> {
     /// Whether a full queue makes a push wait (rather than fail or drop).
     pub(crate) fn blocks(&self) -> bool {
         self.overflow == Overflow::Block
-    }
-
-    /// Abandons an item this link already received and that is gone without being handed
-    /// back: a stage held it in flight (a future that owned it) when the pipeline stopped.
-    /// Counted, and announced as dropped; the drop hook has no item to see.
-    pub(crate) fn give_up_held(&self) {
-        self.counters.abandoned.increment();
-        self.control.emit(&Event::Dropped { stage: &self.stage, reason: DropReason::Abandoned });
     }
 }
