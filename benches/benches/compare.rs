@@ -7,8 +7,10 @@
 //! (default 50 000), `BACKFLOW_BENCH_ORDERED_ITEMS` (default 800 000, the 1 µs stage),
 //! `BACKFLOW_BENCH_ORDERED_MAP_ITEMS` (default 15 000 000, the plain map),
 //! `BACKFLOW_BENCH_BYTES_ITEMS` (default 20 000, the heavy items of the byte budget),
-//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `parallel`, `ordered`, `metrics` or
-//! `bytes`: run one part),
+//! `BACKFLOW_BENCH_ASYNC_ITEMS` (default 20 000, the 5 ms I/O stage; the thread stage runs a
+//! tenth of them), `BACKFLOW_BENCH_ASYNC_SEND_ITEMS` (default 2 000 000, the async ends),
+//! `BACKFLOW_BENCH_ONLY` (`spsc`, `mpmc`, `pipeline`, `throughput`, `parallel`, `ordered`,
+//! `metrics`, `bytes`, `budget` or `async`: run one part),
 //! `BACKFLOW_BENCH_FILTER` (comma-separated substrings: run only the contenders whose name
 //! contains one).
 
@@ -22,7 +24,7 @@ use backflow_benches::report::{
     Baseline, MILLIONS, Samples, Summary, THOUSANDS, interleave, interleave_runs, latency_table,
     per_second, table, table_in,
 };
-use backflow_benches::{bytes, mpmc, parallel, spsc};
+use backflow_benches::{asynchronous, bytes, mpmc, parallel, spsc};
 
 /// Items per paced-latency run: half a second at [`pipeline::RATE`].
 const LATENCY_ITEMS: u64 = pipeline::RATE / 2;
@@ -50,6 +52,8 @@ fn main() {
     let ordered_items = env_or("BACKFLOW_BENCH_ORDERED_ITEMS", 800_000);
     let ordered_map_items = env_or("BACKFLOW_BENCH_ORDERED_MAP_ITEMS", 15_000_000);
     let budget_items = env_or("BACKFLOW_BENCH_BUDGET_ITEMS", 400_000);
+    let async_items = env_or("BACKFLOW_BENCH_ASYNC_ITEMS", 20_000);
+    let async_send_items = env_or("BACKFLOW_BENCH_ASYNC_SEND_ITEMS", 2_000_000);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let only = env::var("BACKFLOW_BENCH_ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
@@ -83,6 +87,9 @@ fn main() {
     }
     if part("budget") {
         budget_table(rounds, budget_items, cores);
+    }
+    if part("async") {
+        async_tables(rounds, async_items, async_send_items, cores);
     }
     if part("bytes") {
         let heavy_items = env_or("BACKFLOW_BENCH_BYTES_ITEMS", 20_000);
@@ -336,4 +343,46 @@ fn budget_table(rounds: usize, items: u64, cores: usize) {
         }
         println!();
     }
+}
+
+/// The I/O-bound stage (5 ms timer calls) and the async ends.
+fn async_tables(rounds: usize, items: u64, send_items: u64, cores: usize) {
+    let runtime = asynchronous::runtime();
+    println!(
+        "## An I/O-bound stage: each call waits {} ms on the tokio timer, {cores} cores, {items} items per run
+",
+        asynchronous::CALL.as_millis()
+    );
+    println!(
+        "The thread stage runs {} items per run (a tenth: it is that much slower).
+",
+        items / 10
+    );
+    let contenders: Vec<_> =
+        asynchronous::IO_CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let mut peaks = vec![0usize; contenders.len()];
+    let samples = interleave(&names, rounds, |i| {
+        let n = if contenders[i].name == asynchronous::THREADS { items / 10 } else { items };
+        let run = (contenders[i].run)(&runtime, n);
+        peaks[i] = peaks[i].max(run.peak_calls);
+        Some(per_second(n, run.elapsed))
+    });
+    println!("{}", table_in(&samples, &[Baseline::Row(asynchronous::BACKFLOW_ASYNC)], THOUSANDS));
+    println!("Most calls alive at once (memory in flight), over every run:\n");
+    for (name, peak) in names.iter().zip(&peaks) {
+        println!("- {name}: {peak}");
+    }
+    println!();
+
+    println!(
+        "## Async ends: a producer task sends u64s through one stage to a consumer task, {cores} cores, {send_items} items per run\n"
+    );
+    let contenders: Vec<_> =
+        asynchronous::SEND_CONTENDERS.iter().filter(|c| selected(c.name)).collect();
+    let names: Vec<&str> = contenders.iter().map(|c| c.name).collect();
+    let samples = interleave(&names, rounds, |i| {
+        Some(per_second(send_items, (contenders[i].run)(&runtime, send_items)))
+    });
+    println!("{}", table_in(&samples, &[Baseline::Row(asynchronous::TOKIO_MPSC)], MILLIONS));
 }

@@ -12,6 +12,7 @@
 //! `send`/`recv`, which is how they are used.
 #![forbid(unsafe_code)]
 
+pub mod asynchronous;
 pub mod budget;
 pub mod bytes;
 pub mod lmax;

@@ -1,7 +1,7 @@
 //! Every bench workload runs to completion and delivers every item (each run checks the sum of
 //! what its consumers received), so the bench numbers come from working queues.
 
-use backflow_benches::{bytes, mpmc, report, spsc};
+use backflow_benches::{asynchronous, bytes, mpmc, report, spsc};
 
 const ITEMS: u64 = 20_000;
 
@@ -114,5 +114,27 @@ fn every_budget_contender_delivers_every_item_within_the_budget() {
             assert_eq!(run.workers, counts);
             assert!(run.moves.is_empty());
         }
+    }
+}
+
+#[test]
+fn every_async_contender_delivers_every_item_within_its_concurrency() {
+    let runtime = asynchronous::runtime();
+    for contender in asynchronous::IO_CONTENDERS {
+        let run = (contender.run)(&runtime, 600);
+        assert!(run.elapsed >= asynchronous::CALL, "{}", contender.name);
+        let limit = if contender.name == asynchronous::THREADS {
+            asynchronous::THREAD_WORKERS
+        } else {
+            asynchronous::CONCURRENCY
+        };
+        assert!(run.peak_calls <= limit, "{}: {} calls at once", contender.name, run.peak_calls);
+    }
+    for contender in asynchronous::SEND_CONTENDERS {
+        assert!(
+            report::per_second(5_000, (contender.run)(&runtime, 5_000)) > 0.0,
+            "{}",
+            contender.name
+        );
     }
 }

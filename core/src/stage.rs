@@ -30,6 +30,7 @@ use core::convert::Infallible;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ops::Shr;
+use core::task::{Context, Poll};
 
 /// Where a stage puts its outputs. Any `FnMut(T)` closure is one.
 ///
@@ -156,7 +157,8 @@ pub trait Stage<In> {
     /// Processes a run of items in order: for each item, its outputs go to `out` and then its
     /// result to `done`, so the n-th call of `done` reports the n-th item taken from `items`.
     /// A stage may take several items before it emits anything (to process them at once), but
-    /// must report every item it took, in order, before it returns. The default calls
+    /// must report every item it took, in order, before it returns — unless it
+    /// [`HOLDS`](Self::HOLDS) items, which it then reports in later runs. The default calls
     /// [`process`](Self::process) for each item.
     ///
     /// # Examples
@@ -180,6 +182,47 @@ pub trait Stage<In> {
             let result = self.process(item, out);
             done(result);
         }
+    }
+
+    /// Whether the stage may keep items it took in [`process_run`](Self::process_run) past the
+    /// end of the run, still in flight (futures waiting on I/O, say), and report them in a
+    /// later run, in the order taken. Such a stage takes items only while it has room for
+    /// them, leaving the rest of the run to the runtime. A runtime then calls `process_run`
+    /// again, with new items or none, whenever [`poll_held`](Self::poll_held) says it has
+    /// something to report, and does not end the stream while the stage holds items; when
+    /// the pipeline is cancelled it counts the items the stage still holds as abandoned and
+    /// drops the stage (and what it holds with it). `false` unless overridden; a stage that
+    /// holds items also sets [`RUNS`](Self::RUNS).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::stage::{self, Stage};
+    ///
+    /// fn holds<S: Stage<u8>>(_: &S) -> bool {
+    ///     S::HOLDS
+    /// }
+    /// assert!(!holds(&stage::map(|x: u8| x)));
+    /// ```
+    const HOLDS: bool = false;
+
+    /// For a stage that [`HOLDS`](Self::HOLDS) items: `Poll::Ready` when a
+    /// [`process_run`](Self::process_run) would make progress now without new items (report
+    /// an item it holds, or emit an output), otherwise `Poll::Pending`, having arranged for
+    /// `cx`'s waker to be woken when that may have changed. The default is always ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use core::task::{Context, Waker};
+    /// use backflow_core::stage::{self, Stage};
+    ///
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// assert!(stage::map(|x: u8| x).poll_held(&mut cx).is_ready());
+    /// ```
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Ready(())
     }
 
     /// Fuses `self` and `next` into one stage: each output of `self` goes straight into `next`,

@@ -3,6 +3,8 @@
 //! a `Relaxed` flag and the notifier sets it with a `Relaxed` store, so only the two `SeqCst`
 //! fences order it against the sleeper count. A lost wake-up leaves a thread parked forever,
 //! which loom reports as a deadlock. A copy without the notifier's fence shows that it would.
+//! A task's waker joins the same protocol: a task that polled `Pending` is woken by the
+//! notifier in every interleaving.
 #![cfg(loom)]
 
 #[allow(dead_code, reason = "`WaitStrategy` and `wait_until` are not used under loom")]
@@ -13,12 +15,13 @@ mod wait;
 // threads, and dropping a `loom::sync::Arc` there panics again and aborts the whole test binary
 // instead of failing the one test.
 use std::sync::{Arc, PoisonError};
+use std::task::{Context, Wake, Waker};
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
-use wait::Signal;
+use wait::{Registration, Signal};
 
 /// A condition and the signal that announces it.
 struct Shared {
@@ -71,6 +74,81 @@ fn two_waiters_both_wake() {
         for waiter in waiters {
             waiter.join().unwrap();
         }
+    });
+}
+
+/// A task's waker that records that it was woken.
+struct Recorder(AtomicBool);
+
+impl Wake for Recorder {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Polls for the flag as a task would, while another thread sets it; returns whether the poll
+/// was `Ready` and whether the waker was woken.
+fn poll_against_notifier(shared: &Arc<Shared>) -> (bool, bool) {
+    let woken = Arc::new(Recorder(AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&woken));
+    let notifier = {
+        let shared = Arc::clone(shared);
+        thread::spawn(move || shared.set())
+    };
+    let mut registration = Registration::default();
+    let mut cx = Context::from_waker(&waker);
+    let ready = shared
+        .signal
+        .poll_until(&mut cx, &mut registration, || shared.flag.load(Ordering::Relaxed))
+        .is_ready();
+    notifier.join().unwrap();
+    shared.signal.unregister(&mut registration);
+    (ready, woken.0.load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_pending_task_is_woken_by_notify() {
+    loom::model(|| {
+        let shared = Shared::new();
+        let (ready, woken) = poll_against_notifier(&shared);
+        assert!(ready || woken, "the task polled Pending and was never woken");
+    });
+}
+
+#[test]
+fn a_task_and_a_parked_thread_both_wake() {
+    loom::model(|| {
+        let shared = Shared::new();
+        let parked = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || shared.wait())
+        };
+        let (ready, woken) = poll_against_notifier(&shared);
+        assert!(ready || woken, "the task polled Pending and was never woken");
+        parked.join().unwrap();
+    });
+}
+
+/// A task that gives up its place (a dropped future) before the notify: the notifier wakes
+/// nobody, and a thread that parks afterwards is still woken by the next notify.
+#[test]
+fn an_unregistered_task_leaves_the_count_right() {
+    loom::model(|| {
+        let shared = Shared::new();
+        let woken = Arc::new(Recorder(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut registration = Registration::default();
+        let mut cx = Context::from_waker(&waker);
+        let polled = shared.signal.poll_until(&mut cx, &mut registration, || false);
+        assert!(polled.is_pending());
+        shared.signal.unregister(&mut registration);
+        let parked = {
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || shared.wait())
+        };
+        shared.set();
+        parked.join().unwrap();
+        assert!(!woken.0.load(Ordering::Relaxed), "an unregistered waker was woken");
     });
 }
 

@@ -17,6 +17,11 @@ use crate::control::deadline_after;
 use crate::error::PushError;
 use crate::link::{Envelope, HandleState, Link, PushFailure};
 
+#[cfg(feature = "async")]
+mod send;
+#[cfg(feature = "async")]
+pub use send::{RoomFuture, SendFuture};
+
 /// Puts items into a pipeline's first stage. Cloneable: give each producer thread its own
 /// clone (a handle is `Send` but not `Sync`, which keeps its bookkeeping free of atomics'
 /// read-modify-write costs).
@@ -75,7 +80,7 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn push(&self, item: In) -> Result<(), PushError<In>> {
-        self.send(item, None)
+        self.push_until(item, None)
     }
 
     /// Pushes one item if it can go in without waiting.
@@ -110,7 +115,7 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_push(&self, item: In) -> Result<(), PushError<In>> {
-        self.send(item, Some(Instant::now()))
+        self.push_until(item, Some(Instant::now()))
     }
 
     /// Pushes one item, waiting at most `timeout` for room.
@@ -128,7 +133,7 @@ impl<In> Input<In> {
     /// ```
     pub fn push_timeout(&self, item: In, timeout: Duration) -> Result<(), PushError<In>> {
         // A timeout past the end of time waits as long as `push` does.
-        self.send(item, deadline_after(timeout))
+        self.push_until(item, deadline_after(timeout))
     }
 
     /// Pushes every item of `items` in order, as [`push`](Self::push) would, but with the
@@ -245,7 +250,7 @@ impl<In> Input<In> {
         self.refusal().is_err()
     }
 
-    fn send(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
+    fn push_until(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
         let mut push = self.begin();
         match self.refusal() {
             Err(refuse) => Err(refuse(item)),

@@ -105,7 +105,11 @@ pub use hooks::{DeadLetter, DropReason, Dropped, ErrorPolicy};
 #[cfg(feature = "http")]
 pub use http::{MetricsServer, ServeError, serve_metrics};
 pub use input::Input;
+#[cfg(feature = "async")]
+pub use input::{RoomFuture, SendFuture};
 pub use output::Output;
+#[cfg(feature = "async")]
+pub use output::Recv;
 pub use pipeline::{Pipeline, Watch, run};
 pub use stats::Report;
 pub use wait::WaitStrategy;

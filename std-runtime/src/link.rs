@@ -28,6 +28,8 @@ use crate::stats::StageCounters;
 use crate::wait::{Signal, wait_until};
 use crate::weight::Weight;
 
+mod tasks;
+
 /// An item in flight with its timestamps (nanoseconds from [`Control::now`]); both are `0`
 /// unless the item is one of the sampled ones.
 #[derive(Debug)]

@@ -3,8 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::link::Link;
+use crate::link::{Envelope, Link};
 use crate::stats::SinkShared;
+use crate::wait::Registration;
+
+#[cfg(feature = "async")]
+mod stream;
+#[cfg(feature = "async")]
+pub use stream::Recv;
 
 /// The pipeline's outputs, as a blocking iterator: `next()` waits for the next item and
 /// returns `None` once the pipeline has drained (or was cancelled) and every output was taken.
@@ -32,11 +38,23 @@ use crate::stats::SinkShared;
 pub struct Output<Out> {
     link: Arc<Link<Out>>,
     shared: Arc<SinkShared>,
+    /// Its place among the queue's waiters, when read as a stream.
+    waiting: Registration,
 }
 
 impl<Out> Output<Out> {
     pub(crate) fn new(link: Arc<Link<Out>>, shared: Arc<SinkShared>) -> Self {
-        Self { link, shared }
+        Self { link, shared, waiting: Registration::default() }
+    }
+
+    /// Counts an item handed out, and its end-to-end latency if it is sampled.
+    fn deliver(&self, envelope: Envelope<Out>) -> Out {
+        if envelope.born != 0 {
+            let control = &self.link.control;
+            self.shared.latency.record(control.now().saturating_sub(envelope.born));
+        }
+        self.shared.delivered.increment();
+        envelope.item
     }
 }
 
@@ -45,17 +63,13 @@ impl<Out> Iterator for Output<Out> {
 
     fn next(&mut self) -> Option<Out> {
         let envelope = self.link.pop_blocking()?;
-        if envelope.born != 0 {
-            let control = &self.link.control;
-            self.shared.latency.record(control.now().saturating_sub(envelope.born));
-        }
-        self.shared.delivered.increment();
-        Some(envelope.item)
+        Some(self.deliver(envelope))
     }
 }
 
 impl<Out> Drop for Output<Out> {
     fn drop(&mut self) {
+        self.link.forget_items(&mut self.waiting);
         self.link.consumer_gone();
     }
 }

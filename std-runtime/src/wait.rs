@@ -15,6 +15,12 @@
 //!
 //! The fast path of [`Signal::notify`] (nobody asleep) is one fence and one load; the runtime
 //! notifies once per batch of items, not once per item.
+//!
+//! Tasks wait the same way without a thread of their own ([`Signal::poll_until`]): under the
+//! lock a task registers its [`Waker`] and counts itself among the sleepers, fences and checks
+//! its condition again; a notifier that sees a sleeper takes the lock, takes every registered
+//! waker and wakes them after letting go of the lock. The argument above holds word for word
+//! with "the condition variable has queued it" read as "its waker is in the list".
 
 #[cfg(loom)]
 use loom::sync::atomic::{AtomicUsize, Ordering, fence};
@@ -26,7 +32,9 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use std::fmt;
+use std::mem;
 use std::sync::PoisonError;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 /// How an idle worker or a blocked producer waits.
@@ -54,26 +62,123 @@ pub enum WaitStrategy {
 /// One condition that threads wait for and other threads announce; see the [module
 /// docs](self) for the protocol.
 pub(crate) struct Signal {
+    /// Parked threads plus registered wakers.
     sleepers: AtomicUsize,
-    lock: Mutex<()>,
+    lock: Mutex<Wakers>,
     wake: Condvar,
+}
+
+/// The wakers of the tasks waiting on a signal, each under the key of its [`Registration`].
+#[derive(Default)]
+struct Wakers {
+    next_key: u64,
+    list: Vec<(u64, Waker)>,
+}
+
+impl Wakers {
+    /// Removes the waker registered under `key`; returns whether it was there.
+    fn remove(&mut self, key: u64) -> bool {
+        let at = self.list.iter().position(|(k, _)| *k == key);
+        at.map(|at| self.list.swap_remove(at)).is_some()
+    }
+}
+
+/// A task's place among a signal's waiters: empty until it registers, and again once the
+/// signal has woken it. A task that stops waiting while registered (a dropped future) gives
+/// its place back with [`Signal::unregister`].
+#[derive(Debug, Default)]
+pub(crate) struct Registration {
+    key: Option<u64>,
 }
 
 impl Signal {
     /// A signal nobody waits on yet.
     pub(crate) fn new() -> Self {
-        Self { sleepers: AtomicUsize::new(0), lock: Mutex::new(()), wake: Condvar::new() }
+        Self {
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(Wakers::default()),
+            wake: Condvar::new(),
+        }
     }
 
-    /// Wakes every parked waiter. Call it after making their condition true.
+    /// Wakes every parked waiter and every registered waker. Call it after making their
+    /// condition true.
     #[inline]
     pub(crate) fn notify(&self) {
         // Orders the caller's write of the condition before the read of `sleepers`; pairs with
-        // the fence in `park_until`.
+        // the fence in `park_until` and `poll_until`.
         fence(Ordering::SeqCst);
         if self.sleepers.load(Ordering::Relaxed) != 0 {
-            drop(self.locked());
-            self.wake.notify_all();
+            self.notify_slow();
+        }
+    }
+
+    #[cold]
+    fn notify_slow(&self) {
+        let woken = {
+            let mut wakers = self.locked();
+            if !wakers.list.is_empty() {
+                self.sleepers.fetch_sub(wakers.list.len(), Ordering::Relaxed);
+            }
+            mem::take(&mut wakers.list)
+        };
+        self.wake.notify_all();
+        // Outside the lock: a waker may run anything, waiting on this signal included.
+        for (_, waker) in woken {
+            waker.wake();
+        }
+    }
+
+    /// For a task: `Ready` if `ready()` returns true, checked under the signal's lock (so it
+    /// must not notify this same signal); otherwise registers the task's waker, which the next
+    /// [`notify`](Self::notify) wakes, and returns `Pending`. Check `ready()` first without
+    /// the lock: this is the slow path.
+    pub(crate) fn poll_until(
+        &self,
+        cx: &mut Context<'_>,
+        registration: &mut Registration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Poll<()> {
+        let mut wakers = self.locked();
+        let registered = registration.key.and_then(|key| {
+            wakers.list.iter_mut().find(|(k, _)| *k == key).map(|(_, waker)| waker)
+        });
+        let key = match registered {
+            Some(waker) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+                registration.key
+            }
+            None => {
+                let key = wakers.next_key;
+                wakers.next_key += 1;
+                wakers.list.push((key, cx.waker().clone()));
+                self.sleepers.fetch_add(1, Ordering::Relaxed);
+                Some(key)
+            }
+        };
+        registration.key = key;
+        // Orders the registration before the re-check of the condition; pairs with the fence
+        // in `notify`.
+        fence(Ordering::SeqCst);
+        if !ready() {
+            return Poll::Pending;
+        }
+        if let Some(key) = registration.key.take() {
+            if wakers.remove(key) {
+                self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Gives up a task's place among the waiters, if it still has one.
+    pub(crate) fn unregister(&self, registration: &mut Registration) {
+        if let Some(key) = registration.key.take() {
+            if self.locked().remove(key) {
+                self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -110,9 +215,9 @@ impl Signal {
     #[cfg(not(loom))]
     fn wait_timeout<'a>(
         &self,
-        guard: MutexGuard<'a, ()>,
+        guard: MutexGuard<'a, Wakers>,
         left: std::time::Duration,
-    ) -> MutexGuard<'a, ()> {
+    ) -> MutexGuard<'a, Wakers> {
         self.wake.wait_timeout(guard, left).unwrap_or_else(PoisonError::into_inner).0
     }
 
@@ -120,13 +225,13 @@ impl Signal {
     #[cfg(loom)]
     fn wait_timeout<'a>(
         &self,
-        guard: MutexGuard<'a, ()>,
+        guard: MutexGuard<'a, Wakers>,
         _left: std::time::Duration,
-    ) -> MutexGuard<'a, ()> {
+    ) -> MutexGuard<'a, Wakers> {
         self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn locked(&self) -> MutexGuard<'_, ()> {
+    fn locked(&self) -> MutexGuard<'_, Wakers> {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

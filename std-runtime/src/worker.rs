@@ -35,6 +35,8 @@ use crate::route::{Downstream, HandOver, Reorder};
 use crate::stats::{StageCounters, StageShared};
 use crate::workers::Workers;
 
+mod holding;
+
 /// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
 /// have piled up (an ordered stage's are held until the batch is done).
 struct Outputs<'a, T> {
@@ -211,8 +213,9 @@ where
     let mut outputs: VecDeque<Envelope<S::Out>> = VecDeque::with_capacity(BATCH);
     // Kept here, outside the catch, so that what it holds back outlives a fatal panic.
     let mut stage = None;
+    let mut held = Held::new::<S>();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        work(id, factory, parts, &mut stage, &mut inputs, &mut outputs);
+        work(id, factory, parts, &mut stage, &mut inputs, &mut outputs, &mut held);
     }));
     if let Err(panic) = result {
         // Not the stage's panic (those are caught in `work`): the sink or a hook. The pipeline
@@ -227,6 +230,8 @@ where
         }
         downstream.abandon(&mut outputs);
     }
+    // Items the stage still holds in flight (or that wait for a retry) when the worker stops.
+    held.abandon(input);
     if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
         abandon_held(stage, &mut outputs, parts);
     }
@@ -247,6 +252,7 @@ fn work<In, S, F>(
     stage: &mut Option<S>,
     inputs: &mut VecDeque<Envelope<In>>,
     outputs: &mut VecDeque<Envelope<S::Out>>,
+    held: &mut Held<In>,
 ) where
     F: Fn() -> S,
     S: Stage<In>,
@@ -264,7 +270,9 @@ fn work<In, S, F>(
     };
     let plain = parts.policy.is_plain(control);
     let stage = stage.insert(factory());
-    let mut taken = VecDeque::with_capacity(if S::RUNS { BATCH } else { 0 });
+    if S::HOLDS {
+        return holding::work(factory, parts, stage, inputs, outputs, held, &cx, plain);
+    }
     let mut flushed_at = Instant::now();
     loop {
         if control.is_cancelled() {
@@ -283,18 +291,7 @@ fn work<In, S, F>(
                 }
             }
         }
-        let (popped, ticket) = match &parts.reorder {
-            None => (input.pop_into(inputs, BATCH), None),
-            Some(reorder) => {
-                let mut next = reorder.next_ticket.lock().unwrap_or_else(PoisonError::into_inner);
-                let popped = input.pop_into(inputs, BATCH);
-                let ticket = (popped > 0).then(|| {
-                    *next += 1;
-                    *next - 1
-                });
-                (popped, ticket.map(|t| (t, &**reorder)))
-            }
-        };
+        let (popped, ticket) = pop(parts, inputs);
         if popped == 0 {
             if input.finished() && input.len() == 0 {
                 break;
@@ -310,7 +307,7 @@ fn work<In, S, F>(
         let run_cancelled = || S::RUNS && control.is_cancelled();
         while !inputs.is_empty() && !out.stopped && !run_cancelled() {
             if S::RUNS {
-                in_runs(stage, factory, inputs, &mut out, &mut taken, &cx, &mut outcomes, plain);
+                in_runs(stage, factory, inputs, &mut out, held, &cx, &mut outcomes, plain);
             } else if plain {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     one_by_one(stage, inputs, &mut out, &cx, &mut outcomes);
@@ -347,6 +344,27 @@ fn work<In, S, F>(
     }
     // End of stream, or retiring: let the stage emit what it holds back.
     flush(stage, outputs, parts, control);
+}
+
+/// Pops a batch into `inputs`; returns how many items, and for an ordered stage with several
+/// workers the batch's ticket, taken under the same lock as the items.
+fn pop<'p, In, Out>(
+    parts: &'p WorkerParts<In, Out>,
+    inputs: &mut VecDeque<Envelope<In>>,
+) -> (usize, Option<(u64, &'p Reorder<Out>)>) {
+    let input = &*parts.input;
+    match &parts.reorder {
+        None => (input.pop_into(inputs, BATCH), None),
+        Some(reorder) => {
+            let mut next = reorder.next_ticket.lock().unwrap_or_else(PoisonError::into_inner);
+            let popped = input.pop_into(inputs, BATCH);
+            let ticket = (popped > 0).then(|| {
+                *next += 1;
+                *next - 1
+            });
+            (popped, ticket.map(|t| (t, &**reorder)))
+        }
+    }
 }
 
 /// Flushes the stage (at the end of the stream, or on its timer) and delivers what it emits
@@ -632,6 +650,37 @@ impl<In, Out> ItemPolicy<'_, In, Out> {
 struct Taken<In> {
     times: Times,
     copy: Option<In>,
+    /// Which attempt this is (a retry of an item held in flight is taken again in a run).
+    attempt: u32,
+}
+
+/// The items a run-processing stage has taken and not yet reported, oldest first, and the
+/// items waiting to be tried again (only for a stage that [`HOLDS`](Stage::HOLDS) items,
+/// whose retries go back through its runs), each with the attempt it will be.
+pub(crate) struct Held<In> {
+    taken: VecDeque<Taken<In>>,
+    retries: VecDeque<(Envelope<In>, u32)>,
+}
+
+impl<In> Held<In> {
+    fn new<S: Stage<In>>() -> Self {
+        let capacity = if S::RUNS && !S::HOLDS { BATCH } else { 0 };
+        Self { taken: VecDeque::with_capacity(capacity), retries: VecDeque::new() }
+    }
+
+    /// Abandons every item left: counted, and handed to the drop hook when there is a copy
+    /// (an item in flight is owned by the stage, and dropped with it).
+    fn abandon(&mut self, input: &Link<In>) {
+        for Taken { copy, .. } in self.taken.drain(..) {
+            match copy {
+                Some(item) => input.give_up(item),
+                None => input.give_up_held(),
+            }
+        }
+        for (envelope, _) in self.retries.drain(..) {
+            input.give_up(envelope.item);
+        }
+    }
 }
 
 /// The outputs of a run: each takes the timestamps of the oldest item not yet reported,
@@ -662,7 +711,7 @@ fn in_runs<In, S, F>(
     factory: &F,
     inputs: &mut VecDeque<Envelope<In>>,
     out: &mut Outputs<'_, S::Out>,
-    taken: &mut VecDeque<Taken<In>>,
+    held: &mut Held<In>,
     cx: &ItemPolicy<'_, In, S::Out>,
     outcomes: &mut Outcomes<'_>,
     plain: bool,
@@ -672,21 +721,25 @@ fn in_runs<In, S, F>(
     S::Error: fmt::Display,
 {
     let (control, policy) = (cx.control, cx.policy);
-    let mut failures: Vec<(Failure<S::Error>, Option<In>)> = Vec::new();
+    let mut failures: Vec<(Failure<S::Error>, Option<In>, u32)> = Vec::new();
+    let Held { taken, retries } = held;
     let result = {
         let taken = RefCell::new(&mut *taken);
         let mut items = iter::from_fn(|| {
             if control.is_cancelled() || (!plain && !policy.gate.admit(control)) {
                 return None;
             }
-            let envelope = inputs.pop_front()?;
+            let (envelope, attempt) = match retries.pop_front() {
+                Some(retry) => retry,
+                None => (inputs.pop_front()?, 1),
+            };
             let popped_at = if envelope.born != 0 { control.now() } else { 0 };
             let times = Times { born: envelope.born, queued: envelope.queued, popped_at };
             // Taken before the copy and the hook run: if they panic, the item fails with the
             // panic like the rest of the run.
-            taken.borrow_mut().push_back(Taken { times, copy: None });
+            taken.borrow_mut().push_back(Taken { times, copy: None, attempt });
             let copy = policy.clone.map(|clone| clone(&envelope.item));
-            if let Some(before) = &policy.before {
+            if let Some(before) = policy.before.as_deref().filter(|_| attempt == 1) {
                 before(&envelope.item);
             }
             if let Some(last) = taken.borrow_mut().back_mut() {
@@ -695,7 +748,9 @@ fn in_runs<In, S, F>(
             Some(envelope.item)
         });
         let mut done = |result: Result<(), S::Error>| {
-            let Some(Taken { times, copy }) = taken.borrow_mut().pop_front() else { return };
+            let Some(Taken { times, copy, attempt }) = taken.borrow_mut().pop_front() else {
+                return;
+            };
             cx.timed(&times);
             if !plain {
                 policy.gate.record(result.is_ok(), control);
@@ -703,7 +758,7 @@ fn in_runs<In, S, F>(
             match result {
                 Ok(()) => outcomes.ok += 1,
                 Err(_) if plain => outcomes.failed += 1,
-                Err(error) => failures.push((Failure::Error(error), copy)),
+                Err(error) => failures.push((Failure::Error(error), copy, attempt)),
             }
         };
         let mut run_out = RunOutputs { out, taken: &taken };
@@ -713,12 +768,12 @@ fn in_runs<In, S, F>(
         // Every item of the run not yet reported failed with the panic.
         outcomes.panicked += 1;
         let message = panic_message(&*panic);
-        for Taken { copy, .. } in taken.drain(..) {
+        for Taken { copy, attempt, .. } in taken.drain(..) {
             if plain {
                 outcomes.failed += 1;
             } else {
                 policy.gate.record(false, control);
-                failures.push((Failure::Panic(message.clone()), copy));
+                failures.push((Failure::Panic(message.clone()), copy, attempt));
             }
         }
         // Counted as failed for good first: if the factory (or the old stage's `drop`)
@@ -728,9 +783,16 @@ fn in_runs<In, S, F>(
         rebuild(stage, factory, out);
         outcomes.failed -= failed;
     }
-    for (failure, copy) in failures {
-        if let Next::Retry(copy) = cx.failed(&failure, copy, 1, outcomes) {
-            attempts(stage, factory, copy, 2, out, cx, outcomes);
+    for (failure, copy, attempt) in failures {
+        match cx.failed(&failure, copy, attempt, outcomes) {
+            // A stage that holds items takes its retries in its next run, so that the worker
+            // does not wait for one item while the others in flight wait for it.
+            Next::Retry(copy) if S::HOLDS => {
+                let envelope = Envelope { item: copy, born: 0, queued: 0, weight: 0 };
+                retries.push_back((envelope, attempt + 1));
+            }
+            Next::Retry(copy) => attempts(stage, factory, copy, attempt + 1, out, cx, outcomes),
+            Next::Settled => {}
         }
     }
 }

@@ -12,10 +12,11 @@ use crate::step::{Step, cargo, root};
 
 /// The crates published to crates.io, each with its directory. Every other member of the
 /// workspace is `publish = false`.
-pub const PUBLISHED: [(&str, &str); 4] = [
+pub const PUBLISHED: [(&str, &str); 5] = [
     ("backflow-core", "core"),
     ("backflow", "std-runtime"),
     ("backflow-rayon", "rayon-adapter"),
+    ("backflow-tokio", "tokio-adapter"),
     ("backflow-redis", "redis-adapter"),
 ];
 

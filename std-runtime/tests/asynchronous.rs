@@ -1,0 +1,283 @@
+//! The async ends of a pipeline (feature `async`): `Input::send` and `wait_for_room_async`
+//! wait as tasks, `Output` is a `Stream`; on tokio's current-thread and multi-thread runtimes.
+#![cfg(feature = "async")]
+
+mod common;
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use backflow::{Overflow, Pipeline, PushError};
+use common::{Flag, Gate, held_sink};
+use futures::StreamExt;
+
+/// A waker that reports each wake-up on a channel.
+struct Reporter(Mutex<mpsc::Sender<()>>);
+
+impl Wake for Reporter {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.lock().unwrap().send(());
+    }
+}
+
+fn reporting_waker() -> (Waker, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel();
+    (Waker::from(Arc::new(Reporter(Mutex::new(tx)))), rx)
+}
+
+/// Long enough never to matter on a loaded machine; only a lost wake-up reaches it.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// An item that counts its drops.
+struct Counted(u32, Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn send_waits_as_a_pending_task_under_a_held_sink_and_resumes_with_nothing_dropped() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let pipeline = Pipeline::<u32>::builder()
+        .stage("id", || |x: u32| x)
+        .capacity(4)
+        .overflow(Overflow::Block)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let mut input = pipeline.input();
+    let (waker, woken) = reporting_waker();
+    let mut cx = Context::from_waker(&waker);
+    // The first item holds the stage's worker in the sink: nothing leaves the queue from now.
+    input.push(0).unwrap();
+    entered.wait();
+    // Send until a send has to wait: the queue fills up. The poll returns `Pending` on this
+    // very thread: the task waits, no thread is blocked.
+    let mut sent = 1u32;
+    let pending_at = loop {
+        assert!(sent < 10_000, "every send went through although the sink is held");
+        let mut sending = pin!(input.send(sent));
+        match sending.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => {
+                result.unwrap();
+                sent += 1;
+            }
+            Poll::Pending => {
+                assert!(woken.try_recv().is_err(), "woken before any room was made");
+                gate.open();
+                // The room made downstream wakes the task, which then completes.
+                woken.recv_timeout(GUARD).expect("the waiting task was never woken");
+                let mut polled = sending.as_mut().poll(&mut cx);
+                while polled.is_pending() {
+                    woken.recv_timeout(GUARD).expect("the waiting task was never woken again");
+                    polled = sending.as_mut().poll(&mut cx);
+                }
+                match polled {
+                    Poll::Ready(result) => result.unwrap(),
+                    Poll::Pending => unreachable!(),
+                }
+                break sent;
+            }
+        }
+    };
+    assert!(pending_at >= 4, "waited with room in the queue ({pending_at} sent)");
+    for x in pending_at + 1..pending_at + 100 {
+        futures::executor::block_on(input.send(x)).unwrap();
+    }
+    let report = pipeline.drain().unwrap();
+    let id = &report.stage("id").unwrap().accounting;
+    assert_eq!((id.received, id.dropped, id.abandoned), (u64::from(pending_at) + 100, 0, 0));
+    let delivered = delivered.lock().unwrap();
+    assert_eq!(*delivered, (0..pending_at + 100).collect::<Vec<_>>());
+    assert!(report.is_balanced());
+}
+
+#[test]
+fn a_send_future_dropped_while_waiting_keeps_its_item_out_of_the_books() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let drops = Arc::new(AtomicUsize::new(0));
+    let pipeline = Pipeline::<Counted>::builder()
+        .stage("id", || |x: Counted| x.0)
+        .capacity(2)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let mut input = pipeline.input();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut sent = 0;
+    loop {
+        let mut sending = pin!(input.send(Counted(sent, Arc::clone(&drops))));
+        if sending.as_mut().poll(&mut cx).is_pending() {
+            break;
+        }
+        sent += 1;
+    }
+    // The future that waited, and its item with it, is gone.
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    gate.open();
+    let report = pipeline.drain().unwrap();
+    assert_eq!(report.stage("id").unwrap().accounting.received, u64::from(sent));
+    assert_eq!(report.sink().delivered, u64::from(sent));
+    assert_eq!(*delivered.lock().unwrap(), (0..sent).collect::<Vec<_>>());
+    assert_eq!(drops.load(Ordering::SeqCst), 1 + sent as usize);
+    assert!(report.is_balanced());
+}
+
+#[test]
+fn a_waiting_send_gives_its_item_back_on_cancel_and_after_drain() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let pipeline = Pipeline::<u32>::builder()
+        .stage("id", || |x: u32| x)
+        .capacity(2)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let mut input = pipeline.input();
+    let (waker, woken) = reporting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut x = 0;
+    let mut sending = loop {
+        let mut sending = Box::pin(input.send(x));
+        if sending.as_mut().poll(&mut cx).is_pending() {
+            break sending;
+        }
+        x += 1;
+    };
+    pipeline.cancel();
+    woken.recv_timeout(GUARD).expect("the cancel did not wake the waiting task");
+    assert!(
+        matches!(sending.as_mut().poll(&mut cx), Poll::Ready(Err(PushError::Cancelled(item))) if item == x)
+    );
+    drop(sending);
+    gate.open();
+    assert!(pipeline.drain().is_err());
+    let closed = futures::executor::block_on(input.send(99));
+    assert!(matches!(closed, Err(PushError::Cancelled(99))));
+
+    let pipeline =
+        Pipeline::<u32>::builder().stage("id", || |x: u32| x).sink(|_| {}).build().unwrap();
+    let mut input = pipeline.input();
+    pipeline.drain().unwrap();
+    let closed = futures::executor::block_on(input.send(5));
+    assert!(matches!(closed, Err(PushError::Closed(5))));
+}
+
+#[test]
+fn send_under_fail_gives_a_full_queue_back_at_once() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let pipeline = Pipeline::<u32>::builder()
+        .stage("id", || |x: u32| x)
+        .capacity(2)
+        .overflow(Overflow::Fail)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let mut input = pipeline.input();
+    let full = (0..10_000).find_map(|x| match futures::executor::block_on(input.send(x)) {
+        Ok(()) => None,
+        Err(PushError::Full(item)) => Some(item),
+        Err(other) => panic!("{other}"),
+    });
+    assert!(full.is_some());
+    gate.open();
+    let report = pipeline.drain().unwrap();
+    assert!(report.is_balanced());
+}
+
+#[test]
+fn wait_for_room_async_waits_for_the_low_mark_and_says_how_much_room() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let pipeline = Pipeline::<u32>::builder()
+        .stage("id", || |x: u32| x)
+        .capacity(8)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let input = pipeline.input();
+    let (waker, woken) = reporting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut x = 0;
+    while input.try_push(x).is_ok() {
+        x += 1;
+    }
+    let mut room = pin!(input.wait_for_room_async());
+    assert!(room.as_mut().poll(&mut cx).is_pending());
+    gate.open();
+    let room = loop {
+        woken.recv_timeout(GUARD).expect("the waiting task was never woken");
+        if let Poll::Ready(room) = room.as_mut().poll(&mut cx) {
+            break room;
+        }
+    };
+    assert!(room > 0 && room <= 8, "room {room}");
+    pipeline.drain().unwrap();
+    assert_eq!(futures::executor::block_on(input.wait_for_room_async()), 0);
+}
+
+/// A producer task sends through a pipeline while the consumer reads its output as a stream
+/// inside `tokio::select!`, next to a ticking timer; the drain runs on the blocking pool.
+async fn send_and_select(items: u32) {
+    let (pipeline, mut output) = Pipeline::<u32>::builder()
+        .stage("double", || |x: u32| u64::from(x) * 2)
+        .capacity(16)
+        .output()
+        .build()
+        .unwrap();
+    let mut input = pipeline.input();
+    // The drain closes the input: it starts once every item is in.
+    let producer = tokio::spawn(async move {
+        for x in 0..items {
+            input.send(x).await.unwrap();
+        }
+        tokio::task::spawn_blocking(move || pipeline.drain()).await.unwrap()
+    });
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let mut got = Vec::new();
+    let mut ended = false;
+    while !ended {
+        tokio::select! {
+            item = StreamExt::next(&mut output) => match item {
+                Some(x) => got.push(x),
+                None => ended = true,
+            },
+            _ = ticker.tick() => {}
+        }
+    }
+    let report = producer.await.unwrap().unwrap();
+    assert_eq!(got, (0..u64::from(items)).map(|x| x * 2).collect::<Vec<_>>());
+    assert_eq!(report.sink().delivered, u64::from(items));
+    assert!(report.is_balanced());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn output_as_a_stream_in_select_on_a_current_thread_runtime() {
+    send_and_select(5_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_as_a_stream_in_select_on_a_multi_thread_runtime() {
+    send_and_select(5_000).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn recv_reads_until_the_end() {
+    let (pipeline, mut output) =
+        Pipeline::<u8>::builder().stage("id", || |x: u8| x).output().build().unwrap();
+    let mut input = pipeline.input();
+    for x in 0..3 {
+        input.send(x).await.unwrap();
+    }
+    drop(input);
+    let drained = tokio::task::spawn_blocking(move || pipeline.drain());
+    let mut got = Vec::new();
+    while let Some(x) = output.recv().await {
+        got.push(x);
+    }
+    assert_eq!(got, [0, 1, 2]);
+    assert!(drained.await.unwrap().unwrap().is_balanced());
+}
