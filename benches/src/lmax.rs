@@ -32,7 +32,7 @@ const BATCH: usize = 128;
 /// Spins this many times before each `yield_now`.
 const SPINS: u32 = 64;
 
-/// A disruptor wait strategy: spin [`SPINS`] times, then yield the core once, and again.
+/// A disruptor wait strategy: spin 64 times, then yield the core once, and again.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpinThenYield;
 
@@ -163,7 +163,7 @@ fn boxed<P: Producer<Event> + 'static>(mut producer: P) -> Box<dyn FnMut(u64, us
     })
 }
 
-/// The disruptor, batches of [`BATCH`] (`try_batch_publish`), handlers spinning then yielding.
+/// The disruptor, batches of 128 (`try_batch_publish`), handlers spinning then yielding.
 pub fn disruptor_batch(workload: Workload) -> Option<Duration> {
     (workload.stages <= 3).then(|| run(workload, Feed::Batch))
 }
