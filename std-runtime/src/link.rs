@@ -224,14 +224,27 @@ impl<T> Link<T> {
     }
 
     /// Turns pressure on if the fill reached the high mark.
+    ///
+    /// Another thread may have turned pressure on since the flag was read, and the fill
+    /// fallen back to the low mark since: then this turns it off, and wakes the producers
+    /// waiting for that (a producer that only tries to push never relieves pressure itself).
+    /// Not called under a signal's lock.
     fn raise(&self) {
         if !self.pressure_on.load(Ordering::Relaxed) && self.fill() >= self.marks.high() {
             let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
-            let turned_on = pressure.observe(self.fill()).is_some() && pressure.is_on();
-            self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
-            if turned_on {
+            let turned = pressure.observe(self.fill()).is_some();
+            let on = pressure.is_on();
+            self.pressure_on.store(on, Ordering::SeqCst);
+            if turned {
                 // Under the lock, so that on and off are announced in order.
-                self.control.emit(&Event::PressureOn { stage: &self.stage });
+                let stage = &self.stage;
+                let event =
+                    if on { Event::PressureOn { stage } } else { Event::PressureOff { stage } };
+                self.control.emit(&event);
+            }
+            drop(pressure);
+            if turned && !on {
+                self.room.notify();
             }
         }
     }
