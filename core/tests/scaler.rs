@@ -141,16 +141,33 @@ proptest! {
         }
     }
 
-    /// With ±5 % of noise in every share, the budget and ranges hold and the moves stop.
+    /// With ±5 % of noise in every share, the budget and ranges hold (checked after every
+    /// interval) and the moves do not oscillate: a stage whose true share sits within the
+    /// noise of a threshold may still be tipped over it late, but no stage gains and loses
+    /// workers back and forth once the first 300 intervals are over.
     #[test]
-    fn with_noisy_measurements_it_still_stays_within_bounds_and_stops(
+    fn with_noisy_measurements_it_still_stays_within_bounds_and_does_not_oscillate(
         (mut stages, budget, config, chain) in setup(),
         seed in any::<u64>(),
     ) {
         let mut scaler = Scaler::new(config, budget, &stages).unwrap();
         let moves = run(&mut scaler, &mut stages, &chain, 600, Some(seed))?;
         let late: Vec<_> = moves.iter().filter(|(interval, _)| *interval >= 300).collect();
-        prop_assert!(late.is_empty(), "still moving after 300 intervals: {:?} (all: {:?})", late, moves);
+        for stage in 0..stages.len() {
+            let (mut gained, mut lost) = (false, false);
+            for (_, step) in &late {
+                match *step {
+                    Move::Add { stage: s } if s == stage => gained = true,
+                    Move::Remove { stage: s } if s == stage => lost = true,
+                    Move::Shift { from, to } => {
+                        lost |= from == stage;
+                        gained |= to == stage;
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert!(!(gained && lost), "stage {} oscillates: {:?} (all: {:?})", stage, late, moves);
+        }
     }
 
     /// One slow stage (20× the others) gets every worker the budget has beyond the others'
