@@ -427,24 +427,8 @@ impl<T> Link<T> {
                 return (received, Err((envelope, PushFailure::Cancelled)));
             }
             loop {
-                let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                // NB: without a byte budget, one branch and the core's policy as it is.
-                let outcome = if self.weight.is_none() {
-                    self.overflow.push(&mut queue, envelope, pressure_on)
-                } else {
-                    match self.push_weighed(&mut queue, envelope, pressure_on) {
-                        Step::Done(outcome) => outcome,
-                        Step::Evicted { oldest, item } => {
-                            envelope = item;
-                            if let Some(oldest) = oldest {
-                                drop(queue);
-                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
-                                queue = self.ring.pusher();
-                            }
-                            continue;
-                        }
-                    }
-                };
+                let outcome;
+                (queue, outcome) = self.push_one(queue, envelope);
                 match outcome {
                     PushOutcome::Pushed => break,
                     PushOutcome::Dropped { item, reason } => {
@@ -526,23 +510,8 @@ impl<T> Link<T> {
                 break;
             }
             loop {
-                let pressure_on = self.pressure_on.load(Ordering::Relaxed);
-                let outcome = if self.weight.is_none() {
-                    self.overflow.push(&mut queue, envelope, pressure_on)
-                } else {
-                    match self.push_weighed(&mut queue, envelope, pressure_on) {
-                        Step::Done(outcome) => outcome,
-                        Step::Evicted { oldest, item } => {
-                            envelope = item;
-                            if let Some(oldest) = oldest {
-                                drop(queue);
-                                self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
-                                queue = self.ring.pusher();
-                            }
-                            continue;
-                        }
-                    }
-                };
+                let outcome;
+                (queue, outcome) = self.push_one(queue, envelope);
                 match outcome {
                     PushOutcome::Pushed => {
                         received.n += 1;
@@ -656,6 +625,34 @@ impl<T> Link<T> {
     fn weigh_failed(&self, message: String) {
         let stage = self.stage.to_string();
         self.control.fail(Fatal { stage, message, culprit: Culprit::Weigh });
+    }
+
+    /// Pushes one envelope under the link's policy: the core's outcome, without a byte budget
+    /// after one branch; with one, after evicting by weight as `DropOldest` asks (the queue is
+    /// let go around the drop hook, which may push into the pipeline, and taken again).
+    fn push_one<'a>(
+        &'a self,
+        mut queue: Pusher<'a, Envelope<T>>,
+        mut envelope: Envelope<T>,
+    ) -> (Pusher<'a, Envelope<T>>, PushOutcome<Envelope<T>>) {
+        loop {
+            let pressure_on = self.pressure_on.load(Ordering::Relaxed);
+            if self.weight.is_none() {
+                let outcome = self.overflow.push(&mut queue, envelope, pressure_on);
+                return (queue, outcome);
+            }
+            match self.push_weighed(&mut queue, envelope, pressure_on) {
+                Step::Done(outcome) => return (queue, outcome),
+                Step::Evicted { oldest, item } => {
+                    envelope = item;
+                    if let Some(oldest) = oldest {
+                        drop(queue);
+                        self.drop_by_policy(oldest.item, overflow::DropReason::Oldest);
+                        queue = self.ring.pusher();
+                    }
+                }
+            }
+        }
     }
 
     /// Pushes under the overflow policy and the byte budget: an item that does not fit by
