@@ -55,7 +55,7 @@ pub mod ring;
 pub mod breaker;
 pub mod driver;
 mod error;
-#[cfg(all(target_has_atomic = "64", not(loom)))]
+#[cfg(target_has_atomic = "64")]
 pub mod metrics;
 pub mod overflow;
 pub mod reorder;
