@@ -3,13 +3,13 @@
 
 use std::num::NonZeroU32;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, Weak};
+use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::event::{Event, EventHandler};
 use crate::hooks::{DropHook, Dropped};
 use crate::panic::panic_message;
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering};
 use crate::wait::{Signal, WaitStrategy};
 
 /// The moment `duration` from now, or `None` ("no deadline") when that is past the end of

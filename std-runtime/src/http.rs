@@ -39,8 +39,7 @@
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -48,6 +47,8 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::pipeline::Watch;
 use crate::stats::exposition;
+use crate::sync::Mutex;
+use crate::sync::thread::{self, JoinHandle};
 
 /// How long writing an answer to one client may block before the server gives up on that
 /// client: see [`MetricsServer::bind`].
@@ -237,7 +238,7 @@ impl MetricsServer {
             .map_err(|error| bind_error(addr, io::Error::other(error.to_string())))?;
         let server = Arc::new(server);
         let served = Served::default();
-        let thread = std::thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("backflow-metrics".into())
             .spawn({
                 let (server, served) = (Arc::clone(&server), Arc::clone(&served));

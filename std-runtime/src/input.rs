@@ -7,15 +7,13 @@ use std::iter;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
-
-use crossbeam_utils::CachePadded;
 
 use crate::batch::BATCH;
 use crate::control::deadline_after;
 use crate::error::PushError;
 use crate::link::{Envelope, HandleState, Link, PushFailure};
+use crate::sync::{CachePadded, Ordering, fence};
 
 #[cfg(feature = "async")]
 mod send;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use backflow_core::{Overflow, Stage};
@@ -18,6 +18,7 @@ use crate::policy::{Gate, Policy, TypedSettings};
 use crate::route::{Downstream, Fan, FanCounts, Keyed, Lanes, Reorder, Sink, Split};
 use crate::scale::{Hire, ScaleSetup};
 use crate::stats::{SinkShared, StageShared};
+use crate::sync::Mutex;
 use crate::weight::Weight;
 use crate::worker::{self, Departure, WorkerId, WorkerParts};
 use crate::workers::Workers;

@@ -80,6 +80,7 @@ mod scale;
 mod slots;
 mod stages;
 pub mod stats;
+mod sync;
 mod wait;
 mod watchdog;
 mod weight;

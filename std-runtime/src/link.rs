@@ -8,8 +8,7 @@
 
 use std::collections::VecDeque;
 use std::iter;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use backflow_core::metrics::Counter;
@@ -17,7 +16,6 @@ use backflow_core::overflow::{self, Overflow, PushOutcome};
 use backflow_core::ring::CapacityError;
 use backflow_core::weight_budget::Admission;
 use backflow_core::{Pressure, WaterMarks};
-use crossbeam_utils::CachePadded;
 
 use crate::batch::BATCH;
 use crate::control::{Control, Culprit, Fatal, Wake};
@@ -25,6 +23,9 @@ use crate::event::Event;
 use crate::hooks::{DropHook, DropReason, Dropped};
 use crate::slots::{Pusher, Slots};
 use crate::stats::StageCounters;
+use crate::sync::{
+    AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, fence, thread,
+};
 use crate::wait::{Signal, wait_until};
 use crate::weight::Weight;
 
@@ -694,7 +695,7 @@ impl<T> Link<T> {
                 let oldest = queue.evict();
                 match &oldest {
                     Some(oldest) => weight.release(oldest.weight),
-                    None => std::thread::yield_now(),
+                    None => thread::yield_now(),
                 }
                 return Step::Evicted { oldest, item: envelope };
             }

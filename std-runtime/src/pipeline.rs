@@ -1,9 +1,7 @@
 //! [`Pipeline`]: a running pipeline and its lifecycle (drain, shutdown, cancel, drop).
 
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
@@ -16,6 +14,8 @@ use crate::route::FanCounts;
 use crate::scale::{self, ScaleSetup, ScaledStage, Threads};
 use crate::stats::Report;
 use crate::stats::{Collector, FlowCheck, Graph, SinkShared, StageShared, StageSource, Stats};
+use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{Mutex, Ordering};
 use crate::watchdog;
 
 /// The running parts of a pipeline.
@@ -618,7 +618,7 @@ pub fn run<In: Send + 'static>(
                 Ok(()) => break,
                 Err(PushError::Full(back)) => {
                     item = back;
-                    std::thread::yield_now();
+                    thread::yield_now();
                 }
                 Err(_) => return pipeline.drain(),
             }

@@ -3,7 +3,7 @@
 //! breaker and rate limit.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
@@ -13,6 +13,7 @@ use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
 use crate::stats::CircuitGauge;
+use crate::sync::Mutex;
 use crate::weight::WeighFn;
 
 /// What happens to an item once its attempts are used up.

@@ -3,8 +3,7 @@
 //! moves: it starts a worker on the stage's queue, or asks one to retire (see
 //! [`Source::threads`](crate::Source::threads)).
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use backflow_core::scaler::{Move, Reason, Sample, Scaler, StageWorkers};
@@ -14,6 +13,8 @@ use crate::event::Event;
 use crate::link::LinkView;
 use crate::plan::Scaling;
 use crate::stats::StageShared;
+use crate::sync::Mutex;
+use crate::sync::thread::{self, JoinHandle};
 use crate::worker::{self, WorkerId};
 
 /// Counts one more worker of a stage in and returns its thread's name and its work; `None`

@@ -6,10 +6,12 @@
 //! its user takes once per batch (uncontended), and that a sweep or a `DropOldest` eviction
 //! takes too.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use backflow_core::overflow::Queue;
 use backflow_core::ring::{CapacityError, PushError, mpmc, spsc};
+
+use crate::sync::{Mutex, MutexGuard};
 
 type SpscRing<T> = Arc<spsc::HeapRing<T>>;
 

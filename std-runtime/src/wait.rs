@@ -11,7 +11,7 @@
 //! waiter's re-check sees the condition true and it does not sleep. If the waiter's comes
 //! first, the notifier sees a sleeper and takes the lock, which the waiter holds from its
 //! re-check until the condition variable has queued it, so the wake-up cannot fall between the
-//! two. `loom-tests/tests/wait.rs` model-checks exactly this file.
+//! two. The loom models in `models/wait.rs` check exactly this code.
 //!
 //! The fast path of [`Signal::notify`] (nobody asleep) is one fence and one load; the runtime
 //! notifies once per batch of items, not once per item.
@@ -22,20 +22,14 @@
 //! waker and wakes them after letting go of the lock. The argument above holds word for word
 //! with "the condition variable has queued it" read as "its waker is in the list".
 
-#[cfg(loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering, fence};
-#[cfg(loom)]
-use loom::sync::{Condvar, Mutex, MutexGuard};
-#[cfg(not(loom))]
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
-#[cfg(not(loom))]
-use std::sync::{Condvar, Mutex, MutexGuard};
-
 use std::fmt;
 use std::mem;
 use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+
+use crate::sync::{AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering, fence};
+use crate::sync::{spin_loop, thread};
 
 /// How an idle worker or a blocked producer waits.
 ///
@@ -104,6 +98,9 @@ impl Signal {
     /// Wakes every parked waiter and every registered waker. Call it after making their
     /// condition true.
     #[inline]
+    // Under loom the fence below counts as the caller's, so that a model can leave out the
+    // fence of one call site's notifications (`models/mod.rs`).
+    #[cfg_attr(loom, track_caller)]
     pub(crate) fn notify(&self) {
         // Orders the caller's write of the condition before the read of `sleepers`; pairs with
         // the fence in `park_until` and `poll_until`.
@@ -212,23 +209,13 @@ impl Signal {
         ready
     }
 
-    #[cfg(not(loom))]
+    /// Under loom, which has no clock, a timed wait waits for a notification.
     fn wait_timeout<'a>(
         &self,
         guard: MutexGuard<'a, Wakers>,
         left: std::time::Duration,
     ) -> MutexGuard<'a, Wakers> {
         self.wake.wait_timeout(guard, left).unwrap_or_else(PoisonError::into_inner).0
-    }
-
-    /// Loom has no clock: a timed wait is a wait that may wake spuriously.
-    #[cfg(loom)]
-    fn wait_timeout<'a>(
-        &self,
-        guard: MutexGuard<'a, Wakers>,
-        _left: std::time::Duration,
-    ) -> MutexGuard<'a, Wakers> {
-        self.wake.wait(guard).unwrap_or_else(PoisonError::into_inner)
     }
 
     fn locked(&self) -> MutexGuard<'_, Wakers> {
@@ -245,7 +232,6 @@ impl fmt::Debug for Signal {
 /// How often a busy-spinning waiter yields its core. With a core per thread `yield_now`
 /// returns at once (well under a microsecond); with more threads than cores it is what lets
 /// the thread holding the work run, instead of a spinner burning its whole time slice.
-#[cfg(not(loom))]
 const BUSY_SPINS_PER_YIELD: u32 = 256;
 
 /// Waits until `ready()` under `strategy`: spin, yield, then park on `signal` ([`Park`]), or
@@ -253,14 +239,13 @@ const BUSY_SPINS_PER_YIELD: u32 = 256;
 ///
 /// [`Park`]: WaitStrategy::Park
 /// [`BusySpin`]: WaitStrategy::BusySpin
-#[cfg(not(loom))]
 pub(crate) fn wait_until(
     signal: &Signal,
     strategy: WaitStrategy,
     mut ready: impl FnMut() -> bool,
     deadline: Option<Instant>,
 ) -> bool {
-    let backoff = crossbeam_utils::Backoff::new();
+    let backoff = Backoff::new();
     let mut spins = 0u32;
     loop {
         if ready() {
@@ -273,9 +258,9 @@ pub(crate) fn wait_until(
             WaitStrategy::BusySpin => {
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(BUSY_SPINS_PER_YIELD) {
-                    std::thread::yield_now();
+                    thread::yield_now();
                 } else {
-                    std::hint::spin_loop();
+                    spin_loop();
                 }
             }
             WaitStrategy::Park if backoff.is_completed() => {

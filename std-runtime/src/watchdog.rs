@@ -3,7 +3,6 @@
 //! has items queued and finishes none for that long.
 
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::control::{Control, deadline_after};
@@ -11,6 +10,7 @@ use crate::event::Event;
 use crate::link::LinkView;
 use crate::plan::Watched;
 use crate::stats::StageShared;
+use crate::sync::thread::{self, JoinHandle};
 
 /// One watched stage and what the watchdog last saw of it.
 struct Watch {

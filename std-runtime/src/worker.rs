@@ -18,8 +18,7 @@ use std::io;
 use std::iter;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, PoisonError, mpsc};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
@@ -33,6 +32,8 @@ use crate::panic::panic_message;
 use crate::policy::{Failure, OnFailure, Policy};
 use crate::route::{Downstream, HandOver, Reorder};
 use crate::stats::{StageCounters, StageShared};
+use crate::sync::mpsc;
+use crate::sync::thread::{self, JoinHandle};
 use crate::workers::Workers;
 
 mod holding;

@@ -3,9 +3,10 @@
 //! many are running, the workers asked to retire, and the worker time the stats' time shares
 //! are fractions of.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::PoisonError;
 use std::time::Instant;
+
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
 
 /// The worker threads of one stage; see the [module docs](self).
 #[derive(Debug)]

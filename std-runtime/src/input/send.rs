@@ -7,12 +7,12 @@ use std::future::Future;
 use std::iter;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use super::Input;
 use crate::error::PushError;
 use crate::link::{Envelope, Link, PushFailure};
+use crate::sync::Ordering;
 use crate::wait::Registration;
 
 impl<In> Input<In> {

@@ -4,7 +4,6 @@
 //! so a task is woken by exactly the notifications that wake a parked thread.
 
 #[cfg(feature = "async")]
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 #[cfg(feature = "async")]
@@ -15,6 +14,7 @@ use super::Envelope;
 use super::Link;
 use crate::event::Event;
 use crate::hooks::DropReason;
+use crate::sync::Ordering;
 use crate::wait::Registration;
 
 impl<T> Link<T> {

@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use backflow_core::ReorderWindow;
 
 use super::Downstream;
 use crate::link::Envelope;
+use crate::sync::{Condvar, Mutex};
 
 /// Batches an `Ordered` stage may finish ahead of the oldest one still being processed.
 pub(crate) const REORDER_WINDOW: usize = 16;

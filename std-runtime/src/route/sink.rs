@@ -2,13 +2,14 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DropHook, DropReason, Dropped};
 use crate::link::{Envelope, Tally};
 use crate::stats::SinkShared;
+use crate::sync::Mutex;
 
 /// The sink closure, shared by the last stage's workers.
 pub(crate) struct Sink<T> {

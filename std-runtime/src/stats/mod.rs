@@ -20,8 +20,7 @@
 //! one item in `sample_every` (see [`Source::sample_every`](crate::Source::sample_every)).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use backflow_core::breaker::BreakerState;
@@ -34,6 +33,7 @@ mod prometheus;
 pub(crate) use graph::Graph;
 pub use prometheus::exposition;
 
+use crate::sync::{AtomicU8, Mutex, Ordering};
 use crate::workers::Workers;
 
 /// The atomic counters of one stage.

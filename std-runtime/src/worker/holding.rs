@@ -17,9 +17,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Wake, Waker};
-use std::thread::{self, Thread};
 use std::time::Instant;
 
 use backflow_core::stage::Stage;
@@ -28,6 +26,8 @@ use super::{
     Envelope, Held, ItemPolicy, Outcomes, Outputs, WorkerParts, flush, in_runs, nanos_since, pop,
 };
 use crate::link::Link;
+use crate::sync::thread::{self, Thread};
+use crate::sync::{AtomicBool, Ordering};
 use crate::wait::Registration;
 
 /// Runs a holding stage until its input is finished, empty and every item it held is
