@@ -18,7 +18,7 @@ use std::io;
 use std::iter;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backflow_core::stage::{Emit, Stage};
@@ -357,12 +357,7 @@ fn pop<'p, In, Out>(
     match &parts.reorder {
         None => (input.pop_into(inputs, BATCH), None),
         Some(reorder) => {
-            let mut next = reorder.next_ticket.lock().unwrap_or_else(PoisonError::into_inner);
-            let popped = input.pop_into(inputs, BATCH);
-            let ticket = (popped > 0).then(|| {
-                *next += 1;
-                *next - 1
-            });
+            let (popped, ticket) = reorder.take(|| input.pop_into(inputs, BATCH));
             (popped, ticket.map(|t| (t, &**reorder)))
         }
     }

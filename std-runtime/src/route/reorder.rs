@@ -22,7 +22,7 @@ pub(crate) const REORDER_WINDOW: usize = 16;
 pub(crate) struct Reorder<T> {
     /// The next batch's sequence number; its lock also makes taking a batch and numbering it
     /// one step.
-    pub(crate) next_ticket: Mutex<u64>,
+    next_ticket: Mutex<u64>,
     window: Mutex<Window<T>>,
     moved: Condvar,
 }
@@ -55,6 +55,19 @@ impl<T> Reorder<T> {
             }),
             moved: Condvar::new(),
         }
+    }
+
+    /// Takes a batch with `pop`, which returns how many items it took, and numbers it, in one
+    /// step under the ticket lock: the numbers follow the queue's order. Returns how many
+    /// items `pop` took, and the batch's number if it took any.
+    pub(crate) fn take(&self, pop: impl FnOnce() -> usize) -> (usize, Option<u64>) {
+        let mut next = self.next_ticket.lock().unwrap_or_else(PoisonError::into_inner);
+        let popped = pop();
+        let ticket = (popped > 0).then(|| {
+            *next += 1;
+            *next - 1
+        });
+        (popped, ticket)
     }
 
     /// Hands over the outputs of batch `ticket` (leaving `outputs` empty, with a spare
