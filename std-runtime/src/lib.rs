@@ -70,6 +70,9 @@ pub mod http;
 mod input;
 mod launch;
 mod link;
+// Loom models of the runtime's protocols (`cargo xtask loom`).
+#[cfg(all(test, loom))]
+mod models;
 mod output;
 mod panic;
 mod pipeline;

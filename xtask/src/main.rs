@@ -10,7 +10,8 @@
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
 //! - `package`: every published crate packaged and its package built, as crates.io would.
 //! - `modules`: the module graph of `std-runtime/src`, which must have no cycle.
-//! - `loom`: the model checks in `loom-tests/`.
+//! - `loom`: the loom model checks of the core's rings (`loom-tests/`) and of the runtime's
+//!   protocols (`std-runtime/src/models/`).
 //! - `miri`: the core's tests under miri (nightly).
 //! - `qemu`: the Cortex-M demo in `core/bare-metal`, run under QEMU.
 //! - `bench [--criterion]`: the same-run ring comparison table (or the criterion benches).
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
         Some("package") => release::package(),
         Some("deny") => step::run_alone(deny::step()),
         Some("modules") => modules::run(),
-        Some("loom") => step::run_alone(loom::step()),
+        Some("loom") => step::run_all_alone(loom::steps()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),
         Some("bench") => bench::run(args.iter().any(|a| a == "--criterion")),

@@ -13,7 +13,11 @@ use crate::link::Envelope;
 use crate::sync::{Condvar, Mutex};
 
 /// Batches an `Ordered` stage may finish ahead of the oldest one still being processed.
+#[cfg(not(loom))]
 pub(crate) const REORDER_WINDOW: usize = 16;
+/// Under loom, two: the model's workers (`models/reorder.rs`) then also wait for the window.
+#[cfg(loom)]
+pub(crate) const REORDER_WINDOW: usize = 2;
 
 /// The hand-off of an `Ordered` stage: workers take batches in queue order under a lock, each
 /// with a sequence number, and hand their outputs back through a [`ReorderWindow`], which
