@@ -9,7 +9,8 @@
 //! - `deny`: the dependency policy alone (`deny.toml`: licenses, bans, sources).
 //! - `msrv`: each published crate built with the toolchain of its declared `rust-version`.
 //! - `package`: every published crate packaged and its package built, as crates.io would.
-//! - `modules`: the module graph of `std-runtime/src`, which must have no cycle.
+//! - `modules`: the module graph of `std-runtime/src`, which must have no cycle, and its
+//!   concurrency primitives, which must come from its `sync` module.
 //! - `loom`: the loom model checks of the core's rings (`loom-tests/`) and of the runtime's
 //!   protocols (`std-runtime/src/models/`).
 //! - `miri`: the core's tests under miri (nightly).

@@ -2,8 +2,11 @@
 //! one direction only. It reads every `crate::…` path outside comments (in `use` lines and in
 //! code), takes each file's top-level module (`route/fan.rs` belongs to `route`) and fails on
 //! a cycle, naming it. A module that imports a type through the crate root (`crate::Report`)
-//! hides which module it depends on, so that fails too. On success it prints the modules
-//! layer by layer, bottom first.
+//! hides which module it depends on, so that fails too. The concurrency primitives come from
+//! one module, `sync` (loom's under `--cfg loom`), which imports no other: a module naming
+//! `std::sync::atomic`, a lock, a condition variable, a channel or `std::thread` of the
+//! standard library, or crossbeam-utils, fails. On success it prints the modules layer by
+//! layer, bottom first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -23,7 +26,9 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 
 pub fn run() -> Result<(), String> {
     let dir = root().join(CHECKED);
-    let graph = graph(&read(&dir)?)?;
+    let files = read(&dir)?;
+    check_primitives(&files)?;
+    let graph = graph(&files)?;
     if let Some(cycle) = find_cycle(&graph) {
         return Err(format!(
             "{CHECKED}: the modules import each other in a cycle: {}",
@@ -98,6 +103,68 @@ fn graph(files: &[(String, String)]) -> Result<Graph, String> {
             through_root.join(", ")
         ))
     }
+}
+
+/// The module every concurrency primitive comes from.
+const FACADE: &str = "sync";
+
+/// Modules allowed to name the standard library's primitives besides the facade: the loom
+/// models record what they see with a plain mutex, outside what loom explores.
+const PLAIN_PRIMITIVES_ALLOWED: &[&str] = &["models"];
+
+/// Fails if a module other than the facade takes a concurrency primitive from elsewhere, or
+/// the facade imports another module.
+fn check_primitives(files: &[(String, String)]) -> Result<(), String> {
+    let mut found = Vec::new();
+    for (module, source) in files {
+        if module == FACADE {
+            if let Some(name) = crate_paths(source).first() {
+                found.push(format!("{FACADE} imports `crate::{name}` (it is the bottom layer)"));
+            }
+        } else if module != "lib" && !PLAIN_PRIMITIVES_ALLOWED.contains(&module.as_str()) {
+            found.extend(
+                direct_primitives(source).into_iter().map(|path| {
+                    format!("{module} names `{path}` (take it from `crate::{FACADE}`)")
+                }),
+            );
+        }
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        found.sort();
+        found.dedup();
+        Err(format!("{CHECKED}: {}", found.join(", ")))
+    }
+}
+
+/// The concurrency primitives `source` names outside comments without the facade: paths into
+/// `std::sync::atomic`, `core::sync::atomic`, `std::thread`, `std::hint` or crossbeam-utils,
+/// and the locks, condition variables and channels of `std::sync`.
+fn direct_primitives(source: &str) -> Vec<String> {
+    const WHOLE: &[&str] =
+        &["std::sync::atomic", "core::sync::atomic", "std::thread", "std::hint", "crossbeam_utils"];
+    const IN_SYNC: &[&str] =
+        &["atomic", "Mutex", "MutexGuard", "Condvar", "RwLock", "Barrier", "mpsc"];
+    let code: String = source.lines().map(strip_comment).collect::<Vec<_>>().join("\n");
+    let mut found: Vec<String> =
+        WHOLE.iter().filter(|path| code.contains(*path)).map(|path| path.to_string()).collect();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("std::sync::") {
+        let after = &rest[at + "std::sync::".len()..];
+        rest = after;
+        let names: Vec<String> = match after.strip_prefix('{') {
+            Some(group) => members(group).into_iter().filter_map(first_segment).collect(),
+            None => first_segment(after).into_iter().collect(),
+        };
+        found.extend(
+            names
+                .into_iter()
+                .filter(|name| IN_SYNC.contains(&name.as_str()))
+                .map(|name| format!("std::sync::{name}")),
+        );
+    }
+    found
 }
 
 /// The first segment of every `crate::…` path in `source` outside comments; for a group
@@ -282,6 +349,34 @@ mod tests {
     fn an_import_through_the_crate_root_is_refused() {
         let error = graph(&files(&[("event", "use crate::Report;"), ("stats", "")])).unwrap_err();
         assert!(error.contains("event imports `crate::Report`"), "{error}");
+    }
+
+    #[test]
+    fn primitives_come_from_the_facade_only() {
+        let source = "//! use std::sync::{Arc, Mutex};\n\
+                      use std::sync::{Arc, Mutex as Plain, atomic::AtomicBool};\n\
+                      use std::sync::PoisonError;\n\
+                      fn f() { std::thread::yield_now(); let _ = crossbeam_utils::Backoff::new(); }\n";
+        assert_eq!(
+            direct_primitives(source),
+            ["std::thread", "crossbeam_utils", "std::sync::Mutex", "std::sync::atomic"]
+        );
+        let error = check_primitives(&files(&[
+            ("sync", "use std::sync::Mutex; use crate::wait::Signal;"),
+            ("link", "use std::sync::{Arc, Condvar};"),
+            ("input", "use crate::sync::{Mutex, fence};"),
+        ]))
+        .unwrap_err();
+        assert!(error.contains("link names `std::sync::Condvar`"), "{error}");
+        assert!(error.contains("sync imports `crate::wait`"), "{error}");
+        assert!(!error.contains("input"), "{error}");
+    }
+
+    #[test]
+    fn the_runtime_takes_its_primitives_from_its_facade() {
+        let files = read(&root().join(CHECKED)).unwrap();
+        assert!(files.iter().any(|(module, _)| module == FACADE), "{CHECKED} has `{FACADE}`");
+        check_primitives(&files).unwrap();
     }
 
     #[test]
