@@ -103,7 +103,7 @@ pub fn run() -> Result<(), String> {
     steps.push(release::msrv_step());
     steps.push(release::package_step());
     steps.push(qemu::step());
-    steps.extend(loom::steps());
+    steps.push(loom::step());
     steps.push(miri::step());
 
     let outcomes: Vec<_> = std::iter::once(setup)

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Some("package") => release::package(),
         Some("deny") => step::run_alone(deny::step()),
         Some("modules") => modules::run(),
-        Some("loom") => step::run_all_alone(loom::steps()),
+        Some("loom") => step::run_alone(loom::step()),
         Some("miri") => step::run_alone(miri::step()),
         Some("qemu") => qemu::run(),
         Some("bench") => bench::run(args.iter().any(|a| a == "--criterion")),

@@ -81,15 +81,6 @@ pub fn run_alone(step: Step) -> Result<(), String> {
     if summarize(&[execute(step, &[])]) { Ok(()) } else { Err(format!("{name} failed")) }
 }
 
-/// Runs several steps, as `cargo xtask loom` does, each even if one before it failed, once
-/// what they need is there.
-pub fn run_all_alone(steps: Vec<Step>) -> Result<(), String> {
-    let needs: Vec<Need> = steps.iter().flat_map(|step| step.needs.iter().copied()).collect();
-    setup::require(&needs)?;
-    let outcomes: Vec<Outcome> = steps.into_iter().map(|step| execute(step, &[])).collect();
-    if summarize(&outcomes) { Ok(()) } else { Err("some steps failed".to_string()) }
-}
-
 /// Prints the summary table and returns whether every step passed.
 pub fn summarize(outcomes: &[Outcome]) -> bool {
     println!("\nsummary");

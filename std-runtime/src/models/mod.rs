@@ -43,7 +43,7 @@ use crate::sync::{FenceSite, thread, without_fences};
 /// loom` sets `LOOM_MAX_PREEMPTIONS`), but a pipeline runs some ten times as many atomic
 /// operations: at three the drain model alone runs 165 687 executions (40 s), at two 6 101
 /// (1.4 s). The negative controls fail within two, but for the pressure model's, which
-/// takes three (280 917 executions, 35 s).
+/// takes three (290 906 executions, 39 s).
 pub(super) const MAX_PREEMPTIONS: usize = 2;
 
 thread_local! {
