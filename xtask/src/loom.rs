@@ -13,7 +13,7 @@ pub fn step() -> Step {
     // twice (3.3 minutes from scratch on 2 cores, against 2).
     let mut command = cargo(["test", "--profile", "loom", "-p", "loom-tests", "-p", "backflow"]);
     command
-        .args(["--lib", "--test", "rings"])
+        .args(["--lib", "--test", "rings", "--test", "weight"])
         // A separate target directory: `--cfg loom` rebuilds every crate.
         .args(["--target-dir", "target/loom"])
         // Of the runtime's unit tests only the models run under loom; the others (in

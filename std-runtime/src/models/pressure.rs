@@ -6,11 +6,10 @@
 //! fill is back at the low mark, finds it off. The consumer, after each pop, issues a
 //! `SeqCst` fence and reads the flag (`Link::popped`): if it is on and its own relieve turns
 //! it off, it wakes the parked producers; a producer that relieved pressure itself passes
-//! the wake-up on (`Link::wait_for_room`). Raising never turns pressure off: a producer whose
-//! push filled the queue may raise it after the consumer emptied it again, with another
-//! producer, which turned it on meanwhile, parked for room; had that raise turned pressure
-//! off, nobody would wake the parked producer. (This model found that: `raise` used to let
-//! the pressure machine turn either way.)
+//! the wake-up on (`Link::wait_for_room`). A producer whose push filled the queue may raise
+//! pressure after the consumer emptied it again, with another producer, which turned it on
+//! meanwhile, parked for room: that raise turns pressure off, and must wake the parked
+//! producer too. (This model found that: `raise` used to turn pressure off silently.)
 //!
 //! The model: one link with one slot (pressure on at one item, off at none), two producers
 //! pushing one item each through their input handles, and a consumer popping and waiting as
