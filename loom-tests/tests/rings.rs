@@ -209,3 +209,27 @@ fn mpmc_runs_wrap_around_in_order() {
         producer.join().unwrap();
     });
 }
+
+/// A run pop that finds nothing means the ring is empty, as a single pop's `Empty` does: while
+/// a producer is halfway through the head slot it waits for the item instead of returning 0.
+/// The consumer here, like a pipeline's worker, yields only while the ring is empty; were a
+/// run pop to return 0 on a ring that is not empty, it would spin without end (loom reports
+/// the model exceeding its branches).
+#[test]
+fn mpmc_run_pop_finds_nothing_only_on_an_empty_ring() {
+    loom::model(|| {
+        let ring = Arc::new(mpmc::HeapRing::<u32>::with_capacity(2).unwrap());
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || push_mpmc(&ring, 7))
+        };
+        let mut seen = Vec::new();
+        while ring.pop_each(2, |item| seen.push(item)) == 0 {
+            if ring.is_empty() {
+                thread::yield_now();
+            }
+        }
+        assert_eq!(seen, [7]);
+        producer.join().unwrap();
+    });
+}

@@ -553,9 +553,9 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     }
 
     /// Pops up to `max` of the oldest items, claimed as one run with a single compare-and-swap
-    /// on the head, into `f`, oldest first; returns how many. The run is the items published
-    /// from the head on, so it may be shorter than the ring's length while a producer is
-    /// halfway through a slot.
+    /// on the head, into `f`, oldest first; returns how many, `0` only if the ring is empty.
+    /// The run is the items published from the head on, so it may be shorter than the ring's
+    /// length while a producer is halfway through a slot after it.
     ///
     /// The whole run is taken from the ring before `f` sees its first item: if `f` panics, the
     /// rest of the run is dropped with the unwinding. Give it something that cannot panic
@@ -608,7 +608,23 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
                 };
             }
             if run == 0 {
-                return (head, 0);
+                // As in `try_pop`: nothing is ours only if the ring is empty; a slot halfway
+                // through its write (the tail already past it) or through its read (another
+                // consumer's) is waited for.
+                let index = head & (self.one_lap - 1);
+                // SAFETY: the low bits of a position are always below the capacity.
+                let slot = unsafe { slots.get_unchecked(index) };
+                if slot.stamp.load(Ordering::Acquire) == head {
+                    fence(Ordering::SeqCst);
+                    if self.tail.load(Ordering::Relaxed) == head {
+                        return (head, 0);
+                    }
+                    backoff.spin();
+                } else {
+                    backoff.snooze();
+                }
+                head = self.head.load(Ordering::Relaxed);
+                continue;
             }
             match self.head.compare_exchange_weak(head, end, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => return (head, run),
