@@ -3,7 +3,6 @@
 //! code, a worker whose stage holds futures), on the link's own [`Signal`](crate::wait::Signal)s,
 //! so a task is woken by exactly the notifications that wake a parked thread.
 
-#[cfg(feature = "async")]
 use std::task::{Context, Poll};
 
 #[cfg(feature = "async")]
@@ -14,6 +13,7 @@ use super::Envelope;
 use super::Link;
 use crate::event::Event;
 use crate::hooks::DropReason;
+#[cfg(feature = "async")]
 use crate::sync::Ordering;
 use crate::wait::Registration;
 

@@ -44,6 +44,7 @@ fn two_producers_wait_for_room() {
         stage: Arc::from("first"),
         counters: Arc::default(),
         on_drop: None,
+        weight: None,
     };
     let link = Arc::new(Link::new(spec, control).expect("a small queue"));
     let producers: Vec<_> = (0..2)

@@ -67,6 +67,7 @@ fn two_workers(take: Take) {
         stage: Arc::from("ordered"),
         counters: Arc::default(),
         on_drop: None,
+        weight: None,
     };
     let input = Arc::new(Link::new(spec, Arc::clone(&control)).expect("a small queue"));
     let handle = Input::new(Arc::clone(&input));
