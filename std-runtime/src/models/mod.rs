@@ -12,7 +12,8 @@
 //!
 //! Every model has a negative control in its file: the same model with one fence left out
 //! ([`fails_without`]; for a notification, the fence before it reads the sleepers), or for
-//! the ordered hand-off a batch numbered outside the ticket lock, which loom must fail. A
+//! the ordered hand-off a batch numbered outside the ticket lock, and for workers joining a
+//! stage a new worker announced outside the workers' lock, which loom must fail. A
 //! model that cannot fail proves nothing.
 //!
 //! - [`wait`]: the park/notify [`Signal`](crate::wait::Signal) every wait goes through;
@@ -21,7 +22,8 @@
 //!   wake-ups of producers waiting for room;
 //! - [`cancel`]: the cancel flag, the wake-ups of parked producers and workers, and the final
 //!   sweep that counts what is left;
-//! - [`reorder`]: an ordered stage's ticket lock and reorder window.
+//! - [`reorder`]: an ordered stage's ticket lock and reorder window;
+//! - [`workers`]: workers joining and leaving a stage while it runs (a thread budget).
 //!
 //! Loom's own settings (`LOOM_LOG`, `LOOM_LOCATION`, …) apply, but not
 //! `LOOM_MAX_PREEMPTIONS`: the bound is set here.
@@ -31,6 +33,7 @@ mod drain;
 mod pressure;
 mod reorder;
 mod wait;
+mod workers;
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe, catch_unwind, resume_unwind};
