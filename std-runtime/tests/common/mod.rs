@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -96,8 +96,24 @@ impl Gate {
 
     pub fn open(&self) {
         let (open, cond) = &*self.0;
-        *open.lock().unwrap() = true;
+        *open.lock().unwrap_or_else(PoisonError::into_inner) = true;
         cond.notify_all();
+    }
+
+    /// Opens the gate when the guard drops: declared after the pipeline, it lets a test that
+    /// fails while the gate is closed end with its panic instead of hanging in the
+    /// pipeline's drop.
+    pub fn opened_on_drop(&self) -> OpensGate {
+        OpensGate(self.clone())
+    }
+}
+
+/// Opens its gate on drop; see [`Gate::opened_on_drop`].
+pub struct OpensGate(Gate);
+
+impl Drop for OpensGate {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }
 
