@@ -12,8 +12,13 @@ use crate::stats::Report;
 
 /// Something that happened in a running pipeline. The handler is called on the thread where
 /// it happened (a worker, a producer, the stall watchdog, the scaling controller, the one
-/// that drains), so it should
-/// be quick; it sees borrowed data and copies what it keeps.
+/// that drains), so it should be quick; it sees borrowed data and copies what it keeps.
+///
+/// The handler may call back into its pipeline — take its stats through a
+/// [`Watch`](crate::Watch), push through an [`Input`](crate::Input) — as no event is announced
+/// while the runtime holds a lock. A queue's pressure turning on and off, and a stage's
+/// circuit changes, are announced in the order they happened, each a moment after it
+/// happened: by then the stats may show a later state.
 ///
 /// The handler is also the pipeline's error and completion hook: [`Event::Error`] comes with
 /// every failed attempt of every stage, [`Event::Drained`] with the final report.

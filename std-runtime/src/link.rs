@@ -17,6 +17,7 @@ use backflow_core::ring::CapacityError;
 use backflow_core::weight_budget::Admission;
 use backflow_core::{Pressure, WaterMarks};
 
+use crate::announce::Announcer;
 use crate::batch::BATCH;
 use crate::control::{Control, Culprit, Fatal, Wake};
 use crate::event::Event;
@@ -104,6 +105,8 @@ pub(crate) struct Link<T> {
     marks: WaterMarks,
     pressure: Mutex<Pressure>,
     pressure_on: AtomicBool,
+    /// Pressure turned on (`true`) or off, announced after the pressure lock is let go.
+    turned: Announcer<bool>,
     /// Consumers park here while the ring is empty.
     items: Signal,
     /// Blocked producers park here while pressure is on.
@@ -152,6 +155,7 @@ impl<T> Link<T> {
             marks,
             pressure: Mutex::new(Pressure::new(marks)),
             pressure_on: AtomicBool::new(false),
+            turned: Announcer::new(),
             items: Signal::new(),
             room: Signal::new(),
             upstream_left: AtomicUsize::new(spec.upstream),
@@ -237,21 +241,32 @@ impl<T> Link<T> {
             let on = pressure.is_on();
             self.pressure_on.store(on, Ordering::SeqCst);
             if turned {
-                // Under the lock, so that on and off are announced in order.
-                let stage = &self.stage;
-                let event =
-                    if on { Event::PressureOn { stage } } else { Event::PressureOff { stage } };
-                self.control.emit(&event);
+                // Posted under the lock, so that on and off are announced in order.
+                self.turned.post(on);
             }
             drop(pressure);
             if turned && !on {
                 self.room.notify();
             }
+            if turned {
+                self.announce_pressure();
+            }
         }
     }
 
-    /// Turns pressure off if the fill fell to the low mark; returns whether it did. Does not
-    /// notify (it runs inside `park_until` of the `room` signal).
+    /// Announces pressure turned on or off, in order. Call it with no lock held: the event
+    /// handler may take the stats (which read the pressure) or push into this very link.
+    fn announce_pressure(&self) {
+        let stage = &self.stage;
+        self.turned.deliver(|on| {
+            let event = if on { Event::PressureOn { stage } } else { Event::PressureOff { stage } };
+            self.control.emit(&event);
+        });
+    }
+
+    /// Turns pressure off if the fill fell to the low mark; returns whether it did. Neither
+    /// notifies nor announces it (it runs inside `park_until` of the `room` signal, under its
+    /// lock): the caller announces it with [`announce_pressure`](Self::announce_pressure).
     fn relieve(&self) -> bool {
         if !self.pressure_on.load(Ordering::Acquire) {
             return false;
@@ -260,7 +275,7 @@ impl<T> Link<T> {
         let turned_off = pressure.observe(self.fill()).is_some() && !pressure.is_on();
         self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
         if turned_off {
-            self.control.emit(&Event::PressureOff { stage: &self.stage });
+            self.turned.post(false);
         }
         turned_off
     }
@@ -298,6 +313,7 @@ impl<T> Link<T> {
         fence(Ordering::SeqCst);
         if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
             self.room.notify();
+            self.announce_pressure();
         } else if self.weight.is_some() {
             // Producers may be waiting for weight to leave, with pressure off.
             self.room.notify();
@@ -365,6 +381,7 @@ impl<T> Link<T> {
         let woke = wait_until(&self.room, self.control.strategy, ready, deadline);
         // Pass the news on: other producers may be parked on the same condition.
         self.room.notify();
+        self.announce_pressure();
         if self.stopping() {
             Err(Stop::Cancelled)
         } else if woke {
@@ -538,6 +555,8 @@ impl<T> Link<T> {
                 }
             }
         }
+        // What follows may run drop hooks: let go of the ring's producer side first.
+        drop(queue);
         drop(received);
         // `settle` issues a SeqCst fence: either the consumer's `sweep` (after it set
         // `consumer_gone`) sees the items just pushed, or the load below sees it gone.

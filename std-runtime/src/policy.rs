@@ -9,6 +9,7 @@ use std::time::Duration;
 use backflow_core::breaker::{BreakerState, BreakerTransition, CircuitBreaker};
 use backflow_core::{RetrySchedule, TokenBucket};
 
+use crate::announce::Announcer;
 use crate::control::Control;
 use crate::event::Event;
 use crate::hooks::{DeadLetterHook, DropHook, KeyFn, Look};
@@ -109,6 +110,8 @@ pub(crate) struct Gate {
     limiter: Option<Mutex<TokenBucket>>,
     /// The breaker's state, for stats.
     circuit: Arc<CircuitGauge>,
+    /// The breaker's transitions, announced after its lock is let go.
+    transitions: Announcer<BreakerTransition>,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,7 @@ impl Gate {
             }),
             limiter: limiter.map(Mutex::new),
             circuit,
+            transitions: Announcer::new(),
         }
     }
 
@@ -153,11 +157,13 @@ impl Gate {
             loop {
                 let now = control.elapsed();
                 let mut b = breaker.lock().unwrap_or_else(PoisonError::into_inner);
-                // Announced under the lock, so that events come in the order they happened.
-                self.announce(b.machine.poll(now), control);
+                let posted = self.post(b.machine.poll(now));
                 let (allows, reopens) =
                     (b.machine.allows(), b.opened_at.saturating_add(b.cooldown));
                 drop(b);
+                if posted {
+                    self.announce(control);
+                }
                 if allows {
                     break;
                 }
@@ -192,21 +198,38 @@ impl Gate {
         if transition == Some(BreakerTransition::Opened) {
             b.opened_at = now;
         }
-        self.announce(transition, control);
+        let posted = self.post(transition);
+        drop(b);
+        if posted {
+            self.announce(control);
+        }
     }
 
-    fn announce(&self, transition: Option<BreakerTransition>, control: &Control) {
-        let Some(transition) = transition else { return };
+    /// Sets the breaker's gauge and posts the transition, if there is one; returns whether
+    /// there was. Call it under the breaker's lock, so that transitions are announced in the
+    /// order they happened, and [`announce`](Self::announce) after.
+    fn post(&self, transition: Option<BreakerTransition>) -> bool {
+        let Some(transition) = transition else { return false };
+        self.circuit.set(match transition {
+            BreakerTransition::Opened => BreakerState::Open,
+            BreakerTransition::HalfOpened => BreakerState::HalfOpen,
+            BreakerTransition::Closed => BreakerState::Closed,
+        });
+        self.transitions.post(transition);
+        true
+    }
+
+    /// Announces the posted transitions. Call it with no lock held: the event handler may
+    /// call back into the pipeline.
+    fn announce(&self, control: &Control) {
         let stage = &*self.stage;
-        let (state, event) = match transition {
-            BreakerTransition::Opened => (BreakerState::Open, Event::CircuitOpened { stage }),
-            BreakerTransition::HalfOpened => {
-                (BreakerState::HalfOpen, Event::CircuitHalfOpen { stage })
-            }
-            BreakerTransition::Closed => (BreakerState::Closed, Event::CircuitClosed { stage }),
-        };
-        self.circuit.set(state);
-        control.emit(&event);
+        self.transitions.deliver(|transition| {
+            control.emit(&match transition {
+                BreakerTransition::Opened => Event::CircuitOpened { stage },
+                BreakerTransition::HalfOpened => Event::CircuitHalfOpen { stage },
+                BreakerTransition::Closed => Event::CircuitClosed { stage },
+            });
+        });
     }
 }
 

@@ -77,6 +77,7 @@ impl<T> Link<T> {
             // Pass the news on, as a parked producer does: others may wait on the same room.
             self.room.notify();
         }
+        self.announce_pressure();
         polled
     }
 

@@ -13,7 +13,8 @@
 //! Every model has a negative control in its file: the same model with one fence left out
 //! ([`fails_without`]; for a notification, the fence before it reads the sleepers), or for
 //! the ordered hand-off a batch numbered outside the ticket lock, and for workers joining a
-//! stage a new worker announced outside the workers' lock, which loom must fail. A
+//! stage a new worker announced outside the workers' lock, and for announcements a deliverer
+//! that does not look again after its turn, which loom must fail. A
 //! model that cannot fail proves nothing.
 //!
 //! - [`wait`]: the park/notify [`Signal`](crate::wait::Signal) every wait goes through;
@@ -23,11 +24,14 @@
 //! - [`cancel`]: the cancel flag, the wake-ups of parked producers and workers, and the final
 //!   sweep that counts what is left;
 //! - [`reorder`]: an ordered stage's ticket lock and reorder window;
-//! - [`workers`]: workers joining and leaving a stage while it runs (a thread budget).
+//! - [`workers`]: workers joining and leaving a stage while it runs (a thread budget);
+//! - [`announce`]: changes made under a lock (pressure, a breaker) announced in order after
+//!   it is let go.
 //!
 //! Loom's own settings (`LOOM_LOG`, `LOOM_LOCATION`, …) apply, but not
 //! `LOOM_MAX_PREEMPTIONS`: the bound is set here.
 
+mod announce;
 mod cancel;
 mod drain;
 mod pressure;
