@@ -289,6 +289,24 @@ impl<T> Link<T> {
         popped
     }
 
+    /// Whether a consumer may run its work inside [`pop_each`](Self::pop_each): no producer
+    /// ever pops from this queue (`DropOldest` evicts, a byte budget counts weights out), so an
+    /// SPSC ring's consumer half may stay locked for the whole run.
+    pub(crate) fn pops_in_place(&self) -> bool {
+        self.weight.is_none() && self.overflow != Overflow::DropOldest
+    }
+
+    /// Pops up to `max` items, oldest first, into `f`; returns how many. `f` must not panic
+    /// (see [`Slots::pop_each`]); only where [`pops_in_place`](Self::pops_in_place).
+    pub(crate) fn pop_each(&self, max: usize, f: impl FnMut(Envelope<T>)) -> usize {
+        debug_assert!(self.pops_in_place());
+        let popped = self.ring.pop_each(max, f);
+        if popped > 0 {
+            self.popped();
+        }
+        popped
+    }
+
     /// After a pop: turns pressure off if the fill fell to the low mark, and wakes the
     /// producers waiting for that.
     fn popped(&self) {

@@ -36,6 +36,7 @@ use crate::stats::{StageCounters, StageShared};
 use crate::workers::Workers;
 
 mod holding;
+mod in_place;
 
 /// The outputs of the batch being processed, delivered downstream whenever [`BATCH`] of them
 /// have piled up (an ordered stage's are held until the batch is done).
@@ -273,6 +274,7 @@ fn work<In, S, F>(
     if S::HOLDS {
         return holding::work(factory, parts, stage, inputs, outputs, held, &cx, plain);
     }
+    let in_place = !S::RUNS && plain && parts.reorder.is_none() && input.pops_in_place();
     let mut flushed_at = Instant::now();
     loop {
         if control.is_cancelled() {
@@ -291,7 +293,15 @@ fn work<In, S, F>(
                 }
             }
         }
-        let (popped, ticket) = pop(parts, inputs);
+        let mut out = Outputs::new(outputs, parts);
+        let mut outcomes = Outcomes::new(&cx.shared.counters);
+        let mut batch_started = None;
+        let (popped, ticket) = if in_place {
+            batch_started = control.timings.then(Instant::now);
+            (in_place::process(stage, factory, inputs, &mut out, &cx, &mut outcomes), None)
+        } else {
+            pop(parts, inputs)
+        };
         if popped == 0 {
             if input.finished() && input.len() == 0 {
                 break;
@@ -300,12 +310,13 @@ fn work<In, S, F>(
             input.wait_for_items_or(deadline, || parts.shared.workers.retirement_asked());
             continue;
         }
-        let batch_started = control.timings.then(Instant::now);
-        let mut out = Outputs::new(outputs, parts);
-        let mut outcomes = Outcomes::new(&cx.shared.counters);
+        if !in_place {
+            batch_started = control.timings.then(Instant::now);
+        }
         // A run stops taking items when the pipeline is cancelled; what it left is abandoned.
         let run_cancelled = || S::RUNS && control.is_cancelled();
-        while !inputs.is_empty() && !out.stopped && !run_cancelled() {
+        // In place, the items are processed by now; what is left is abandoned below.
+        while !in_place && !inputs.is_empty() && !out.stopped && !run_cancelled() {
             if S::RUNS {
                 in_runs(stage, factory, inputs, &mut out, held, &cx, &mut outcomes, plain);
             } else if plain {
