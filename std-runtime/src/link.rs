@@ -7,7 +7,6 @@
 //! pushers read, and [`Signal`]s to park on.
 
 use std::collections::VecDeque;
-use std::iter;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -512,13 +511,7 @@ impl<T> Link<T> {
         let mut received = Tally { counter: &self.counters.received, n: 0 };
         if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
             received.n += match &self.weight {
-                None => {
-                    let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
-                    if let Some(envelope) = back {
-                        batch.push_front(envelope);
-                    }
-                    pushed as u64
-                }
+                None => queue.push_from(batch) as u64,
                 Some(weight) => Self::push_weighed_run(weight, &mut queue, batch),
             };
         }
@@ -733,10 +726,7 @@ impl<T> Link<T> {
         if !total.is_some_and(|total| weight.try_admit_run(total)) {
             return 0;
         }
-        let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
-        if let Some(envelope) = back {
-            batch.push_front(envelope);
-        }
+        let pushed = queue.push_from(batch);
         weight.release(batch.iter().map(|e| e.weight).sum());
         pushed as u64
     }
