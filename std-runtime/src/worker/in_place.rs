@@ -46,6 +46,7 @@ where
     S::Error: fmt::Display,
 {
     let control = cx.control;
+    let (failed_before, left_before) = (outcomes.failed, inputs.len());
     let mut fatal = None;
     // Set once the run must stop: what is left of it goes to `inputs`.
     let mut stop = false;
@@ -62,7 +63,9 @@ where
             result
         }));
         match processed {
-            Ok(result) => outcomes.count(&result),
+            // Items that succeeded are counted once the run is over.
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => outcomes.failed += 1,
             Err(_) => {
                 // Delivery panics are caught in `flush`: this one is the stage's, and the
                 // item it was processing failed with it.
@@ -79,6 +82,10 @@ where
         }
         stop |= out.stopped;
     });
+    // Every item popped succeeded but those that failed and those left over.
+    let failed = outcomes.failed - failed_before;
+    let left = inputs.len() - left_before;
+    outcomes.ok += (popped - left) as u64 - failed;
     if let Some(panic) = fatal {
         resume_unwind(panic);
     }
