@@ -158,7 +158,7 @@ impl<T> Pusher<'_, T> {
     /// as one slice and publishes it once.
     // NB: draining the run from a `Vec` (the `VecDeque` converted, which moves nothing while its
     // items start at the front of its buffer) costs about 6 instructions an item less than
-    // `pop_front` per item (benches/README.md, "Where a 1-stage item's instructions go").
+    // `pop_front` per item (benches/README.md, "In place: the stage over the ring's slots").
     pub(crate) fn push_from(&mut self, items: &mut VecDeque<T>) -> usize {
         match self {
             Self::Shared(ring) => {

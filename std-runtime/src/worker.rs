@@ -92,7 +92,7 @@ impl<'a, T> Outputs<'a, T> {
     /// collected on. Converting between the `Vec` and the `VecDeque` moves nothing while the
     /// outputs start at the front of the buffer, as they do once the downstream took a batch.
     // NB: a `Vec` push is about 7 instructions an item cheaper than a `VecDeque` push_back
-    // (benches/README.md, "Where a 1-stage item's instructions go").
+    // (benches/README.md, "In place: the stage over the ring's slots").
     fn in_buf<R>(&mut self, f: impl FnOnce(&mut VecDeque<Envelope<T>>, &Downstream<T>) -> R) -> R {
         self.put_back();
         let result = f(self.buf, self.downstream);

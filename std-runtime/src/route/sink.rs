@@ -25,8 +25,8 @@ type Panic = Box<dyn Any + Send>;
 // NB: the batch is walked as a `Vec` (converting a `VecDeque` that starts at the front of its
 // buffer, and back, moves nothing), each call caught on its own so that a panic does not drop
 // the rest; with one dynamic call per batch that is 16 instructions an item where a
-// `pop_front` loop calling through the box took 29 (benches/README.md, "Where a 1-stage item's
-// instructions go").
+// `pop_front` loop calling through the box took 29 (benches/README.md, "In place:
+// the stage over the ring's slots").
 impl<T> SinkCall<T> {
     /// Wraps `sink`, which is called with every item.
     pub(crate) fn new<F: FnMut(T) + Send + 'static>(mut sink: F) -> Self

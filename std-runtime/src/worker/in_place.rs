@@ -31,7 +31,7 @@ use crate::batch::BATCH;
 /// Raises again a panic of the stage's factory (the worker cannot go on without a stage), once
 /// the pop has ended.
 // NB: taking items straight from the ring saves a push into and a pop from the worker's batch
-// per item (benches/README.md, "Where a 1-stage item's instructions go").
+// per item (benches/README.md, "In place: the stage over the ring's slots").
 pub(super) fn process<In, S, F>(
     stage: &mut S,
     factory: &F,
