@@ -255,7 +255,7 @@ impl<In> Input<In> {
         match self.refusal() {
             Err(refuse) => Err(refuse(item)),
             Ok(()) => {
-                let (received, result) = self.link.offer(iter::once(self.envelope(item)), deadline);
+                let (received, result) = self.link.offer_one(self.envelope(item), deadline);
                 push.received = received;
                 result.map_err(|(envelope, why)| why.into_error(envelope.item))
             }
