@@ -485,8 +485,8 @@ impl<T> Link<T> {
     /// [`offer`](Self::offer) for one envelope: while a run may go in (see
     /// [`may_run`](Self::may_run)), one try straight into the ring, and `offer` only if that
     /// finds it full.
-    // NB: the try skips the iterator plumbing `offer` goes through, about 80 instructions of a
-    // per-item `push` (benches/README.md, "In place: the stage over the ring's slots").
+    // NB: the try skips the iterator plumbing `offer` goes through: about 100 instructions of
+    // a per-item `push` (benches/README.md, "In place: the stage over the ring's slots").
     pub(crate) fn offer_one(
         &self,
         envelope: Envelope<T>,
