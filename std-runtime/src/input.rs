@@ -163,12 +163,14 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn push_iter<I: IntoIterator<Item = In>>(&self, items: I) -> Result<(), PushError<In>> {
-        let mut items = items.into_iter().peekable();
+        let mut items = items.into_iter();
         // The iterator is the caller's code, read inside the push: its panic is held until
         // the push has ended, so that no item it gave is left uncounted.
         let mut panicked = None;
-        while panicked.is_none() && peek(&mut items, &mut panicked) {
+        loop {
             let mut push = self.begin();
+            // Whether the iterator may have more: it filled the whole chunk.
+            let mut more = false;
             let result = match self.refusal() {
                 Err(refuse) => items.next().map_or(Ok(()), |item| Err(refuse(item))),
                 Ok(()) => {
@@ -176,11 +178,15 @@ impl<In> Input<In> {
                     let batch = taken.take(BATCH).map(|item| self.envelope(item));
                     let (received, result) = self.link.offer(batch, None);
                     push.received = received;
+                    more = received == BATCH as u64;
                     result.map_err(|(envelope, why)| why.into_error(envelope.item))
                 }
             };
             drop(push);
             result?;
+            if !more || panicked.is_some() {
+                break;
+            }
         }
         match panicked {
             Some(panic) => resume_unwind(panic),
@@ -253,7 +259,7 @@ impl<In> Input<In> {
         match self.refusal() {
             Err(refuse) => Err(refuse(item)),
             Ok(()) => {
-                let (received, result) = self.link.offer(iter::once(self.envelope(item)), deadline);
+                let (received, result) = self.link.offer_one(self.envelope(item), deadline);
                 push.received = received;
                 result.map_err(|(envelope, why)| why.into_error(envelope.item))
             }
@@ -318,19 +324,8 @@ impl<In> Drop for Push<'_, In> {
     }
 }
 
-/// Whether `items` has another item; a panic in it is kept in `panicked`.
-fn peek<I: Iterator>(items: &mut iter::Peekable<I>, panicked: &mut Option<Panic>) -> bool {
-    catch_unwind(AssertUnwindSafe(|| items.peek().is_some())).unwrap_or_else(|panic| {
-        *panicked = Some(panic);
-        false
-    })
-}
-
 /// The next of `items`; a panic in it is kept in `panicked` and ends the items.
-fn next<I: Iterator>(
-    items: &mut iter::Peekable<I>,
-    panicked: &mut Option<Panic>,
-) -> Option<I::Item> {
+fn next<I: Iterator>(items: &mut I, panicked: &mut Option<Panic>) -> Option<I::Item> {
     if panicked.is_some() {
         return None;
     }

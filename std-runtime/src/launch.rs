@@ -160,7 +160,7 @@ pub(crate) struct Terminal<T> {
 pub(crate) fn sink<T>(
     wiring: &Wiring,
     index: usize,
-    call: Box<dyn FnMut(T) + Send>,
+    call: crate::route::SinkCall<T>,
     on_drop: Option<DropHook<T>>,
 ) -> Downstream<T> {
     Downstream::Sink(Arc::new(Sink {

@@ -12,8 +12,8 @@ use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use backflow_core::metrics::Counter;
-use backflow_core::overflow::{self, Overflow, PushOutcome};
-use backflow_core::ring::CapacityError;
+use backflow_core::overflow::{self, Overflow, PushOutcome, Queue};
+use backflow_core::ring::{CapacityError, PushError};
 use backflow_core::weight_budget::Admission;
 use backflow_core::{Pressure, WaterMarks};
 
@@ -305,6 +305,24 @@ impl<T> Link<T> {
         popped
     }
 
+    /// Whether a consumer may run its work inside [`pop_each`](Self::pop_each): no producer
+    /// ever pops from this queue (`DropOldest` evicts, a byte budget counts weights out), so an
+    /// SPSC ring's consumer half may stay locked for the whole run.
+    pub(crate) fn pops_in_place(&self) -> bool {
+        self.weight.is_none() && self.overflow != Overflow::DropOldest
+    }
+
+    /// Pops up to `max` items, oldest first, into `f`; returns how many. `f` must not panic
+    /// (see [`Slots::pop_each`]); only where [`pops_in_place`](Self::pops_in_place).
+    pub(crate) fn pop_each(&self, max: usize, f: impl FnMut(Envelope<T>)) -> usize {
+        debug_assert!(self.pops_in_place());
+        let popped = self.ring.pop_each(max, f);
+        if popped > 0 {
+            self.popped();
+        }
+        popped
+    }
+
     /// After a pop: turns pressure off if the fill fell to the low mark, and wakes the
     /// producers waiting for that.
     fn popped(&self) {
@@ -482,6 +500,26 @@ impl<T> Link<T> {
         (received, Ok(()))
     }
 
+    /// [`offer`](Self::offer) for one envelope: while a run may go in (see
+    /// [`may_run`](Self::may_run)), one try straight into the ring, and `offer` only if that
+    /// finds it full.
+    // NB: the try skips the iterator plumbing `offer` goes through: about 100 instructions of
+    // a per-item `push` (benches/README.md, "In place: the stage over the ring's slots").
+    pub(crate) fn offer_one(
+        &self,
+        envelope: Envelope<T>,
+        deadline: Option<Instant>,
+    ) -> (u64, Result<(), (Envelope<T>, PushFailure)>) {
+        if !self.may_run() || self.weight.is_some() {
+            return self.offer(iter::once(envelope), deadline);
+        }
+        let tried = self.ring.pusher().try_push(envelope);
+        match tried {
+            Ok(()) => (1, Ok(())),
+            Err(PushError::Full(back)) => self.offer(iter::once(back), deadline),
+        }
+    }
+
     /// After pushes: turns pressure on if the fill reached the high mark, and wakes parked
     /// consumers.
     pub(crate) fn settle(&self) {
@@ -512,13 +550,7 @@ impl<T> Link<T> {
         let mut received = Tally { counter: &self.counters.received, n: 0 };
         if self.may_run() && !self.consumer_gone.load(Ordering::Relaxed) {
             received.n += match &self.weight {
-                None => {
-                    let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
-                    if let Some(envelope) = back {
-                        batch.push_front(envelope);
-                    }
-                    pushed as u64
-                }
+                None => queue.push_from(batch) as u64,
                 Some(weight) => Self::push_weighed_run(weight, &mut queue, batch),
             };
         }
@@ -735,10 +767,7 @@ impl<T> Link<T> {
         if !total.is_some_and(|total| weight.try_admit_run(total)) {
             return 0;
         }
-        let (pushed, back) = queue.push_run(&mut iter::from_fn(|| batch.pop_front()));
-        if let Some(envelope) = back {
-            batch.push_front(envelope);
-        }
+        let pushed = queue.push_from(batch);
         weight.release(batch.iter().map(|e| e.weight).sum());
         pushed as u64
     }

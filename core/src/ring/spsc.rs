@@ -660,13 +660,17 @@ where
         let slots = ring.slots.slots();
         let (first, second) = ring.segments(self.tail, free);
         let mut publish = Publish { ring, shared: &ring.tail, position: &mut self.tail, moved: 0 };
-        'fill: for part in [first, second] {
-            for slot in &slots[part] {
-                let Some(item) = items.next() else { break 'fill };
+        for part in [first, second] {
+            let (room, before) = (part.len(), publish.moved);
+            // A slot is taken before its item: nothing is taken from `items` without a slot.
+            for (slot, item) in slots[part].iter().zip(&mut *items) {
                 // SAFETY: the `free` slots from `tail` are empty (free space was just loaded
                 // with Acquire) and unpublished, so only this half can touch them.
                 unsafe { slot.write(item) };
                 publish.moved += 1;
+            }
+            if publish.moved - before < room {
+                break;
             }
         }
         publish.moved

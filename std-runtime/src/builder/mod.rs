@@ -948,7 +948,7 @@ impl<In: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<In, 
     /// # drop(builder);
     /// ```
     pub fn sink<F: FnMut(Out) + Send + 'static>(self, sink: F) -> WithSink<In, Last, Out> {
-        WithSink { builder: self, sink: Box::new(sink), on_drop: None }
+        WithSink { builder: self, sink: crate::route::SinkCall::new(sink), on_drop: None }
     }
 
     /// Ends the pipeline in an [`Output`] iterator, which `build()` returns with the pipeline.
@@ -1065,7 +1065,7 @@ impl<T: Send + 'static, Last: Send + 'static, Out: Send + 'static> Builder<T, La
         let feeds = mem::take(&mut self.chain.tail);
         self.chain.sinks.push(SinkSpec { name, feeds });
         let previous = self.attach;
-        let sink: Box<dyn FnMut(Out) + Send> = Box::new(sink);
+        let sink = crate::route::SinkCall::new(sink);
         let on_drop = Arc::new(OnceLock::new());
         let hook = Arc::clone(&on_drop);
         BranchEnd {
@@ -1194,7 +1194,7 @@ impl<T, Out> fmt::Debug for BranchEnd<T, Out> {
 /// ```
 pub struct WithSink<In, Last, Out> {
     builder: Builder<In, Last, Out>,
-    sink: Box<dyn FnMut(Out) + Send>,
+    sink: crate::route::SinkCall<Out>,
     on_drop: Option<DropHook<Out>>,
 }
 

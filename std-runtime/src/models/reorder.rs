@@ -25,7 +25,7 @@ use backflow_core::{Overflow, WaterMarks};
 use crate::control::Control;
 use crate::input::Input;
 use crate::link::{Envelope, Link, LinkSpec};
-use crate::route::{Downstream, HandOver, Reorder, Sink};
+use crate::route::{Downstream, HandOver, Reorder, Sink, SinkCall};
 use crate::stats::SinkShared;
 use crate::sync::{Mutex, Ordering, thread};
 use crate::wait::WaitStrategy;
@@ -83,7 +83,7 @@ fn two_workers(take: Take) {
     };
     let sink = Sink {
         name: Arc::from("sink"),
-        call: Mutex::new(Box::new(call)),
+        call: Mutex::new(SinkCall::new(call)),
         shared: Arc::new(SinkShared::new(Instant::now())),
         control: Arc::clone(&control),
         on_drop: None,

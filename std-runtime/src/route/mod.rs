@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub(crate) use fan::{Fan, FanCounts, Split};
 pub(crate) use keyed::{Keyed, Lanes};
 pub(crate) use reorder::{HandOver, Reorder};
-pub(crate) use sink::Sink;
+pub(crate) use sink::{Sink, SinkCall};
 
 use crate::link::{Envelope, Link};
 
