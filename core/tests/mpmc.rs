@@ -194,6 +194,16 @@ fn runs_pop_across_the_end_of_the_buffer() {
 }
 
 #[test]
+fn a_run_of_at_most_nothing_takes_nothing() {
+    let ring = ArrayRing::<u8, 4>::new();
+    ring.try_push(1).unwrap();
+    assert_eq!(ring.pop_each(0, |_| unreachable!("no item asked for")), 0);
+    assert_eq!(ring.len(), 1);
+    let empty = ArrayRing::<u8, 4>::new();
+    assert_eq!(empty.pop_each(0, |_| unreachable!("no item there")), 0);
+}
+
+#[test]
 fn a_panic_inside_a_run_drops_the_rest_once_and_frees_their_slots() {
     let counter = DropCounter::default();
     let ring = HeapRing::with_capacity(4).unwrap();

@@ -589,6 +589,10 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     fn claim_run(&self, max: usize) -> (usize, usize) {
         let backoff = Backoff::new();
         let mut head = self.head.load(Ordering::Relaxed);
+        if max == 0 {
+            // Nothing asked for: the wait below for an item halfway through would never end.
+            return (head, 0);
+        }
         loop {
             // Count the slots from the head that hold this lap's item.
             let slots = self.slots.slots();
