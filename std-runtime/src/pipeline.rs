@@ -354,7 +354,7 @@ impl<In> Pipeline<In> {
         self.running.stats(false)
     }
 
-    /// Closes the input (pushes now return [`PushError::Closed`](crate::PushError::Closed)),
+    /// Closes the input (pushes now return [`PushError::Closed`]),
     /// lets every stage finish every item it holds, flushes each stage at the end of its
     /// stream, joins every thread and returns the final [`Report`].
     ///
@@ -428,7 +428,7 @@ impl<In> Pipeline<In> {
     }
 
     /// Stops the pipeline as soon as possible: workers stop at their next batch, blocked
-    /// pushes return [`PushError::Cancelled`](crate::PushError::Cancelled), and items still
+    /// pushes return [`PushError::Cancelled`], and items still
     /// queued are abandoned when the pipeline is drained or dropped. Does not wait.
     ///
     /// # Examples

@@ -381,8 +381,8 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     }
 
     /// The number of items in the ring: exact when no half is in use, otherwise a snapshot that
-    /// may already be stale (the halves' own [`Producer::len`] and [`Consumer::len`] are exact
-    /// lower/upper bounds for their side).
+    /// may already be stale (the halves' own [`Producer::len`] is never less than the true
+    /// count, [`Consumer::len`] never more).
     ///
     /// # Examples
     ///
@@ -676,7 +676,7 @@ where
         publish.moved
     }
 
-    /// The number of items in the ring. Never more than the true count: the consumer may have
+    /// The number of items in the ring. Never less than the true count: the consumer may have
     /// taken some since.
     ///
     /// # Examples
@@ -912,7 +912,7 @@ where
         n
     }
 
-    /// The number of items in the ring. Never less than the true count: the producer may have
+    /// The number of items in the ring. Never more than the true count: the producer may have
     /// added some since.
     ///
     /// # Examples
