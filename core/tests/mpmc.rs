@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::mem;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -201,6 +202,30 @@ fn a_run_of_at_most_nothing_takes_nothing() {
     assert_eq!(ring.len(), 1);
     let empty = ArrayRing::<u8, 4>::new();
     assert_eq!(empty.pop_each(0, |_| unreachable!("no item there")), 0);
+}
+
+/// A run's slots are handed back one by one as its items are read, so while one consumer is
+/// still working through a run, the ring can wrap around to a slot it has not read yet: a
+/// pop that finds such a slot at the head has nothing to take until the run gets there.
+#[test]
+fn a_slot_a_run_has_not_read_yet_is_not_waited_for() {
+    let ring = ArrayRing::<u8, 2>::new();
+    ring.try_push(1).unwrap();
+    ring.try_push(2).unwrap();
+    let mut seen = Vec::new();
+    let mut first = true;
+    ring.pop_each(2, |x| {
+        seen.push(x);
+        if mem::take(&mut first) {
+            // Item 1's slot is free again; item 2's is still the outer run's.
+            ring.try_push(3).unwrap();
+            assert_eq!(ring.pop_each(2, |x| seen.push(x)), 1);
+            assert_eq!(ring.pop_each(2, |_| unreachable!("item 2 is the outer run's")), 0);
+            assert_eq!(ring.try_pop(), Err(PopError::Empty));
+        }
+    });
+    assert_eq!(seen, [1, 3, 2]);
+    assert!(ring.is_empty());
 }
 
 #[test]

@@ -478,7 +478,9 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     ///
     /// # Errors
     ///
-    /// [`PopError::Empty`] when the ring holds no item.
+    /// [`PopError::Empty`] when the ring holds no item another consumer has not claimed: also
+    /// while the oldest slot still holds an item of an earlier [`pop_each`](Self::pop_each)
+    /// run that its consumer has not read yet.
     ///
     /// # Examples
     ///
@@ -545,17 +547,38 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
                 backoff.spin();
                 head = self.head.load(Ordering::Relaxed);
             } else {
-                // Another consumer claimed the slot but has not stamped it yet: wait for it.
-                backoff.snooze();
-                head = self.head.load(Ordering::Relaxed);
+                // Either the head moved on since it was loaded (the slot is a lap ahead of
+                // it), or the slot holds last lap's item, claimed by another consumer that has
+                // not read it yet: nothing is ours until it does.
+                match self.unread_by_another(head, &backoff) {
+                    Ok(()) => return Err(PopError::Empty),
+                    Err(current) => head = current,
+                }
             }
         }
     }
 
+    /// For a head slot that holds neither this lap's item nor room for it: returns `Ok` if it
+    /// still holds last lap's item, claimed by another consumer that has not read it (a run's
+    /// consumer reads its slots as it gets to them, which may take a while), so nothing is
+    /// there to pop now; otherwise waits a moment and returns the head, which moved on.
+    fn unread_by_another(&self, head: usize, backoff: &Backoff) -> Result<(), usize> {
+        // The stamp seen was stored after the head moved past it (a later lap's consumer
+        // stamps a slot after its CAS on the head), so if it was a lap ahead this load sees
+        // the head moved on; an unchanged head means the stamp is last lap's.
+        let current = self.head.load(Ordering::Relaxed);
+        if current == head {
+            return Ok(());
+        }
+        backoff.spin();
+        Err(current)
+    }
+
     /// Pops up to `max` of the oldest items, claimed as one run with a single compare-and-swap
-    /// on the head, into `f`, oldest first; returns how many, `0` only if the ring is empty.
-    /// The run is the items published from the head on, so it may be shorter than the ring's
-    /// length while a producer is halfway through a slot after it.
+    /// on the head, into `f`, oldest first; returns how many, `0` when `max` is, or when
+    /// [`try_pop`](Self::try_pop) would find the ring empty. The run is the items published
+    /// from the head on, so it may be shorter than the ring's length while a producer is
+    /// halfway through a slot after it.
     ///
     /// The whole run is taken from the ring before `f` sees its first item: if `f` panics, the
     /// rest of the run is dropped with the unwinding. Give it something that cannot panic
@@ -612,9 +635,9 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
                 };
             }
             if run == 0 {
-                // As in `try_pop`: nothing is ours only if the ring is empty; a slot halfway
-                // through its write (the tail already past it) or through its read (another
-                // consumer's) is waited for.
+                // As in `try_pop`: nothing is ours if the ring is empty, or if the head slot
+                // still holds last lap's item unread by another consumer; a slot halfway
+                // through its write (the tail already past it) is waited for.
                 let index = head & (self.one_lap - 1);
                 // SAFETY: the low bits of a position are always below the capacity.
                 let slot = unsafe { slots.get_unchecked(index) };
@@ -624,10 +647,13 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
                         return (head, 0);
                     }
                     backoff.spin();
+                    head = self.head.load(Ordering::Relaxed);
                 } else {
-                    backoff.snooze();
+                    match self.unread_by_another(head, &backoff) {
+                        Ok(()) => return (head, 0),
+                        Err(current) => head = current,
+                    }
                 }
-                head = self.head.load(Ordering::Relaxed);
                 continue;
             }
             match self.head.compare_exchange_weak(head, end, Ordering::SeqCst, Ordering::Relaxed) {
