@@ -14,11 +14,14 @@ use crate::stats::Report;
 /// it happened (a worker, a producer, the stall watchdog, the scaling controller, the one
 /// that drains), so it should be quick; it sees borrowed data and copies what it keeps.
 ///
-/// The handler may call back into its pipeline — take its stats through a
-/// [`Watch`](crate::Watch), push through an [`Input`](crate::Input) — as no event is announced
-/// while the runtime holds a lock. A queue's pressure turning on and off, and a stage's
-/// circuit changes, are announced in the order they happened, each a moment after it
-/// happened: by then the stats may show a later state.
+/// The handler may call back into its pipeline: take its stats through a
+/// [`Watch`](crate::Watch) from any event, push through an [`Input`](crate::Input). A queue's
+/// pressure turning on and off, and a stage's circuit changes, are announced after the lock
+/// they changed under is let go, in the order they happened, each a moment after it happened:
+/// by then the stats may show a later state. A push that waits for room waits for the stages
+/// that drain the queue, and the handler runs on the thread where the event happened, which
+/// may be one of them (for a stage with ordered output, while it holds the stage's place in
+/// line): from a handler, push with [`try_push`](crate::Input::try_push).
 ///
 /// The handler is also the pipeline's error and completion hook: [`Event::Error`] comes with
 /// every failed attempt of every stage, [`Event::Drained`] with the final report.
