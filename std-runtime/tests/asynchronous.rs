@@ -111,7 +111,11 @@ fn a_send_future_dropped_while_waiting_keeps_its_item_out_of_the_books() {
     let _opens = gate.opened_on_drop();
     let mut input = pipeline.input();
     let mut cx = Context::from_waker(Waker::noop());
-    let mut sent = 0;
+    // The first item holds the stage's worker in the sink (the stage has dropped its
+    // `Counted`): nothing leaves the queue from now.
+    futures::executor::block_on(input.send(Counted(0, Arc::clone(&drops)))).unwrap();
+    entered.wait();
+    let mut sent = 1;
     loop {
         let mut sending = pin!(input.send(Counted(sent, Arc::clone(&drops))));
         if sending.as_mut().poll(&mut cx).is_pending() {
@@ -119,8 +123,8 @@ fn a_send_future_dropped_while_waiting_keeps_its_item_out_of_the_books() {
         }
         sent += 1;
     }
-    // The future that waited, and its item with it, is gone.
-    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    // The future that waited, and its item with it, is gone; the items sent wait in the queue.
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
     gate.open();
     let report = pipeline.drain().unwrap();
     assert_eq!(report.stage("id").unwrap().accounting.received, u64::from(sent));
@@ -143,7 +147,10 @@ fn a_waiting_send_gives_its_item_back_on_cancel_and_after_drain() {
     let mut input = pipeline.input();
     let (waker, woken) = reporting_waker();
     let mut cx = Context::from_waker(&waker);
-    let mut x = 0;
+    // The first item holds the stage's worker in the sink: nothing leaves the queue from now.
+    input.push(0).unwrap();
+    entered.wait();
+    let mut x = 1;
     let mut sending = loop {
         let mut sending = Box::pin(input.send(x));
         if sending.as_mut().poll(&mut cx).is_pending() {
