@@ -342,8 +342,7 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     ///
     /// # Errors
     ///
-    /// [`PushError::Full`] with the item when every slot is taken, or when the slot it would
-    /// fill still holds an item a [`pop_each`](Self::pop_each) run has taken but not read yet.
+    /// [`PushError::Full`] with the item when every slot is taken.
     ///
     /// # Examples
     ///
@@ -356,10 +355,15 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     /// ```
     #[inline]
     pub fn try_push(&self, item: T) -> Result<(), PushError<T>> {
-        // The slot to fill still holds last lap's item: either the ring is full (the head lags
-        // one lap behind the tail) or a consumer has claimed the item and not read it yet,
-        // which in a `pop_each` run lasts until the run gets to it. No room now, either way.
-        self.push_or_else(item, |item, _, _, _| Err(PushError::Full(item)))
+        self.push_or_else(item, |item, tail, _, _| {
+            let head = self.head.load(Ordering::Relaxed);
+            // If the head lags one lap behind the tail as well, the ring is full.
+            if head.wrapping_add(self.one_lap) == tail {
+                Err(PushError::Full(item))
+            } else {
+                Ok(item)
+            }
+        })
     }
 
     /// Pushes one item; if the ring is full, evicts the oldest item to make room and returns
