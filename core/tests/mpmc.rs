@@ -268,9 +268,12 @@ fn force_push_racing_pop_accounts_for_every_item() {
         std::thread::spawn(move || {
             let mut popped = Vec::new();
             loop {
+                // Read before the pop: an empty ring after the last push means it is over (the
+                // other way round, the last push may land between the pop and the read).
+                let finished = done.load(Ordering::SeqCst) == 1;
                 match ring.try_pop() {
                     Ok(item) => popped.push(item),
-                    Err(PopError::Empty) if done.load(Ordering::SeqCst) == 1 => break popped,
+                    Err(PopError::Empty) if finished => break popped,
                     Err(PopError::Empty) => std::thread::yield_now(),
                 }
             }
