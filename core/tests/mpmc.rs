@@ -228,6 +228,29 @@ fn a_slot_a_run_has_not_read_yet_is_not_waited_for() {
     assert!(ring.is_empty());
 }
 
+/// The same for a push: the slot it would fill still holds an item a run has taken but not
+/// read, so there is no room now, whatever the head and tail say.
+#[test]
+fn a_push_into_a_slot_a_run_has_not_read_yet_finds_no_room() {
+    let ring = ArrayRing::<u8, 2>::new();
+    ring.try_push(1).unwrap();
+    ring.try_push(2).unwrap();
+    let mut seen = Vec::new();
+    let mut first = true;
+    ring.pop_each(2, |x| {
+        seen.push(x);
+        if mem::take(&mut first) {
+            ring.try_push(3).unwrap();
+            assert!(ring.is_full());
+            assert_eq!(ring.try_push(4), Err(PushError::Full(4)));
+        }
+    });
+    assert_eq!(seen, [1, 2]);
+    assert!(!ring.is_full());
+    assert_eq!(ring.try_pop(), Ok(3));
+    assert!(ring.is_empty());
+}
+
 #[test]
 fn a_panic_inside_a_run_drops_the_rest_once_and_frees_their_slots() {
     let counter = DropCounter::default();

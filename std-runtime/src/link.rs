@@ -332,9 +332,10 @@ impl<T> Link<T> {
         if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
             self.room.notify();
             self.announce_pressure();
-        } else if self.weight.is_some() {
-            // Producers may be waiting for weight to leave, with pressure off.
-            self.room.notify();
+        } else {
+            // Producers may be waiting with pressure off: for weight to leave, or for a slot
+            // whose item this pop has just read. The fence above orders the reads.
+            self.room.notify_fenced();
         }
     }
 
@@ -366,10 +367,15 @@ impl<T> Link<T> {
     }
 
     /// Free slots a push could fill now without waiting: none while pressure is on under
-    /// `Block`, nor, with a byte budget, while the queue is at its budget.
+    /// `Block`, nor, with a byte budget, while the queue is at its budget, nor while the next
+    /// slot still holds an item a worker's run has not got to.
     pub(crate) fn room(&self) -> usize {
         let weighed_full = self.weight.as_ref().is_some_and(Weight::is_full);
-        if self.may_run() && !weighed_full { self.capacity().saturating_sub(self.len()) } else { 0 }
+        if self.may_run() && !weighed_full && !self.ring.is_full() {
+            self.capacity().saturating_sub(self.len())
+        } else {
+            0
+        }
     }
 
     /// Waits until [`room`](Self::room) is not zero, or `deadline`, or the pipeline stops;
@@ -386,14 +392,17 @@ impl<T> Link<T> {
         }
     }
 
-    /// Waits until pressure is off (the fill is back at the low mark) and, with a byte budget,
-    /// an item of `weight` fits, or `deadline`.
+    /// Waits until pressure is off (the fill is back at the low mark), the ring has room
+    /// (a worker's run may hold the next slot, its item unread, while the fill is low) and,
+    /// with a byte budget, an item of `weight` fits; or until `deadline`.
     fn wait_for_room(&self, deadline: Option<Instant>, weight: usize) -> Result<(), Stop> {
         self.raise();
         let ready = || {
             self.stopping() || {
                 self.relieve();
-                !self.pressure_on.load(Ordering::Acquire) && self.fits(weight)
+                !self.pressure_on.load(Ordering::Acquire)
+                    && self.fits(weight)
+                    && !self.ring.is_full()
             }
         };
         let woke = wait_until(&self.room, self.control.strategy, ready, deadline);

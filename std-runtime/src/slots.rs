@@ -65,6 +65,15 @@ impl<T> Slots<T> {
         self.len() == 0
     }
 
+    /// Whether a push would find no room: with the MPMC ring also while the slot it would fill
+    /// holds an item a run has claimed and not read yet (see `mpmc::Ring::is_full`).
+    pub(crate) fn is_full(&self) -> bool {
+        match self {
+            Self::Shared(ring) => ring.is_full(),
+            Self::Single { ring, .. } => ring.len() == ring.capacity(),
+        }
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         match self {
             Self::Shared(ring) => ring.capacity(),

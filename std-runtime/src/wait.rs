@@ -105,6 +105,13 @@ impl Signal {
         // Orders the caller's write of the condition before the read of `sleepers`; pairs with
         // the fence in `park_until` and `poll_until`.
         fence(Ordering::SeqCst);
+        self.notify_fenced();
+    }
+
+    /// [`notify`](Self::notify) for a caller that has issued the `SeqCst` fence itself, after
+    /// making the condition true.
+    #[inline]
+    pub(crate) fn notify_fenced(&self) {
         if self.sleepers.load(Ordering::Relaxed) != 0 {
             self.notify_slow();
         }

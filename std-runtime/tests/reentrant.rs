@@ -2,25 +2,13 @@
 //! at it from any event, on any thread. No event is announced while the runtime holds a lock
 //! the handler's calls need, so none of this deadlocks, and every item is still counted.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use backflow::{Event, Input, Overflow, Pipeline, Watch};
-
-/// How long a scenario may take before it counts as hung (it takes milliseconds).
-const HUNG: Duration = Duration::from_secs(20);
-
-/// Runs `scenario` on its own thread and fails the test if it does not return in time.
-fn within_time<R: Send + 'static>(scenario: impl FnOnce() -> R + Send + 'static) -> R {
-    let (done, finished) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = done.send(scenario());
-    });
-    finished.recv_timeout(HUNG).expect("the pipeline hung in its event handler")
-}
+use common::within_time;
 
 /// What a handler reaches back into: its pipeline's watch and an input handle.
 #[derive(Default)]

@@ -342,7 +342,10 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     ///
     /// # Errors
     ///
-    /// [`PushError::Full`] with the item when every slot is taken.
+    /// [`PushError::Full`] with the item when the ring [is full](Self::is_full): every slot
+    /// is taken, or the slot the push would fill still holds an item a consumer has claimed
+    /// and not read yet (a [`pop_each`](Self::pop_each) run reads its items as it gets to
+    /// them, which may take as long as the run's work).
     ///
     /// # Examples
     ///
@@ -355,15 +358,10 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     /// ```
     #[inline]
     pub fn try_push(&self, item: T) -> Result<(), PushError<T>> {
-        self.push_or_else(item, |item, tail, _, _| {
-            let head = self.head.load(Ordering::Relaxed);
-            // If the head lags one lap behind the tail as well, the ring is full.
-            if head.wrapping_add(self.one_lap) == tail {
-                Err(PushError::Full(item))
-            } else {
-                Ok(item)
-            }
-        })
+        // The slot to fill still holds last lap's item: either the head lags one lap behind
+        // the tail, or a consumer has moved the head past the item and not read it yet. There
+        // is no room now either way, and the read may be a whole run's work away.
+        self.push_or_else(item, |item, _, _, _| Err(PushError::Full(item)))
     }
 
     /// Pushes one item; if the ring is full, evicts the oldest item to make room and returns
@@ -678,8 +676,10 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
         self.slots.slots().len()
     }
 
-    /// The number of items in the ring: a consistent snapshot that may be stale by the time it
-    /// is returned when other threads push or pop.
+    /// The number of items in the ring that no consumer has claimed yet: a consistent
+    /// snapshot that may be stale by the time it is returned when other threads push or pop.
+    /// Items of a [`pop_each`](Self::pop_each) run are claimed when it starts, though their
+    /// slots are handed back as the run reads them (see [`is_full`](Self::is_full)).
     ///
     /// # Examples
     ///
@@ -725,20 +725,33 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
         tail == head
     }
 
-    /// Whether every slot holds an item (a snapshot, like [`len`](Self::len)).
+    /// Whether a push would find no room (a snapshot, like [`len`](Self::len)): every slot
+    /// holds an item, or the slot the next push would fill still holds one that a consumer
+    /// has claimed and not read yet. In the second case [`len`](Self::len), which counts the
+    /// items no consumer has claimed, is below the capacity.
     ///
     /// # Examples
     ///
     /// ```
-    /// let ring = backflow_core::ring::mpmc::ArrayRing::<u8, 1>::new();
+    /// let ring = backflow_core::ring::mpmc::ArrayRing::<u8, 2>::new();
     /// ring.try_push(1).unwrap();
+    /// ring.try_push(2).unwrap();
     /// assert!(ring.is_full());
+    /// ring.pop_each(2, |x| {
+    ///     // The run has read item 1, not item 2: a push would have to fill item 2's slot.
+    ///     if x == 1 {
+    ///         ring.try_push(3).unwrap();
+    ///         assert!(ring.is_full());
+    ///         assert_eq!(ring.len(), 1);
+    ///     }
+    /// });
+    /// assert!(!ring.is_full());
     /// ```
     pub fn is_full(&self) -> bool {
         let tail = self.tail.load(Ordering::SeqCst);
-        let head = self.head.load(Ordering::SeqCst);
-        // Full when the head lags exactly one lap behind the tail.
-        head.wrapping_add(self.one_lap) == tail
+        let slot = &self.slots.slots()[tail & (self.one_lap - 1)];
+        // Full when the slot at the tail still holds last lap's item, as `try_push` sees it.
+        slot.stamp.load(Ordering::SeqCst).wrapping_add(self.one_lap) == tail.wrapping_add(1)
     }
 }
 

@@ -53,8 +53,9 @@ impl<T> Link<T> {
 /// What the async ends of a pipeline (`Input::send`, `Output` as a stream) need.
 #[cfg(feature = "async")]
 impl<T> Link<T> {
-    /// `Ready` once a push under `Block` need not wait (pressure is off), or the pipeline
-    /// stopped; otherwise registers the task to be woken when that may have changed.
+    /// `Ready` once a push under `Block` need not wait (pressure is off and the ring has
+    /// room), or the pipeline stopped; otherwise registers the task to be woken when that may
+    /// have changed.
     pub(crate) fn poll_room(
         &self,
         cx: &mut Context<'_>,
@@ -64,7 +65,7 @@ impl<T> Link<T> {
         let ready = || {
             self.stopping() || {
                 self.relieve();
-                !self.pressure_on.load(Ordering::Acquire)
+                !self.pressure_on.load(Ordering::Acquire) && !self.ring.is_full()
             }
         };
         let polled = if ready() {

@@ -343,3 +343,16 @@ impl fmt::Display for ChildRun {
         )
     }
 }
+
+/// How long a scenario may take before it counts as hung (the ones given to
+/// [`within_time`] take milliseconds).
+const HUNG: Duration = Duration::from_secs(20);
+
+/// Runs `scenario` on its own thread and fails the test if it does not return in time.
+pub fn within_time<R: Send + 'static>(scenario: impl FnOnce() -> R + Send + 'static) -> R {
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(scenario());
+    });
+    finished.recv_timeout(HUNG).expect("the scenario hung")
+}
