@@ -233,19 +233,31 @@ impl<T> Link<T> {
     /// Another thread may have turned pressure on since the flag was read, and the fill
     /// fallen back to the low mark since: then this turns it off, and wakes the producers
     /// waiting for that (a producer that only tries to push never relieves pressure itself).
-    /// Not called under a signal's lock.
+    /// Likewise, the consumers may have emptied the queue between the read of the fill that
+    /// turned pressure on and the store of the flag, each pop reading the flag still off:
+    /// then this turns it off again at once. Not called under a signal's lock.
     fn raise(&self) {
         if !self.pressure_on.load(Ordering::Relaxed) && self.fill() >= self.marks.high() {
             let mut pressure = self.pressure.lock().unwrap_or_else(PoisonError::into_inner);
             let turned = pressure.observe(self.fill()).is_some();
-            let on = pressure.is_on();
-            self.pressure_on.store(on, Ordering::SeqCst);
+            self.pressure_on.store(pressure.is_on(), Ordering::SeqCst);
             if turned {
                 // Posted under the lock, so that on and off are announced in order.
-                self.turned.post(on);
+                self.turned.post(pressure.is_on());
+            }
+            let mut relieved = turned && !pressure.is_on();
+            if turned && pressure.is_on() {
+                // Pairs with the fence of `popped`: either a pop since the fill was read sees
+                // pressure on (and relieves it), or this sees the fill that pop left.
+                fence(Ordering::SeqCst);
+                if pressure.observe(self.fill()).is_some() {
+                    self.pressure_on.store(false, Ordering::SeqCst);
+                    self.turned.post(false);
+                    relieved = true;
+                }
             }
             drop(pressure);
-            if turned && !on {
+            if relieved {
                 self.room.notify();
             }
             if turned {
