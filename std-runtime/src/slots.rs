@@ -13,7 +13,7 @@ use std::sync::{Arc, PoisonError};
 use backflow_core::overflow::Queue;
 use backflow_core::ring::{CapacityError, PushError, mpmc, spsc};
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{CachePadded, Mutex, MutexGuard};
 
 type SpscRing<T> = Arc<spsc::HeapRing<T>>;
 
@@ -30,8 +30,10 @@ pub(crate) enum Slots<T> {
     Single {
         /// For the length, read by anyone without taking a lock.
         ring: SpscRing<T>,
-        tx: Mutex<spsc::Producer<SpscRing<T>>>,
-        rx: Mutex<spsc::Consumer<SpscRing<T>>>,
+        // Each half on a cache line of its own: the producing thread takes its lock for every
+        // single push, the consuming thread its own for every run.
+        tx: CachePadded<Mutex<spsc::Producer<SpscRing<T>>>>,
+        rx: CachePadded<Mutex<spsc::Consumer<SpscRing<T>>>>,
     },
 }
 
@@ -48,7 +50,11 @@ impl<T> Slots<T> {
     pub(crate) fn new(capacity: usize, single: bool) -> Result<Self, CapacityError> {
         Ok(if single {
             let (tx, rx) = spsc::HeapRing::with_capacity(capacity)?.into_split();
-            Self::Single { ring: Arc::clone(tx.ring()), tx: Mutex::new(tx), rx: Mutex::new(rx) }
+            Self::Single {
+                ring: Arc::clone(tx.ring()),
+                tx: CachePadded::new(Mutex::new(tx)),
+                rx: CachePadded::new(Mutex::new(rx)),
+            }
         } else {
             Self::Shared(mpmc::HeapRing::with_capacity(capacity)?)
         })
