@@ -197,9 +197,10 @@ impl<In> Input<In> {
     /// How many items a push could put into the first stage's queue now without waiting:
     /// its free slots, or none while pressure is on under `Block` (or while the queue is at
     /// its byte budget, with [`capacity_bytes`](crate::Builder::capacity_bytes): how many
-    /// items would fit by weight is not known before they are weighed). A source that pulls from
-    /// elsewhere (a socket, a broker) asks for no more than this, so the backpressure reaches
-    /// whatever it pulls from.
+    /// items would fit by weight is not known before they are weighed). At most this many: a
+    /// worker that runs its stage over the items in the queue's slots frees each slot as it
+    /// gets to its item. A source that pulls from elsewhere (a socket, a broker) asks for no
+    /// more than this, so the backpressure reaches whatever it pulls from.
     ///
     /// # Examples
     ///

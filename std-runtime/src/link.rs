@@ -109,7 +109,9 @@ pub(crate) struct Link<T> {
     turned: Announcer<bool>,
     /// Consumers park here while the ring is empty.
     items: Signal,
-    /// Blocked producers park here while pressure is on.
+    /// Blocked producers park here while pressure is on, the ring's next slot is taken (full,
+    /// or its item claimed by a worker's run and not read yet), or their item's weight does
+    /// not fit.
     room: Signal,
     /// Upstream workers that have not finished; `0` for the first link, which has `handles`.
     upstream_left: AtomicUsize,
@@ -326,9 +328,21 @@ impl<T> Link<T> {
 
     /// Pops up to `max` items, oldest first, into `f`; returns how many. `f` must not panic
     /// (see [`Slots::pop_each`]); only where [`pops_in_place`](Self::pops_in_place).
-    pub(crate) fn pop_each(&self, max: usize, f: impl FnMut(Envelope<T>)) -> usize {
+    ///
+    /// Each item's slot is free once `f` gets the item, though the run goes on: producers
+    /// parked with pressure off (for a slot the run held) are woken at once rather than after
+    /// the run. That look has no fence, so it may miss one; the fenced
+    /// [`popped`](Self::popped) after the run does not. Producers parked while pressure is
+    /// on wait for the end of the run (waking them on every item that does not bring the
+    /// fill to the low mark would only cost the run time).
+    pub(crate) fn pop_each(&self, max: usize, mut f: impl FnMut(Envelope<T>)) -> usize {
         debug_assert!(self.pops_in_place());
-        let popped = self.ring.pop_each(max, f);
+        let popped = self.ring.pop_each(max, |envelope| {
+            if self.room.has_sleepers() && !self.pressure_on.load(Ordering::Relaxed) {
+                self.room.notify();
+            }
+            f(envelope);
+        });
         if popped > 0 {
             self.popped();
         }
@@ -336,7 +350,7 @@ impl<T> Link<T> {
     }
 
     /// After a pop: turns pressure off if the fill fell to the low mark, and wakes the
-    /// producers waiting for that.
+    /// producers waiting for that, or, with pressure off, for the room or weight the pop left.
     fn popped(&self) {
         // Pairs with the fence a blocked producer issues after raising pressure: either it
         // sees this pop's fill, or this load sees pressure on.
@@ -344,9 +358,11 @@ impl<T> Link<T> {
         if self.pressure_on.load(Ordering::Relaxed) && self.relieve() {
             self.room.notify();
             self.announce_pressure();
-        } else {
+        } else if !self.pressure_on.load(Ordering::Relaxed) {
             // Producers may be waiting with pressure off: for weight to leave, or for a slot
-            // whose item this pop has just read. The fence above orders the reads.
+            // whose item this pop has just read. The fence above orders the reads. (While
+            // pressure is on, none of them can go on: the one that turns it off wakes them.
+            // This second load sees it off if a waiter's own check turned it off meanwhile.)
             self.room.notify_fenced();
         }
     }
@@ -380,7 +396,8 @@ impl<T> Link<T> {
 
     /// Free slots a push could fill now without waiting: none while pressure is on under
     /// `Block`, nor, with a byte budget, while the queue is at its budget, nor while the next
-    /// slot still holds an item a worker's run has not got to.
+    /// slot still holds an item a worker's run has not got to. At most this many: a run may
+    /// also hold slots further on.
     pub(crate) fn room(&self) -> usize {
         let weighed_full = self.weight.as_ref().is_some_and(Weight::is_full);
         if self.may_run() && !weighed_full && !self.ring.is_full() {

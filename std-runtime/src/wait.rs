@@ -108,6 +108,13 @@ impl Signal {
         self.notify_fenced();
     }
 
+    /// Whether anyone seemed to wait, without a fence: a hint for an early
+    /// [`notify`](Self::notify), which a fenced notification must still follow.
+    #[inline]
+    pub(crate) fn has_sleepers(&self) -> bool {
+        self.sleepers.load(Ordering::Relaxed) != 0
+    }
+
     /// [`notify`](Self::notify) for a caller that has issued the `SeqCst` fence itself, after
     /// making the condition true.
     #[inline]

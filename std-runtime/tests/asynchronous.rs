@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use backflow::{Overflow, Pipeline, PushError};
-use common::{Flag, Gate, held_sink};
+use common::{Flag, Gate, held_sink, within_time};
 use futures::StreamExt;
 
 /// A waker that reports each wake-up on a channel.
@@ -302,4 +302,38 @@ async fn recv_reads_until_the_end() {
     }
     assert_eq!(got, [0, 1, 2]);
     assert!(drained.await.unwrap().unwrap().is_balanced());
+}
+
+#[test]
+fn a_send_whose_item_does_not_fit_the_byte_budget_waits_as_a_task() {
+    let (gate, entered, delivered) = (Gate::default(), Flag::default(), Arc::default());
+    let pipeline = Pipeline::<Vec<u8>>::builder()
+        .stage("len", || |x: Vec<u8>| x.len())
+        .capacity_bytes(1000, Vec::len)
+        .sink(held_sink(&gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let report = within_time(move || {
+        let _opens = gate.opened_on_drop();
+        let mut input = pipeline.input();
+        // The first item holds the stage's worker in the sink; 500 bytes wait in the queue,
+        // below the high mark: pressure is off, and 600 more bytes do not fit.
+        input.push(vec![0]).unwrap();
+        entered.wait();
+        input.push(vec![0; 500]).unwrap();
+        let (waker, woken) = reporting_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut sending = pin!(input.send(vec![0; 600]));
+        assert!(sending.as_mut().poll(&mut cx).is_pending());
+        gate.open();
+        loop {
+            woken.recv_timeout(GUARD).expect("the waiting task was never woken");
+            if let Poll::Ready(result) = sending.as_mut().poll(&mut cx) {
+                break result.unwrap();
+            }
+        }
+        pipeline.drain().unwrap()
+    });
+    assert_eq!(report.sink().delivered, 3, "{report}");
+    assert_eq!(*delivered.lock().unwrap(), [1, 500, 600]);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backflow::stage::{Emit, Stage};
 use backflow::{Input, Overflow, Pipeline, PipelineError, PushError, Report};
-use common::{Flag, Gate, OpensGate, within_time};
+use common::{Flag, Gate, OpensGate, eventually, threads, within_time};
 
 /// Emits each item four times: a run of 128 inputs fills the outputs' batch after 32 of them,
 /// so the run delivers while it still holds inputs.
@@ -113,12 +113,17 @@ impl Stage<u32> for Burst {
 /// when all 4 are queued), held so that the worker is in the middle of a run of items 1 and 2:
 /// it has read item 1 and is delivering its outputs to a sink that waits at `gate`, and has
 /// not read item 2. Items 3, 4 and 5 went in behind it, the last into item 1's slot; the next
-/// push's slot is item 2's, although the queue counts only 3 items. The guard opens `gate`.
-fn held_in_a_run(overflow: Overflow, gate: &Gate) -> (Pipeline<u32>, Input<u32>, OpensGate) {
+/// push's slot is item 2's, although the queue counts only 3 items. With `then`, the run
+/// waits there again at item 2's first output. The guard opens `gate`.
+fn held_in_a_run(
+    overflow: Overflow,
+    gate: &Gate,
+    then: Option<&Gate>,
+) -> (Pipeline<u32>, Input<u32>, OpensGate) {
     let (first, entered_first, entered_second) =
         (Gate::default(), Flag::default(), Flag::default());
     let sink = {
-        let (first, gate) = (first.clone(), gate.clone());
+        let (first, gate, then) = (first.clone(), gate.clone(), then.cloned());
         let (entered_first, entered_second) = (entered_first.clone(), entered_second.clone());
         let mut calls = 0;
         move |_: u32| {
@@ -129,6 +134,8 @@ fn held_in_a_run(overflow: Overflow, gate: &Gate) -> (Pipeline<u32>, Input<u32>,
             } else if calls == BURST + 1 {
                 entered_second.raise();
                 gate.wait();
+            } else if calls == 2 * BURST + 1 {
+                then.as_ref().map(Gate::wait);
             }
         }
     };
@@ -162,7 +169,7 @@ fn drained(pipeline: Pipeline<u32>) -> Report {
 fn a_push_finds_no_room_in_a_slot_a_run_has_taken_but_not_read() {
     let gate = Gate::default();
     let report = within_time(move || {
-        let (pipeline, input, _open) = held_in_a_run(Overflow::Block, &gate);
+        let (pipeline, input, _open) = held_in_a_run(Overflow::Block, &gate, None);
         assert_eq!(input.try_push(6), Err(PushError::Full(6)));
         assert_eq!(input.room(), 0);
         // The wait ends with the timeout (no busy retry can tell), not with a push.
@@ -184,7 +191,7 @@ fn fail_and_drop_newest_do_not_wait_for_a_run_to_read_its_slot() {
     for overflow in [Overflow::Fail, Overflow::DropNewest] {
         let gate = Gate::default();
         let report = within_time(move || {
-            let (pipeline, input, _open) = held_in_a_run(overflow, &gate);
+            let (pipeline, input, _open) = held_in_a_run(overflow, &gate, None);
             let pushed = input.push(6);
             match overflow {
                 Overflow::Fail => assert_eq!(pushed, Err(PushError::Full(6))),
@@ -198,4 +205,27 @@ fn fail_and_drop_newest_do_not_wait_for_a_run_to_read_its_slot() {
         assert_eq!((stage.received, stage.dropped), (6 + dropped, dropped), "{report}");
         assert_eq!(report.sink().delivered, 6 * u64::from(BURST), "{report}");
     }
+}
+
+#[test]
+fn a_push_waiting_for_a_slot_a_run_holds_goes_on_once_the_run_reads_it() {
+    let (gate, then) = (Gate::default(), Gate::default());
+    let report = within_time(move || {
+        let (pipeline, input, _open) = held_in_a_run(Overflow::Block, &gate, Some(&then));
+        let _open_then = then.opened_on_drop();
+        let pusher = {
+            let input = input.clone();
+            let named = std::thread::Builder::new().name("pusher".into());
+            named.spawn(move || input.push(6)).unwrap()
+        };
+        // Parked for room (the only way a push sleeps).
+        eventually("the push waits parked", || threads("pusher").iter().any(|(_, s)| *s == 'S'));
+        // The run reads item 2 and waits again, delivering its outputs: the push goes into
+        // item 2's slot meanwhile, without waiting for the run to end.
+        gate.open();
+        assert_eq!(pusher.join().unwrap(), Ok(()));
+        then.open();
+        drained(pipeline)
+    });
+    assert_eq!(report.sink().delivered, 7 * u64::from(BURST), "{report}");
 }

@@ -367,6 +367,10 @@ impl<T, S: Storage<Slot = Slot<T>>> Ring<T, S> {
     /// Pushes one item; if the ring is full, evicts the oldest item to make room and returns
     /// it (drop-oldest overflow without losing sight of what was dropped).
     ///
+    /// While the slot it needs holds an item a consumer has claimed and not read yet (in a
+    /// [`pop_each`](Self::pop_each) run, until the run gets to it), there is nothing to evict
+    /// and no room: it waits, spinning, for the read.
+    ///
     /// # Examples
     ///
     /// ```

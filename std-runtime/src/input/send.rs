@@ -137,7 +137,9 @@ impl<In> Future for SendFuture<'_, In> {
                 Err((envelope, why)) => return Poll::Ready(Err(why.into_error(envelope.item))),
             }
             drop(push);
-            if link.poll_room(cx, &mut this.waiting).is_pending() {
+            // Weighed by the push, if the queue has a byte budget.
+            let weight = this.envelope.as_ref().map_or(0, |envelope| envelope.weight);
+            if link.poll_room(cx, &mut this.waiting, weight).is_pending() {
                 return Poll::Pending;
             }
         }
@@ -189,7 +191,7 @@ impl<In> Future for RoomFuture<In> {
             if room > 0 {
                 return Poll::Ready(room);
             }
-            if link.poll_room(cx, &mut this.waiting).is_pending() {
+            if link.poll_room(cx, &mut this.waiting, 0).is_pending() {
                 return Poll::Pending;
             }
         }

@@ -53,19 +53,23 @@ impl<T> Link<T> {
 /// What the async ends of a pipeline (`Input::send`, `Output` as a stream) need.
 #[cfg(feature = "async")]
 impl<T> Link<T> {
-    /// `Ready` once a push under `Block` need not wait (pressure is off and the ring has
-    /// room), or the pipeline stopped; otherwise registers the task to be woken when that may
-    /// have changed.
+    /// `Ready` once a push of an item of `weight` under `Block` need not wait (pressure is
+    /// off, the ring has room and, with a byte budget, the item fits), or the pipeline
+    /// stopped; otherwise registers the task to be woken when that may have changed. The
+    /// task's side of [`wait_for_room`](Link::wait_for_room).
     pub(crate) fn poll_room(
         &self,
         cx: &mut Context<'_>,
         registration: &mut Registration,
+        weight: usize,
     ) -> Poll<()> {
         self.raise();
         let ready = || {
             self.stopping() || {
                 self.relieve();
-                !self.pressure_on.load(Ordering::Acquire) && !self.ring.is_full()
+                !self.pressure_on.load(Ordering::Acquire)
+                    && self.fits(weight)
+                    && !self.ring.is_full()
             }
         };
         let polled = if ready() {
