@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::mem;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -204,25 +203,36 @@ fn a_run_of_at_most_nothing_takes_nothing() {
     assert_eq!(empty.pop_each(0, |_| unreachable!("no item there")), 0);
 }
 
+/// Pushes 1 and 2 into a ring of two and pops them as one run, calling `inside` (with what
+/// the run has seen so far) once it has read item 1, whose slot is free again, and not item 2,
+/// whose slot is still the run's. Returns the ring and everything seen.
+fn inside_a_run(
+    inside: impl FnOnce(&ArrayRing<u8, 2>, &mut Vec<u8>),
+) -> (ArrayRing<u8, 2>, Vec<u8>) {
+    let ring = ArrayRing::<u8, 2>::new();
+    ring.try_push(1).unwrap();
+    ring.try_push(2).unwrap();
+    let mut seen = Vec::new();
+    let mut inside = Some(inside);
+    ring.pop_each(2, |x| {
+        seen.push(x);
+        if let Some(inside) = inside.take() {
+            inside(&ring, &mut seen);
+        }
+    });
+    (ring, seen)
+}
+
 /// A run's slots are handed back one by one as its items are read, so while one consumer is
 /// still working through a run, the ring can wrap around to a slot it has not read yet: a
 /// pop that finds such a slot at the head has nothing to take until the run gets there.
 #[test]
 fn a_slot_a_run_has_not_read_yet_is_not_waited_for() {
-    let ring = ArrayRing::<u8, 2>::new();
-    ring.try_push(1).unwrap();
-    ring.try_push(2).unwrap();
-    let mut seen = Vec::new();
-    let mut first = true;
-    ring.pop_each(2, |x| {
-        seen.push(x);
-        if mem::take(&mut first) {
-            // Item 1's slot is free again; item 2's is still the outer run's.
-            ring.try_push(3).unwrap();
-            assert_eq!(ring.pop_each(2, |x| seen.push(x)), 1);
-            assert_eq!(ring.pop_each(2, |_| unreachable!("item 2 is the outer run's")), 0);
-            assert_eq!(ring.try_pop(), Err(PopError::Empty));
-        }
+    let (ring, seen) = inside_a_run(|ring, seen| {
+        ring.try_push(3).unwrap();
+        assert_eq!(ring.pop_each(2, |x| seen.push(x)), 1);
+        assert_eq!(ring.pop_each(2, |_| unreachable!("item 2 is the outer run's")), 0);
+        assert_eq!(ring.try_pop(), Err(PopError::Empty));
     });
     assert_eq!(seen, [1, 3, 2]);
     assert!(ring.is_empty());
@@ -232,18 +242,10 @@ fn a_slot_a_run_has_not_read_yet_is_not_waited_for() {
 /// read, so there is no room now, whatever the head and tail say.
 #[test]
 fn a_push_into_a_slot_a_run_has_not_read_yet_finds_no_room() {
-    let ring = ArrayRing::<u8, 2>::new();
-    ring.try_push(1).unwrap();
-    ring.try_push(2).unwrap();
-    let mut seen = Vec::new();
-    let mut first = true;
-    ring.pop_each(2, |x| {
-        seen.push(x);
-        if mem::take(&mut first) {
-            ring.try_push(3).unwrap();
-            assert!(ring.is_full());
-            assert_eq!(ring.try_push(4), Err(PushError::Full(4)));
-        }
+    let (ring, seen) = inside_a_run(|ring, _| {
+        ring.try_push(3).unwrap();
+        assert!(ring.is_full());
+        assert_eq!(ring.try_push(4), Err(PushError::Full(4)));
     });
     assert_eq!(seen, [1, 2]);
     assert!(!ring.is_full());
