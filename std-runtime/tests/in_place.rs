@@ -135,7 +135,9 @@ fn held_in_a_run(
                 entered_second.raise();
                 gate.wait();
             } else if calls == 2 * BURST + 1 {
-                then.as_ref().map(Gate::wait);
+                if let Some(then) = &then {
+                    then.wait();
+                }
             }
         }
     };
