@@ -426,14 +426,7 @@ impl<T> Link<T> {
     /// with a byte budget, an item of `weight` fits; or until `deadline`.
     fn wait_for_room(&self, deadline: Option<Instant>, weight: usize) -> Result<(), Stop> {
         self.raise();
-        let ready = || {
-            self.stopping() || {
-                self.relieve();
-                !self.pressure_on.load(Ordering::Acquire)
-                    && self.fits(weight)
-                    && !self.ring.is_full()
-            }
-        };
+        let ready = || self.room_for(weight);
         let woke = wait_until(&self.room, self.control.strategy, ready, deadline);
         // Pass the news on: other producers may be parked on the same condition.
         self.room.notify();
@@ -444,6 +437,16 @@ impl<T> Link<T> {
             Ok(())
         } else {
             Err(Stop::Timeout)
+        }
+    }
+
+    /// The condition a producer waiting for room under `Block` waits for: the pipeline
+    /// stopped, or pressure is off (relieved here if the fill is back at the low mark), the
+    /// ring has room and an item of `weight` fits. Checked under the `room` signal's lock.
+    fn room_for(&self, weight: usize) -> bool {
+        self.stopping() || {
+            self.relieve();
+            !self.pressure_on.load(Ordering::Acquire) && self.fits(weight) && !self.ring.is_full()
         }
     }
 

@@ -76,7 +76,7 @@ impl<T> Slots<T> {
     pub(crate) fn is_full(&self) -> bool {
         match self {
             Self::Shared(ring) => ring.is_full(),
-            Self::Single { ring, .. } => ring.len() == ring.capacity(),
+            Self::Single { ring, .. } => ring.is_full(),
         }
     }
 

@@ -119,7 +119,7 @@ impl Signal {
     /// making the condition true.
     #[inline]
     pub(crate) fn notify_fenced(&self) {
-        if self.sleepers.load(Ordering::Relaxed) != 0 {
+        if self.has_sleepers() {
             self.notify_slow();
         }
     }

@@ -13,8 +13,6 @@ use super::Envelope;
 use super::Link;
 use crate::event::Event;
 use crate::hooks::DropReason;
-#[cfg(feature = "async")]
-use crate::sync::Ordering;
 use crate::wait::Registration;
 
 impl<T> Link<T> {
@@ -64,14 +62,7 @@ impl<T> Link<T> {
         weight: usize,
     ) -> Poll<()> {
         self.raise();
-        let ready = || {
-            self.stopping() || {
-                self.relieve();
-                !self.pressure_on.load(Ordering::Acquire)
-                    && self.fits(weight)
-                    && !self.ring.is_full()
-            }
-        };
+        let ready = || self.room_for(weight);
         let polled = if ready() {
             self.room.unregister(registration);
             Poll::Ready(())
