@@ -1,6 +1,6 @@
 //! One paced-latency run per contender, to compare builds process by process:
-//! `latency <stages> <items> [park|spin|disruptor]` prints the p50 and p99 in microseconds and
-//! the process's CPU time, 100 k items/s.
+//! `latency <stages> <items> [park|spin|disruptor]` sends `items` at 100 k items/s and prints
+//! the p50 and p99 in microseconds (run it under `/usr/bin/time` for its CPU time).
 
 use std::env;
 
