@@ -278,7 +278,7 @@ pub(crate) fn wait_until(
     let backoff = Backoff::new();
     let window = signal.window.get();
     let mut spins = 0u32;
-    loop {
+    let woke = loop {
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             return false;
         }
@@ -295,19 +295,14 @@ pub(crate) fn wait_until(
             // Spinning on, for as long as waits on this signal have lately lasted, yielding
             // the core each time round.
             WaitStrategy::Park if started.elapsed() < window => thread::yield_now(),
-            WaitStrategy::Park => {
-                let ready = signal.park_until(&mut ready, deadline);
-                if ready {
-                    signal.window.learn(started.elapsed());
-                }
-                return ready;
-            }
+            WaitStrategy::Park => break signal.park_until(&mut ready, deadline),
         }
         if ready() {
-            if strategy == WaitStrategy::Park {
-                signal.window.learn(started.elapsed());
-            }
-            return true;
+            break true;
         }
+    };
+    if woke && strategy == WaitStrategy::Park {
+        signal.window.learn(started.elapsed());
     }
+    woke
 }
