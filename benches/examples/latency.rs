@@ -19,7 +19,7 @@ fn main() {
     }
     .expect("the contender runs this many stages");
     println!(
-        "{which} {stages} stage(s): p50 {:.1} µs, p99 {:.1} µs",
+        "{which} {stages} stage(s): p50 {:.2} µs, p99 {:.2} µs",
         latency.p50 as f64 / 1e3,
         latency.p99 as f64 / 1e3
     );
