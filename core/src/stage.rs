@@ -26,6 +26,8 @@
 //! assert_eq!(out, [[2, 4].as_slice(), [6].as_slice()]);
 //! ```
 
+pub mod expand;
+
 use core::convert::Infallible;
 use core::fmt;
 use core::marker::PhantomData;

@@ -98,65 +98,9 @@ impl Panicked {
     }
 }
 
-/// How a [`ParStage`] turns what its closure returns into outputs.
-pub trait Expand<R> {
-    /// The stage's output type.
-    type Out;
-
-    /// Emits the outputs of one result.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use backflow_rayon::{Expand, FlatMap};
-    ///
-    /// let mut out = Vec::new();
-    /// FlatMap::expand(vec![1, 2], &mut |x| out.push(x));
-    /// assert_eq!(out, [1, 2]);
-    /// ```
-    fn expand(result: R, out: &mut impl Emit<Self::Out>);
-}
-
-/// [`par_map`]: one output per item.
-#[derive(Debug, Clone, Copy)]
-pub struct Map;
-
-/// [`par_filter_map`]: an output for each `Some`.
-#[derive(Debug, Clone, Copy)]
-pub struct FilterMap;
-
-/// [`par_flat_map`]: every item the closure's iterable yields.
-#[derive(Debug, Clone, Copy)]
-pub struct FlatMap;
-
-impl<R> Expand<R> for Map {
-    type Out = R;
-
-    #[inline]
-    fn expand(result: R, out: &mut impl Emit<R>) {
-        out.emit(result);
-    }
-}
-
-impl<T> Expand<Option<T>> for FilterMap {
-    type Out = T;
-
-    #[inline]
-    fn expand(result: Option<T>, out: &mut impl Emit<T>) {
-        if let Some(item) = result {
-            out.emit(item);
-        }
-    }
-}
-
-impl<I: IntoIterator> Expand<I> for FlatMap {
-    type Out = I::Item;
-
-    #[inline]
-    fn expand(result: I, out: &mut impl Emit<I::Item>) {
-        result.into_iter().for_each(|item| out.emit(item));
-    }
-}
+// How a `ParStage` turns what its closure returns into outputs: `Map` for `par_map`,
+// `FilterMap` for `par_filter_map`, `FlatMap` for `par_flat_map`.
+pub use backflow::stage::expand::{Expand, FilterMap, FlatMap, Map};
 
 /// A stateless stage whose batches are mapped on a rayon pool; made by [`par_map`],
 /// [`par_filter_map`] and [`par_flat_map`]. `R` is what the closure returns, `K` how that

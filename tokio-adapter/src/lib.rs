@@ -130,57 +130,13 @@ pub enum AsyncError<E> {
     NoRuntime(String),
 }
 
-/// How an [`AsyncStage`] turns what its future returns into outputs.
-pub trait Expand<R> {
-    /// The stage's output type.
-    type Out;
-
-    /// Emits the outputs of one result.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use backflow_tokio::{Expand, FilterMap};
-    ///
-    /// let mut out = Vec::new();
-    /// FilterMap::expand(Some(3), &mut |x| out.push(x));
-    /// FilterMap::expand(None, &mut |x| out.push(x));
-    /// assert_eq!(out, [3]);
-    /// ```
-    fn expand(result: R, out: &mut impl Emit<Self::Out>);
-}
-
-/// [`map_async`]: one output per item.
-#[derive(Debug, Clone, Copy)]
-pub struct Map;
-
-/// [`filter_map_async`]: an output for each `Some`.
-#[derive(Debug, Clone, Copy)]
-pub struct FilterMap;
+// How an `AsyncStage` turns what its future returns into outputs: `Map` for `map_async`,
+// `FilterMap` for `filter_map_async`, `Sink` (below) for `sink_async`.
+pub use backflow::stage::expand::{Expand, FilterMap, Map};
 
 /// [`sink_async`]: no output; the future is where the item ends.
 #[derive(Debug, Clone, Copy)]
 pub struct Sink;
-
-impl<R> Expand<R> for Map {
-    type Out = R;
-
-    #[inline]
-    fn expand(result: R, out: &mut impl Emit<R>) {
-        out.emit(result);
-    }
-}
-
-impl<T> Expand<Option<T>> for FilterMap {
-    type Out = T;
-
-    #[inline]
-    fn expand(result: Option<T>, out: &mut impl Emit<T>) {
-        if let Some(item) = result {
-            out.emit(item);
-        }
-    }
-}
 
 impl Expand<()> for Sink {
     type Out = Infallible;
