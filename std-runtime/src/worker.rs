@@ -521,10 +521,14 @@ impl<In, Out> ItemPolicy<'_, In, Out> {
                     outcomes.failed += 1;
                     return Next::Settled;
                 };
+                // Counted as failed for good first: if the error's `Display` panics, the item
+                // never reaches the handler, and the worker stops with it settled as an error.
+                outcomes.failed += 1;
+                let error = failure.to_string();
+                outcomes.failed -= 1;
                 outcomes.dead_lettered += 1;
                 control.emit(&Event::DeadLettered { stage, attempts: attempt });
-                let letter =
-                    DeadLetter { stage, item, error: failure.to_string(), attempts: attempt };
+                let letter = DeadLetter { stage, item, error, attempts: attempt };
                 // The handler's panic stops the pipeline; it does not unwind through the
                 // worker, which may be holding more failed items of a run.
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(letter))) {
@@ -821,16 +825,28 @@ fn in_runs<In, S, F>(
         rebuild(stage, factory, out);
         outcomes.failed -= failed;
     }
-    for (failure, copy, attempt) in failures {
-        match cx.failed(&failure, copy, attempt, outcomes) {
-            // A stage that holds items takes its retries in its next run, so that the worker
-            // does not wait for one item while the others in flight wait for it.
-            Next::Retry(copy) if S::HOLDS => {
-                let envelope = Envelope { item: copy, born: 0, queued: 0, weight: 0 };
-                retries.push_back((envelope, attempt + 1));
+    let mut failures = failures.into_iter();
+    while let Some((failure, copy, attempt)) = failures.next() {
+        let handled = catch_unwind(AssertUnwindSafe(|| {
+            match cx.failed(&failure, copy, attempt, outcomes) {
+                // A stage that holds items takes its retries in its next run, so that the
+                // worker does not wait for one item while the others in flight wait for it.
+                Next::Retry(copy) if S::HOLDS => {
+                    let envelope = Envelope { item: copy, born: 0, queued: 0, weight: 0 };
+                    retries.push_back((envelope, attempt + 1));
+                }
+                Next::Retry(copy) => {
+                    attempts(stage, factory, copy, attempt + 1, out, cx, outcomes);
+                }
+                Next::Settled => {}
             }
-            Next::Retry(copy) => attempts(stage, factory, copy, attempt + 1, out, cx, outcomes),
-            Next::Settled => {}
+        }));
+        if let Err(panic) = handled {
+            // The worker cannot go on (the factory panicked rebuilding the stage after a
+            // retry, or the error's `Display` panicked; the failure at hand is counted by
+            // then): the failures not handled yet are settled as errors on the way out.
+            outcomes.failed += failures.len() as u64;
+            resume_unwind(panic);
         }
     }
 }

@@ -427,3 +427,96 @@ fn panics_in_hooks_sinks_and_handlers_stop_the_pipeline_with_every_item_accounte
     let _ = pipeline.input().push_iter(1..=100);
     balanced(pipeline.drain(), "event handler");
 }
+
+/// A stage that takes its items in runs and fails the odd ones with `E`. A retry goes through
+/// `process`, which panics if the stage was made with `retry_panics`.
+struct FailsOddInRuns<E> {
+    error: fn() -> E,
+    retry_panics: bool,
+}
+
+impl<E> FailsOddInRuns<E> {
+    fn one(&self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), E> {
+        if x % 2 == 1 {
+            return Err((self.error)());
+        }
+        out.emit(x);
+        Ok(())
+    }
+}
+
+impl<E> stage::Stage<u64> for FailsOddInRuns<E> {
+    type Out = u64;
+    type Error = E;
+    const RUNS: bool = true;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), E> {
+        assert!(!self.retry_panics, "the retry panicked");
+        self.one(x, out)
+    }
+
+    fn process_run(
+        &mut self,
+        items: &mut impl Iterator<Item = u64>,
+        out: &mut impl stage::Emit<u64>,
+        done: &mut impl FnMut(Result<(), E>),
+    ) {
+        for x in items {
+            done(self.one(x, out));
+        }
+    }
+}
+
+/// An error whose `Display` panics.
+#[derive(Debug)]
+struct Unprintable;
+
+impl std::fmt::Display for Unprintable {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("the error's Display panicked")
+    }
+}
+
+#[test]
+fn a_run_whose_failures_cannot_be_handled_still_counts_every_item() {
+    // A retry panics, and the factory panics when the stage is rebuilt after it.
+    let builds = Arc::new(AtomicU64::new(0));
+    let factory = move || {
+        assert!(builds.fetch_add(1, Ordering::SeqCst) == 0, "the factory panicked");
+        FailsOddInRuns { error: || "odd", retry_panics: true }
+    };
+    let retry = RetrySchedule::new(Duration::from_micros(1), Duration::from_micros(1), 1).unwrap();
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("runs", factory)
+        .retry(retry)
+        .on_error(ErrorPolicy::Skip)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let _ = pipeline.input().push_iter(0..1_000);
+    let error = pipeline.drain().unwrap_err();
+    assert!(matches!(error, PipelineError::WorkerPanicked { .. }), "{error}");
+    assert!(error.report().is_balanced(), "{}", error.report());
+
+    // The error's `Display` panics while a failure is dead-lettered, or fails the pipeline.
+    for fail_fast in [false, true] {
+        let letters = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&letters);
+        let builder = Pipeline::<u64>::builder()
+            .stage("runs", || FailsOddInRuns { error: || Unprintable, retry_panics: false });
+        let builder = if fail_fast {
+            builder.on_error(ErrorPolicy::FailFast)
+        } else {
+            builder.dead_letter(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let pipeline = builder.sink(|_| {}).build().unwrap();
+        let _ = pipeline.input().push_iter(0..1_000);
+        let error = pipeline.drain().unwrap_err();
+        let report = error.report();
+        assert!(report.is_balanced(), "fail fast {fail_fast}: {report}");
+        let dead_lettered = report.stage("runs").unwrap().accounting.dead_lettered;
+        assert_eq!(dead_lettered, letters.load(Ordering::SeqCst), "{report}");
+    }
+}
