@@ -242,7 +242,8 @@ impl<T> fmt::Display for PushError<T> {
 impl<T> std::error::Error for PushError<T> {}
 
 /// Why a pipeline did not finish cleanly. Each variant carries the final [`Report`], so the
-/// accounting of every item is available either way.
+/// accounting of every item is available either way; but for
+/// [`CalledFromWithin`](Self::CalledFromWithin), whose report is of the moment of the call.
 ///
 /// # Examples
 ///
@@ -317,10 +318,30 @@ pub enum PipelineError {
         /// The final accounting.
         report: Box<Report>,
     },
+    /// [`drain`](crate::Pipeline::drain) or [`shutdown`](crate::Pipeline::shutdown) was
+    /// called from inside the pipeline, where it cannot wait for the pipeline to end: on one
+    /// of its own threads (in a stage, the sink, a hook or the event handler), or in a drop
+    /// hook or `push_iter`'s iterator while a push into it is in progress on the same thread.
+    /// The pipeline ends as the call would have ended it (a drain finishes every item, a
+    /// shutdown runs out of time and cancels), on a thread of its own, once that callback has
+    /// returned; its [`Watch`](crate::Watch)es then have the final stats
+    /// ([`Watch::has_ended`](crate::Watch::has_ended)). A drop there ends it the same way,
+    /// cancelled.
+    #[error(
+        "`{call}` was called from inside the pipeline, which it cannot wait for: the pipeline \
+         ends on a thread of its own, its watches have the final stats"
+    )]
+    CalledFromWithin {
+        /// `"drain"` or `"shutdown"`.
+        call: &'static str,
+        /// The accounting at the time of the call, not final: items are still in flight.
+        report: Box<Report>,
+    },
 }
 
 impl PipelineError {
-    /// The final accounting of the pipeline that failed.
+    /// The final accounting of the pipeline that failed (of the moment of the call, for
+    /// [`CalledFromWithin`](Self::CalledFromWithin)).
     ///
     /// # Examples
     ///
@@ -338,7 +359,8 @@ impl PipelineError {
             | Self::StageFailed { report, .. }
             | Self::WorkerPanicked { report, .. }
             | Self::DropHookPanicked { report, .. }
-            | Self::WeighPanicked { report, .. } => report,
+            | Self::WeighPanicked { report, .. }
+            | Self::CalledFromWithin { report, .. } => report,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::batch::BATCH;
 use crate::control::deadline_after;
 use crate::error::PushError;
 use crate::link::{Envelope, HandleState, Link, PushFailure};
-use crate::sync::{CachePadded, Ordering, fence};
+use crate::sync::{CachePadded, Ordering, fence, this_thread};
 
 #[cfg(feature = "async")]
 mod send;
@@ -271,6 +271,7 @@ impl<In> Input<In> {
     /// first stage does not finish, and `drain` does not take its report, while a handle is
     /// active.
     fn begin(&self) -> Push<'_, In> {
+        self.state.pusher.store(this_thread(), Ordering::Relaxed);
         self.state.active.store(true, Ordering::Relaxed);
         // Pairs with the fence in `Handles::all_done`: either this push sees `closed` below,
         // or the first stage sees this handle active and waits for the push to land.

@@ -25,7 +25,7 @@ use crate::hooks::{DropHook, DropReason, Dropped};
 use crate::slots::{Pusher, Slots};
 use crate::stats::StageCounters;
 use crate::sync::{
-    AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, fence, thread,
+    AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering, fence, this_thread, thread,
 };
 use crate::wait::{Signal, wait_until};
 use crate::weight::Weight;
@@ -51,6 +51,8 @@ pub(crate) struct Envelope<T> {
 pub(crate) struct HandleState {
     /// Set while a push is in progress, so that the first stage does not finish under it.
     pub(crate) active: AtomicBool,
+    /// The thread of the push in progress, or of the last one ([`this_thread`]).
+    pub(crate) pusher: AtomicUsize,
     /// Items this handle put into the pipeline (pushed, or dropped by the overflow policy).
     pub(crate) received: AtomicU64,
 }
@@ -80,6 +82,16 @@ impl Handles {
         fence(Ordering::SeqCst);
         let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.iter().all(|handle| !handle.active.load(Ordering::Acquire))
+    }
+
+    /// Whether a push through one of the handles is in progress on this thread (ending the
+    /// pipeline here would wait for it).
+    pub(crate) fn pushing_here(&self) -> bool {
+        let here = this_thread();
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter().any(|handle| {
+            handle.active.load(Ordering::Acquire) && handle.pusher.load(Ordering::Relaxed) == here
+        })
     }
 
     /// Items received through every handle.

@@ -8,7 +8,7 @@ use crate::control::{Control, Culprit, Fatal, Wake, deadline_after};
 use crate::error::{ConfigError, PipelineError, PushError};
 use crate::event::Event;
 use crate::input::Input;
-use crate::link::{Link, LinkView};
+use crate::link::{Handles, Link, LinkView};
 use crate::plan::{Flow, Node, Supply, Watched};
 use crate::route::FanCounts;
 use crate::scale::{self, ScaleSetup, ScaledStage, Threads};
@@ -58,27 +58,50 @@ impl<In> Running<In> {
     /// Joins every worker thread, and the watchdog and the scaling controller, which end
     /// with the last worker. The controller may add workers until then: the ones it added
     /// are joined after it.
+    ///
+    /// The thread this is called on, if it is one of them, is let go rather than joined: it
+    /// cannot wait for itself (only a pipeline ended where [`ends_elsewhere`] says it must
+    /// not be, with no thread to end it on, gets here on one of its own threads).
+    ///
+    /// [`ends_elsewhere`]: Self::ends_elsewhere
     fn join(&self) {
         let take =
             || std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let here = thread::current().id();
+        // Workers catch every panic themselves (see `worker::run`); the watchdog's and the
+        // controller's only user code is the event handler, whose panic ends just that thread.
+        let join = |thread: JoinHandle<()>| {
+            if thread.thread().id() != here {
+                let _ = thread.join();
+            }
+        };
         loop {
             let threads = take();
             if threads.is_empty() {
                 break;
             }
-            // Workers catch every panic themselves (see `worker::run`).
-            threads.into_iter().for_each(|thread| drop(thread.join()));
+            threads.into_iter().for_each(join);
         }
         let watchdog = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).take();
         let scaler = self.scaler.lock().unwrap_or_else(PoisonError::into_inner).take();
-        for thread in watchdog.into_iter().chain(scaler) {
-            // The watchdog's and the controller's only user code is the event handler, whose
-            // panic ends just that thread.
-            let _ = thread.join();
-        }
+        watchdog.into_iter().chain(scaler).for_each(join);
         // Workers the controller started after the last look (they have exited, or are about
         // to: the controller stops once every worker has).
-        take().into_iter().for_each(|thread| drop(thread.join()));
+        take().into_iter().for_each(join);
+    }
+
+    /// Whether ending the pipeline here would wait for this very thread: it is one of the
+    /// pipeline's own (a worker running a stage, the sink or a hook; the watchdog or the
+    /// scaling controller running the event handler), or a push into the pipeline is in
+    /// progress on it (a drop hook or `push_iter`'s iterator ends the pipeline).
+    fn ends_elsewhere(&self) -> bool {
+        let here = thread::current().id();
+        let ours = |thread: &JoinHandle<()>| thread.thread().id() == here;
+        let threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        threads.iter().any(ours)
+            || self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).iter().any(ours)
+            || self.scaler.lock().unwrap_or_else(PoisonError::into_inner).iter().any(ours)
+            || self.input.handles.as_ref().is_some_and(Handles::pushing_here)
     }
 
     /// Cancels, joins and abandons whatever is left in the queues.
@@ -94,6 +117,11 @@ impl<In> Running<In> {
     /// so that nothing enters a queue after its final sweep.
     fn sweep(&self) {
         self.input.wait_for_pushes();
+        self.sweep_queues();
+    }
+
+    /// Abandons what is left in the stages' queues now.
+    fn sweep_queues(&self) {
         self.views.iter().for_each(|view| view.sweep());
         self.output.iter().for_each(|view| view.sweep_orphaned());
     }
@@ -219,7 +247,10 @@ impl<In> Running<In> {
 /// Every item pushed is accounted for: delivered, dropped by an overflow policy (counted,
 /// with its reason, and handed to the stage's drop hook), errored, or abandoned when the
 /// pipeline is cancelled. Dropping a running pipeline cancels it and joins its threads: no
-/// thread outlives it.
+/// thread outlives it. Dropped from inside itself (in its sink, a stage, a hook or the event
+/// handler, or in a drop hook or `push_iter`'s iterator during a push into it), where it
+/// cannot wait for the thread it is on, it is cancelled there and ends on a thread of its own
+/// once that callback has returned ([`Watch::has_ended`]).
 ///
 /// # Examples
 ///
@@ -243,16 +274,23 @@ impl<In> Running<In> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Pipeline<In> {
-    running: Running<In>,
+    running: Arc<Running<In>>,
     /// What its watches read.
     seen: Arc<Mutex<Seen>>,
+    /// Ends the pipeline on a thread of its own (see [`end_elsewhere`]).
+    elsewhere: EndElsewhere<In>,
+    /// Set once the ending was handed to such a thread: the drop leaves it alone.
+    handed_off: bool,
 }
 
 impl<In> Pipeline<In> {
     /// A pipeline whose workers have all started: starts the stall watchdog, if a stage
     /// asks for one, and the scaling controller, if a stage has a workers range, and
     /// announces the start.
-    pub(crate) fn start(mut running: Running<In>) -> Result<Self, ConfigError> {
+    pub(crate) fn start(mut running: Running<In>) -> Result<Self, ConfigError>
+    where
+        In: Send + 'static,
+    {
         let setup = running.scale.take();
         let r = &running;
         r.control.set_links(
@@ -289,7 +327,7 @@ impl<In> Pipeline<In> {
         }
         running.control.emit(&Event::Started { stages: running.stages.len() });
         let seen = Arc::new(Mutex::new(Seen::Live(Sources::of(&running))));
-        Ok(Self { running, seen })
+        Ok(Self { running: Arc::new(running), seen, elsewhere: end_elsewhere, handed_off: false })
     }
 
     /// A new handle for pushing items into the pipeline.
@@ -329,16 +367,21 @@ impl<In> Pipeline<In> {
     /// Lets the watches read `last()`, the final stats, instead of the running parts (once:
     /// the first ending counts).
     fn end(&self, last: impl FnOnce() -> Stats) {
-        // Without a watch, none can come: the pipeline is ending, owned by the caller.
-        if Arc::strong_count(&self.seen) == 1 {
-            return;
+        end(&self.seen, last);
+    }
+
+    /// Hands the rest of its ending to a thread of its own, when it was called where it
+    /// cannot wait (see [`Running::ends_elsewhere`]): returns what `drain` or `shutdown`
+    /// then return, the stats of the moment in its report.
+    fn hand_off(&mut self, call: &'static str, deadline: Option<Instant>) -> PipelineError {
+        let report = Box::new(Report::new(self.running.stats(false)));
+        self.handed_off = (self.elsewhere)(&self.running, &self.seen, deadline);
+        if !self.handed_off {
+            // No thread to end it on: it stops at once, and the drop ends it as far as it can
+            // from here.
+            self.running.cancel();
         }
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Seen::Live(_) = *seen {
-            // The running parts go: the queues, and the hooks they hold, live no longer than
-            // the pipeline.
-            *seen = Seen::Ended(Box::new(last()));
-        }
+        PipelineError::CalledFromWithin { call, report }
     }
 
     /// A snapshot of every stage's statistics and the sink's.
@@ -364,7 +407,8 @@ impl<In> Pipeline<In> {
     /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item,
     /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage (or the event
     /// handler panicked), [`PipelineError::DropHookPanicked`] if a drop hook panicked. Each
-    /// carries the report.
+    /// carries the report. [`PipelineError::CalledFromWithin`] if called from inside the
+    /// pipeline, which it cannot wait for: it then drains on a thread of its own.
     ///
     /// # Examples
     ///
@@ -375,8 +419,11 @@ impl<In> Pipeline<In> {
     /// assert_eq!(report.sink().delivered, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn drain(self) -> Result<Report, PipelineError> {
+    pub fn drain(mut self) -> Result<Report, PipelineError> {
         self.running.close();
+        if self.running.ends_elsewhere() {
+            return Err(self.hand_off("drain", None));
+        }
         self.running.join();
         self.running.sweep();
         let result = self.running.report();
@@ -395,7 +442,9 @@ impl<In> Pipeline<In> {
     /// [`PipelineError::WorkerPanicked`] if a worker died outside its stage;
     /// [`PipelineError::DropHookPanicked`] if a drop hook panicked;
     /// [`PipelineError::StageFailed`] if a fail-fast stage failed an item;
-    /// [`PipelineError::Cancelled`] if [`cancel`](Self::cancel) was called before.
+    /// [`PipelineError::Cancelled`] if [`cancel`](Self::cancel) was called before;
+    /// [`PipelineError::CalledFromWithin`] if called from inside the pipeline, which it cannot
+    /// wait for: it then shuts down on a thread of its own.
     ///
     /// # Examples
     ///
@@ -407,11 +456,14 @@ impl<In> Pipeline<In> {
     /// assert_eq!(report.sink().delivered + report.abandoned(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn shutdown(self, timeout: Duration) -> Result<Report, PipelineError> {
+    pub fn shutdown(mut self, timeout: Duration) -> Result<Report, PipelineError> {
         // A timeout past the end of time drains as long as `drain` does.
         let deadline = deadline_after(timeout);
         let was_cancelled = self.running.control.is_cancelled();
         self.running.close();
+        if self.running.ends_elsewhere() {
+            return Err(self.hand_off("shutdown", deadline));
+        }
         let control = &self.running.control;
         let finished = control.exit.park_until(|| control.all_exited(), deadline);
         if !finished {
@@ -553,6 +605,27 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Whether the pipeline has ended (drained, shut down or dropped, and every thread of it
+    /// joined): its [`stats`](Self::stats) are final from then on. A pipeline ended from
+    /// inside (see [`PipelineError::CalledFromWithin`]) ends on a thread of its own a little
+    /// later.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let pipeline = backflow::Pipeline::<u8>::builder().stage("id", || |x: u8| x).sink(|_| {}).build()?;
+    /// let watch = pipeline.watch();
+    /// assert!(!watch.has_ended());
+    /// pipeline.drain()?;
+    /// assert!(watch.has_ended());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn has_ended(&self) -> bool {
+        matches!(*self.seen.lock().unwrap_or_else(PoisonError::into_inner), Seen::Ended(_))
+    }
+}
+
 impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watch").field("cancelled", &self.is_cancelled()).finish()
@@ -561,12 +634,70 @@ impl fmt::Debug for Watch {
 
 impl<In> Drop for Pipeline<In> {
     fn drop(&mut self) {
+        if self.handed_off {
+            return;
+        }
         let running = &self.running;
         if !running.threads.lock().unwrap_or_else(PoisonError::into_inner).is_empty() {
-            running.stop();
+            if !running.ends_elsewhere() {
+                running.stop();
+            } else {
+                running.cancel();
+                running.close();
+                if (self.elsewhere)(running, &self.seen, None) {
+                    return;
+                }
+                // No thread to end it on: ended here as far as it can be, this thread let go
+                // and a push in progress on it not waited for (what it puts in later is not
+                // abandoned, and the stats may not be final).
+                running.join();
+                running.sweep_queues();
+            }
         }
         // After a drain or shutdown, this keeps what those ended with.
         self.end(|| self.running.stats(true));
+    }
+}
+
+/// [`end_elsewhere`] for a pipeline of `In`s, taken where `In: Send` is known (a drop cannot
+/// ask for it).
+type EndElsewhere<In> = fn(&Arc<Running<In>>, &Arc<Mutex<Seen>>, Option<Instant>) -> bool;
+
+/// Ends a pipeline whose drop, drain or shutdown was called where it cannot wait (see
+/// [`Running::ends_elsewhere`]) on a thread of its own: waits for its workers to finish until
+/// `deadline` (cancelling it then), joins every thread, abandons what is left and gives its
+/// watches the final stats. Returns `false` if the thread could not be started.
+fn end_elsewhere<In: Send + 'static>(
+    running: &Arc<Running<In>>,
+    seen: &Arc<Mutex<Seen>>,
+    deadline: Option<Instant>,
+) -> bool {
+    let (running, seen) = (Arc::clone(running), Arc::clone(seen));
+    let ending = move || {
+        let control = &running.control;
+        if !control.exit.park_until(|| control.all_exited(), deadline) {
+            running.cancel();
+        }
+        running.join();
+        running.sweep();
+        let result = running.report();
+        end(&seen, || final_stats(&result));
+    };
+    thread::Builder::new().name("backflow:end".into()).spawn(ending).is_ok()
+}
+
+/// Lets the watches read `last()`, the final stats, instead of the running parts (once: the
+/// first ending counts).
+fn end(seen: &Arc<Mutex<Seen>>, last: impl FnOnce() -> Stats) {
+    // Without a watch, none can come: the pipeline is ending, owned by the caller.
+    if Arc::strong_count(seen) == 1 {
+        return;
+    }
+    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Seen::Live(_) = *seen {
+        // The running parts go: the queues, and the hooks they hold, live no longer than
+        // the pipeline.
+        *seen = Seen::Ended(Box::new(last()));
     }
 }
 

@@ -1,6 +1,6 @@
 //! The one place the runtime takes its concurrency primitives from: atomics and fences,
-//! `Mutex`, `Condvar`, the thread-start channel, threads, and crossbeam-utils' `Backoff` and
-//! `CachePadded`.
+//! `Mutex`, `Condvar`, the thread-start channel, threads (and a number naming the current
+//! one, [`this_thread`]), and crossbeam-utils' `Backoff` and `CachePadded`.
 //!
 //! Normally these are the standard library's and crossbeam-utils' own, re-exported as they
 //! are: nothing is wrapped, and a build without loom runs exactly the code it would run
@@ -31,8 +31,20 @@ pub(crate) use std::thread;
 
 pub(crate) use crossbeam_utils::CachePadded;
 
+#[cfg(not(loom))]
+std::thread_local! {
+    /// A thread-local whose address names the thread while it lives.
+    static HERE: u8 = const { 0 };
+}
+
+/// A number no other running thread has while this one runs.
+#[cfg(not(loom))]
+pub(crate) fn this_thread() -> usize {
+    HERE.with(|here| std::ptr::from_ref(here).addr())
+}
+
 #[cfg(loom)]
-pub(crate) use self::model::{Backoff, fence, mpsc, thread};
+pub(crate) use self::model::{Backoff, fence, mpsc, this_thread, thread};
 #[cfg(all(loom, test))]
 pub(crate) use self::model::{FenceSite, without_fences};
 #[cfg(loom)]
@@ -74,6 +86,15 @@ mod model {
 
     /// loom's threads, with the standard library's default stack: loom runs each thread as a
     /// coroutine with 32 KiB of stack unless told otherwise, less than a worker needs.
+    /// A number naming the current thread: a hash of its loom id (loom's thread-locals do
+    /// not stay at one address).
+    pub(crate) fn this_thread() -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(thread::current().id());
+        // Only compared for equality: the bits a `usize` keeps are as good as any.
+        hash as usize
+    }
+
     pub(crate) mod thread {
         pub(crate) use loom::thread::{JoinHandle, Thread, current, park, yield_now};
 
