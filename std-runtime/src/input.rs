@@ -7,12 +7,12 @@ use std::iter;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::batch::BATCH;
 use crate::control::deadline_after;
 use crate::error::PushError;
-use crate::link::{Envelope, HandleState, Link, PushFailure};
+use crate::link::{Envelope, HandleState, Link, Patience, PushFailure};
 use crate::sync::{CachePadded, Ordering, fence, this_thread};
 
 #[cfg(feature = "async")]
@@ -78,7 +78,7 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn push(&self, item: In) -> Result<(), PushError<In>> {
-        self.push_until(item, None)
+        self.push_until(item, Patience::Forever)
     }
 
     /// Pushes one item if it can go in without waiting.
@@ -113,14 +113,16 @@ impl<In> Input<In> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_push(&self, item: In) -> Result<(), PushError<In>> {
-        self.push_until(item, Some(Instant::now()))
+        self.push_until(item, Patience::None)
     }
 
     /// Pushes one item, waiting at most `timeout` for room.
     ///
     /// # Errors
     ///
-    /// As [`push`](Self::push), and [`PushError::Timeout`] when the wait timed out.
+    /// As [`push`](Self::push), and [`PushError::Timeout`] when the wait timed out, however
+    /// short `timeout` was (`Duration::ZERO` included; [`try_push`](Self::try_push) is the
+    /// push that does not wait, with [`PushError::Full`]).
     ///
     /// # Examples
     ///
@@ -131,7 +133,7 @@ impl<In> Input<In> {
     /// ```
     pub fn push_timeout(&self, item: In, timeout: Duration) -> Result<(), PushError<In>> {
         // A timeout past the end of time waits as long as `push` does.
-        self.push_until(item, deadline_after(timeout))
+        self.push_until(item, Patience::until(deadline_after(timeout)))
     }
 
     /// Pushes every item of `items` in order, as [`push`](Self::push) would, but with the
@@ -176,7 +178,7 @@ impl<In> Input<In> {
                 Ok(()) => {
                     let taken = iter::from_fn(|| next(&mut items, &mut panicked));
                     let batch = taken.take(BATCH).map(|item| self.envelope(item));
-                    let (received, result) = self.link.offer(batch, None);
+                    let (received, result) = self.link.offer(batch, Patience::Forever);
                     push.received = received;
                     more = received == BATCH as u64;
                     result.map_err(|(envelope, why)| why.into_error(envelope.item))
@@ -255,12 +257,12 @@ impl<In> Input<In> {
         self.refusal().is_err()
     }
 
-    fn push_until(&self, item: In, deadline: Option<Instant>) -> Result<(), PushError<In>> {
+    fn push_until(&self, item: In, patience: Patience) -> Result<(), PushError<In>> {
         let mut push = self.begin();
         match self.refusal() {
             Err(refuse) => Err(refuse(item)),
             Ok(()) => {
-                let (received, result) = self.link.offer_one(self.envelope(item), deadline);
+                let (received, result) = self.link.offer_one(self.envelope(item), patience);
                 push.received = received;
                 result.map_err(|(envelope, why)| why.into_error(envelope.item))
             }

@@ -101,6 +101,31 @@ impl Handles {
     }
 }
 
+/// How long a push may wait for room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Patience {
+    /// Not at all: no room now is [`PushFailure::Full`] (`try_push`, `send`'s poll).
+    None,
+    /// Until the deadline: no room by then is [`PushFailure::Timeout`], however near it was.
+    Until(Instant),
+    /// For as long as it takes.
+    Forever,
+}
+
+impl Patience {
+    /// Waiting until `deadline`; `None` is forever (a timeout past the end of time).
+    pub(crate) fn until(deadline: Option<Instant>) -> Self {
+        deadline.map_or(Self::Forever, Self::Until)
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Self::Until(deadline) => Some(deadline),
+            Self::None | Self::Forever => None,
+        }
+    }
+}
+
 /// How a blocking push ended without pushing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -486,7 +511,7 @@ impl<T> Link<T> {
     }
 
     /// Pushes items for an input handle under the link's policy, in order, waiting for room
-    /// under `Block` until `deadline` (`Some(now)`: do not wait). Does not wake the consumers
+    /// under `Block` as `patience` allows. Does not wake the consumers
     /// unless it has to wait; call [`settle`](Self::settle) after a push or a run of them.
     /// Returns how many items the link received (pushed, or dropped by the policy), and
     /// stops at the first item it could not take.
@@ -498,7 +523,7 @@ impl<T> Link<T> {
     pub(crate) fn offer(
         &self,
         envelopes: impl Iterator<Item = Envelope<T>>,
-        deadline: Option<Instant>,
+        patience: Patience,
     ) -> (u64, Result<(), (Envelope<T>, PushFailure)>) {
         let mut received = 0;
         // With an SPSC ring this holds the producer's lock; it is let go while waiting and
@@ -533,10 +558,16 @@ impl<T> Link<T> {
                         envelope = back;
                         drop(queue);
                         self.settle();
-                        if deadline.is_some_and(|d| d <= Instant::now()) {
-                            return (received, Err((envelope, PushFailure::Full)));
+                        let out_of_time = match patience {
+                            Patience::None => Some(PushFailure::Full),
+                            Patience::Until(d) if d <= Instant::now() => Some(PushFailure::Timeout),
+                            Patience::Until(_) | Patience::Forever => None,
+                        };
+                        if let Some(failure) = out_of_time {
+                            return (received, Err((envelope, failure)));
                         }
-                        let failure = match self.wait_for_room(deadline, envelope.weight) {
+                        let failure = match self.wait_for_room(patience.deadline(), envelope.weight)
+                        {
                             Ok(()) => None,
                             Err(Stop::Timeout) => Some(PushFailure::Timeout),
                             Err(Stop::Cancelled) => Some(PushFailure::Cancelled),
@@ -561,15 +592,15 @@ impl<T> Link<T> {
     pub(crate) fn offer_one(
         &self,
         envelope: Envelope<T>,
-        deadline: Option<Instant>,
+        patience: Patience,
     ) -> (u64, Result<(), (Envelope<T>, PushFailure)>) {
         if !self.may_run() || self.weight.is_some() {
-            return self.offer(iter::once(envelope), deadline);
+            return self.offer(iter::once(envelope), patience);
         }
         let tried = self.ring.pusher().try_push(envelope);
         match tried {
             Ok(()) => (1, Ok(())),
-            Err(PushError::Full(back)) => self.offer(iter::once(back), deadline),
+            Err(PushError::Full(back)) => self.offer(iter::once(back), patience),
         }
     }
 

@@ -201,10 +201,17 @@ fn push_timeout_gives_the_item_back_when_no_room_comes() {
     let (gate, entered) = (Gate::default(), Flag::default());
     let (dropped, delivered) = (Arc::default(), Arc::default());
     let pipeline = stalled(Overflow::Block, &gate, &entered, &dropped, &delivered);
+    let _opens = gate.opened_on_drop();
     let refused = fill(&pipeline, &entered, 20);
     let input = pipeline.input();
     let timeout = std::time::Duration::from_millis(5);
     assert_eq!(input.push_timeout(refused[0], timeout), Err(PushError::Timeout(refused[0])));
+    // However short the timeout, one that runs out is a timeout, not `Full` (`try_push`'s).
+    for timeout in [0, 1, 100].map(std::time::Duration::from_nanos) {
+        let pushed = input.push_timeout(refused[0], timeout);
+        assert_eq!(pushed, Err(PushError::Timeout(refused[0])), "{timeout:?}");
+    }
+    assert_eq!(input.try_push(refused[0]), Err(PushError::Full(refused[0])));
     gate.open();
     assert_eq!(input.push_timeout(refused[0], std::time::Duration::from_secs(60)), Ok(()));
     let report = pipeline.drain().unwrap();

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use super::Input;
 use crate::error::PushError;
-use crate::link::{Envelope, Link, PushFailure};
+use crate::link::{Envelope, Link, Patience, PushFailure};
 use crate::sync::Ordering;
 use crate::wait::Registration;
 
@@ -125,9 +125,8 @@ impl<In> Future for SendFuture<'_, In> {
             if let Err(refuse) = input.refusal() {
                 return Poll::Ready(Err(refuse(envelope.item)));
             }
-            // A deadline in the past: push if there is room, never wait here.
-            let (received, result) =
-                link.offer(iter::once(envelope), Some(link.control.started_at()));
+            // Push if there is room, never wait here.
+            let (received, result) = link.offer(iter::once(envelope), Patience::None);
             push.received = received;
             match result {
                 Ok(()) => return Poll::Ready(Ok(())),
