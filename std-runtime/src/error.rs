@@ -132,6 +132,18 @@ pub enum ConfigError {
         /// The operating system's error.
         message: String,
     },
+    /// More workers to start a stage with (its [`Builder::workers`](crate::Builder::workers),
+    /// or the minimum of its [`Builder::workers_range`](crate::Builder::workers_range)) than
+    /// [`MAX_WORKERS`](crate::builder::MAX_WORKERS).
+    #[error("stage `{stage}`: {workers} workers to start with, at most {max}")]
+    TooManyWorkers {
+        /// The stage.
+        stage: String,
+        /// The workers asked for.
+        workers: usize,
+        /// [`MAX_WORKERS`](crate::builder::MAX_WORKERS).
+        max: usize,
+    },
     /// [`Builder::workers_range`](crate::Builder::workers_range) with a minimum of zero or
     /// above the maximum.
     #[error("stage `{stage}`: workers_range {min}..={max} must have 1 <= min <= max")]

@@ -176,3 +176,44 @@ fn a_thread_the_os_refuses_is_a_config_error() {
     assert!(output.status.success(), "child failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("child: stage `spw`: could not start worker"), "{stdout}\n{stderr}");
 }
+
+#[test]
+fn too_many_workers_is_an_error_before_anything_is_allocated() {
+    let too_many = backflow::builder::MAX_WORKERS + 1;
+    for workers in [too_many, usize::MAX] {
+        for key_ordered in [false, true] {
+            let workers = NonZeroUsize::new(workers).unwrap();
+            let builder = Pipeline::<u64>::builder()
+                .stage("first", || |x: u64| x)
+                .stage("wide", || |x: u64| x)
+                .workers(workers);
+            let builder = if key_ordered { builder.key_ordered(|x: &u64| *x) } else { builder };
+            let err = builder.sink(|_| {}).build().unwrap_err();
+            let expected = ConfigError::TooManyWorkers {
+                stage: "wide".into(),
+                workers: workers.get(),
+                max: backflow::builder::MAX_WORKERS,
+            };
+            assert_eq!(err, expected);
+        }
+    }
+    let err = Pipeline::<u64>::builder()
+        .stage("ranged", || |x: u64| x)
+        .workers_range(too_many..=usize::MAX)
+        .sink(|_| {})
+        .build()
+        .unwrap_err();
+    let expected = ConfigError::TooManyWorkers {
+        stage: "ranged".into(),
+        workers: too_many,
+        max: backflow::builder::MAX_WORKERS,
+    };
+    assert_eq!(err, expected);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "stage `ranged`: {too_many} workers to start with, at most {}",
+            backflow::builder::MAX_WORKERS
+        )
+    );
+}

@@ -58,6 +58,11 @@ use crate::wait::WaitStrategy;
 /// The queue capacity of a stage that does not set one.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
+/// The most workers a stage may start with: a stage's threads, and with
+/// [`key_ordered`](Builder::key_ordered) its queues, are set up for each of them before the
+/// first thread starts.
+pub const MAX_WORKERS: usize = 65_536;
+
 /// One item in this many carries timestamps, unless [`Source::sample_every`] says otherwise.
 pub const DEFAULT_SAMPLE_EVERY: u32 = 256;
 

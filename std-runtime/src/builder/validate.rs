@@ -12,6 +12,7 @@ use backflow_core::ring::MAX_CAPACITY;
 use backflow_core::scaler::{Scaler, StageWorkers};
 use backflow_core::{Overflow, TokenBucket, WaterMarks, WeightBudget};
 
+use super::MAX_WORKERS;
 use super::spec::{Chain, Marks, Settings, SinkSpec, StageSettings};
 use crate::error::ConfigError;
 use crate::plan::{Flow, Node, Order, Plan, Scaling, StagePlan, Watched};
@@ -92,6 +93,9 @@ fn resolve(
         }
         Some(range) => range,
     };
+    if workers > MAX_WORKERS {
+        return Err(ConfigError::TooManyWorkers { stage: stage(), workers, max: MAX_WORKERS });
+    }
     if settings.order == Order::KeyOrdered && max_workers > workers {
         return Err(ConfigError::KeyOrderedScaled { stage: stage() });
     }
