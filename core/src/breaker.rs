@@ -45,7 +45,7 @@ use crate::ConfigError;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakerConfig {
-    /// Open when more than this share of a window's outcomes failed (1–100; default 20).
+    /// Open when more than this share of a window's outcomes failed (1–99; default 20).
     pub threshold_percent: u8,
     /// Length of a counting window (default 10 s).
     pub window: Duration,
@@ -88,8 +88,9 @@ impl BreakerConfig {
     /// ));
     /// ```
     pub const fn validate(&self) -> Result<(), ConfigError> {
-        let (field, expected) = if self.threshold_percent == 0 || self.threshold_percent > 100 {
-            ("breaker.threshold_percent", "between 1 and 100")
+        // Opening takes more than the threshold's share failing: at 100 % it never would.
+        let (field, expected) = if self.threshold_percent == 0 || self.threshold_percent > 99 {
+            ("breaker.threshold_percent", "between 1 and 99")
         } else if self.window.is_zero() {
             ("breaker.window", "longer than zero")
         } else if self.min_samples == 0 {

@@ -331,6 +331,8 @@ fn every_breaker_field_is_validated() {
     let d = BreakerConfig::default();
     let cases = [
         (BreakerConfig { threshold_percent: 0, ..d }, "breaker.threshold_percent"),
+        // More than 100 % of a window can never fail: the breaker would never open.
+        (BreakerConfig { threshold_percent: 100, ..d }, "breaker.threshold_percent"),
         (BreakerConfig { threshold_percent: 101, ..d }, "breaker.threshold_percent"),
         (BreakerConfig { window: Duration::ZERO, ..d }, "breaker.window"),
         (BreakerConfig { min_samples: 0, ..d }, "breaker.min_samples"),
