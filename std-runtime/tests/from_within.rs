@@ -18,6 +18,18 @@ use common::{Gate, within_time};
 /// Where a callback finds the pipeline it ends.
 type Slot = Arc<Mutex<Option<Pipeline<u64>>>>;
 
+/// A stage factory whose stages pass each item on once `gate` opens.
+fn held_at(gate: &Gate) -> impl Fn() -> Box<dyn FnMut(u64) -> u64 + Send> + use<> {
+    let gate = gate.clone();
+    move || {
+        let gate = gate.clone();
+        Box::new(move |x| {
+            gate.wait();
+            x
+        })
+    }
+}
+
 /// Waits for the pipeline to have ended (on a thread of its own) and returns its final stats.
 fn ended(watch: &Watch) -> Stats {
     common::eventually("the pipeline has ended", || watch.has_ended());
@@ -69,15 +81,8 @@ fn a_sink_that_drains_its_pipeline_is_told_so_and_every_item_is_delivered() {
         let (told, result) = mpsc::channel();
         let seen = AtomicU64::new(0);
         let gate = Gate::default();
-        let opened = gate.clone();
         let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-drain", move || {
-                let opened = opened.clone();
-                move |x: u64| {
-                    opened.wait();
-                    x
-                }
-            })
+            .stage("fw-drain", held_at(&gate))
             .sink(move |_| {
                 if seen.fetch_add(1, Ordering::SeqCst) == 0 {
                     let pipeline = taker.lock().unwrap().take().unwrap();
@@ -110,15 +115,8 @@ fn a_drop_hook_that_drops_its_pipeline_during_a_push_ends_it() {
         let slot: Slot = Arc::default();
         let taker = Arc::clone(&slot);
         let gate = Gate::default();
-        let opened = gate.clone();
         let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-hook", move || {
-                let opened = opened.clone();
-                move |x: u64| {
-                    opened.wait();
-                    x
-                }
-            })
+            .stage("fw-hook", held_at(&gate))
             .capacity(4)
             .overflow(Overflow::DropNewest)
             .on_drop(move |_| drop(taker.lock().unwrap().take()))
