@@ -146,7 +146,7 @@ const CHILD: &str = "BACKFLOW_TEST_SPAWN_CHILD";
 #[test]
 fn a_thread_the_os_refuses_is_a_config_error() {
     if env::var_os(CHILD).is_some() {
-        let workers = NonZeroUsize::new(100_000).unwrap();
+        let workers = NonZeroUsize::new(backflow::builder::MAX_WORKERS).unwrap();
         let err = Pipeline::<u8>::builder()
             .stage("spw", || |x: u8| x)
             .workers(workers)
