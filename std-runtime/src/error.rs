@@ -338,7 +338,9 @@ pub enum PipelineError {
     /// shutdown runs out of time and cancels), on a thread of its own, once that callback has
     /// returned; its [`Watch`](crate::Watch)es then have the final stats
     /// ([`Watch::has_ended`](crate::Watch::has_ended)). A drop there ends it the same way,
-    /// cancelled.
+    /// cancelled. (Should the operating system refuse that thread, the pipeline is cancelled
+    /// where the call was made and ended as far as it can be without waiting for that thread:
+    /// its stats may then miss what the thread still held.)
     #[error(
         "`{call}` was called from inside the pipeline, which it cannot wait for: the pipeline \
          ends on a thread of its own, its watches have the final stats"

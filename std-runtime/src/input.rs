@@ -274,7 +274,8 @@ impl<In> Input<In> {
     /// active.
     fn begin(&self) -> Push<'_, In> {
         self.state.pusher.store(this_thread(), Ordering::Relaxed);
-        self.state.active.store(true, Ordering::Relaxed);
+        // Release: whoever sees this push active sees which thread it is on.
+        self.state.active.store(true, Ordering::Release);
         // Pairs with the fence in `Handles::all_done`: either this push sees `closed` below,
         // or the first stage sees this handle active and waits for the push to land.
         fence(Ordering::SeqCst);

@@ -60,8 +60,8 @@ impl<In> Running<In> {
     /// are joined after it.
     ///
     /// The thread this is called on, if it is one of them, is let go rather than joined: it
-    /// cannot wait for itself (only a pipeline ended where [`ends_elsewhere`] says it must
-    /// not be, with no thread to end it on, gets here on one of its own threads).
+    /// cannot wait for itself (a pipeline ended from inside gets here on one of its own
+    /// threads only when no thread could be started to end it, see [`ends_elsewhere`]).
     ///
     /// [`ends_elsewhere`]: Self::ends_elsewhere
     fn join(&self) {
@@ -375,7 +375,7 @@ impl<In> Pipeline<In> {
     /// then return, the stats of the moment in its report.
     fn hand_off(&mut self, call: &'static str, deadline: Option<Instant>) -> PipelineError {
         let report = Box::new(Report::new(self.running.stats(false)));
-        self.handed_off = (self.elsewhere)(&self.running, &self.seen, deadline);
+        self.handed_off = (self.elsewhere)(&self.running, &self.seen, Ending::Drained { deadline });
         if !self.handed_off {
             // No thread to end it on: it stops at once, and the drop ends it as far as it can
             // from here.
@@ -609,7 +609,8 @@ impl Watch {
     /// Whether the pipeline has ended (drained, shut down or dropped, and every thread of it
     /// joined): its [`stats`](Self::stats) are final from then on. A pipeline ended from
     /// inside (see [`PipelineError::CalledFromWithin`]) ends on a thread of its own a little
-    /// later.
+    /// later (or, should no thread start for that, where it was ended, without waiting for
+    /// the thread it was ended on).
     ///
     /// # Examples
     ///
@@ -644,7 +645,7 @@ impl<In> Drop for Pipeline<In> {
             } else {
                 running.cancel();
                 running.close();
-                if (self.elsewhere)(running, &self.seen, None) {
+                if (self.elsewhere)(running, &self.seen, Ending::Dropped) {
                     return;
                 }
                 // No thread to end it on: ended here as far as it can be, this thread let go
@@ -661,7 +662,17 @@ impl<In> Drop for Pipeline<In> {
 
 /// [`end_elsewhere`] for a pipeline of `In`s, taken where `In: Send` is known (a drop cannot
 /// ask for it).
-type EndElsewhere<In> = fn(&Arc<Running<In>>, &Arc<Mutex<Seen>>, Option<Instant>) -> bool;
+type EndElsewhere<In> = fn(&Arc<Running<In>>, &Arc<Mutex<Seen>>, Ending) -> bool;
+
+/// How a pipeline ended on a thread of its own ends.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// Dropped: cancelled already, nothing is announced.
+    Dropped,
+    /// Drained, or shut down with a deadline, then cancelled: it is announced and reported as
+    /// `drain` and `shutdown` do.
+    Drained { deadline: Option<Instant> },
+}
 
 /// Ends a pipeline whose drop, drain or shutdown was called where it cannot wait (see
 /// [`Running::ends_elsewhere`]) on a thread of its own: waits for its workers to finish until
@@ -670,20 +681,26 @@ type EndElsewhere<In> = fn(&Arc<Running<In>>, &Arc<Mutex<Seen>>, Option<Instant>
 fn end_elsewhere<In: Send + 'static>(
     running: &Arc<Running<In>>,
     seen: &Arc<Mutex<Seen>>,
-    deadline: Option<Instant>,
+    ending: Ending,
 ) -> bool {
     let (running, seen) = (Arc::clone(running), Arc::clone(seen));
-    let ending = move || {
-        let control = &running.control;
-        if !control.exit.park_until(|| control.all_exited(), deadline) {
-            running.cancel();
+    let end_it = move || match ending {
+        Ending::Dropped => {
+            running.stop();
+            end(&seen, || running.stats(true));
         }
-        running.join();
-        running.sweep();
-        let result = running.report();
-        end(&seen, || final_stats(&result));
+        Ending::Drained { deadline } => {
+            let control = &running.control;
+            if !control.exit.park_until(|| control.all_exited(), deadline) {
+                running.cancel();
+            }
+            running.join();
+            running.sweep();
+            let result = running.report();
+            end(&seen, || final_stats(&result));
+        }
     };
-    thread::Builder::new().name("backflow:end".into()).spawn(ending).is_ok()
+    thread::Builder::new().name("backflow:end".into()).spawn(end_it).is_ok()
 }
 
 /// Lets the watches read `last()`, the final stats, instead of the running parts (once: the

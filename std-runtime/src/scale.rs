@@ -145,9 +145,12 @@ impl Controller {
         let scaled = &self.stages[stage];
         let from = scaled.shared.workers.count();
         let (id, work) = (scaled.hire.as_ref()?)()?;
+        // Listed before it can run user code, which may end the pipeline and must then find
+        // its own thread among the pipeline's (see `Running::ends_elsewhere`): the new worker
+        // takes this lock only after it has started.
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
         // A refused thread drops its work unrun, which counts the worker out again.
-        let handle = worker::spawn(&id, work).ok()?;
-        self.threads.lock().unwrap_or_else(PoisonError::into_inner).push(handle);
+        threads.push(worker::spawn(&id, work).ok()?);
         Some(from)
     }
 

@@ -84,8 +84,6 @@ mod model {
         }
     }
 
-    /// loom's threads, with the standard library's default stack: loom runs each thread as a
-    /// coroutine with 32 KiB of stack unless told otherwise, less than a worker needs.
     /// A number naming the current thread: a hash of its loom id (loom's thread-locals do
     /// not stay at one address).
     pub(crate) fn this_thread() -> usize {
@@ -95,6 +93,8 @@ mod model {
         hash as usize
     }
 
+    /// loom's threads, with the standard library's default stack: loom runs each thread as a
+    /// coroutine with 32 KiB of stack unless told otherwise, less than a worker needs.
     pub(crate) mod thread {
         pub(crate) use loom::thread::{JoinHandle, Thread, current, park, yield_now};
 

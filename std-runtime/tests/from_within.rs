@@ -4,7 +4,7 @@
 //! pipeline ends on a thread of its own, and its watches end with final, balanced stats.
 //!
 //! Thread checks look for `backflow:<stage>:<n>` names in `/proc/self/task`; every test names
-//! its stage differently.
+//! its stage differently, and briefly (Linux keeps 15 bytes of a thread name).
 
 mod common;
 
@@ -54,7 +54,7 @@ fn a_sink_that_drops_its_pipeline_ends_it() {
         let taker = Arc::clone(&slot);
         let seen = AtomicU64::new(0);
         let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-drop", || |x: u64| x)
+            .stage("fwdrop", || |x: u64| x)
             .sink(move |_| {
                 if seen.fetch_add(1, Ordering::SeqCst) == 10 {
                     drop(taker.lock().unwrap().take());
@@ -69,8 +69,8 @@ fn a_sink_that_drops_its_pipeline_ends_it() {
         (ended(&watch), accepted)
     });
     assert_final(&stats);
-    assert_eq!(stats.stage("fw-drop").unwrap().accounting.received, accepted);
-    assert_eq!(common::threads("backflow:fw-drop").len(), 0);
+    assert_eq!(stats.stage("fwdrop").unwrap().accounting.received, accepted);
+    assert_eq!(common::live_threads("backflow:fwdrop").len(), 0);
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn a_sink_that_drains_its_pipeline_is_told_so_and_every_item_is_delivered() {
         let seen = AtomicU64::new(0);
         let gate = Gate::default();
         let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-drain", held_at(&gate))
+            .stage("fwdrn", held_at(&gate))
             .sink(move |_| {
                 if seen.fetch_add(1, Ordering::SeqCst) == 0 {
                     let pipeline = taker.lock().unwrap().take().unwrap();
@@ -106,7 +106,7 @@ fn a_sink_that_drains_its_pipeline_is_told_so_and_every_item_is_delivered() {
     assert_final(&stats);
     let delivered = stats.sinks()[0].delivered;
     assert_eq!(delivered, 100, "a drain lets every stage finish: {stats}");
-    assert_eq!(common::threads("backflow:fw-drain").len(), 0);
+    assert_eq!(common::live_threads("backflow:fwdrn").len(), 0);
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn a_drop_hook_that_drops_its_pipeline_during_a_push_ends_it() {
         let taker = Arc::clone(&slot);
         let gate = Gate::default();
         let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-hook", held_at(&gate))
+            .stage("fwhook", held_at(&gate))
             .capacity(4)
             .overflow(Overflow::DropNewest)
             .on_drop(move |_| drop(taker.lock().unwrap().take()))
@@ -135,7 +135,7 @@ fn a_drop_hook_that_drops_its_pipeline_during_a_push_ends_it() {
         ended(&watch)
     });
     assert_final(&stats);
-    assert!(stats.stage("fw-hook").unwrap().accounting.dropped >= 1, "{stats}");
+    assert!(stats.stage("fwhook").unwrap().accounting.dropped >= 1, "{stats}");
 }
 
 #[test]
@@ -143,11 +143,8 @@ fn an_iterator_that_drops_its_pipeline_during_push_iter_ends_it() {
     let stats = within_time(|| {
         let slot: Slot = Arc::default();
         let taker = Arc::clone(&slot);
-        let pipeline = Pipeline::<u64>::builder()
-            .stage("fw-iter", || |x: u64| x)
-            .sink(|_| {})
-            .build()
-            .unwrap();
+        let pipeline =
+            Pipeline::<u64>::builder().stage("fwiter", || |x: u64| x).sink(|_| {}).build().unwrap();
         let (watch, input) = (pipeline.watch(), pipeline.input());
         *slot.lock().unwrap() = Some(pipeline);
         let items = (0..200).inspect(move |&x| {

@@ -48,9 +48,10 @@ use crate::sync::{FenceSite, thread, without_fences};
 
 /// Preemptions loom explores per execution. The rings' models take three (`cargo xtask
 /// loom` sets `LOOM_MAX_PREEMPTIONS`), but a pipeline runs some ten times as many atomic
-/// operations: at three the drain model alone runs 165 687 executions (40 s), at two 6 101
-/// (1.4 s). The negative controls fail within two, but for the pressure model's, which
-/// takes three (290 906 executions, 39 s).
+/// operations: at three the drain model alone ran 165 687 executions (40 s), at two it runs
+/// 12 354 (a second or two; the locks a drain takes to see whether it is called from inside
+/// the pipeline doubled them). The negative controls fail within two, but for the pressure
+/// model's, which takes three (290 906 executions, 39 s).
 pub(super) const MAX_PREEMPTIONS: usize = 2;
 
 thread_local! {
