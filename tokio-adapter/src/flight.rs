@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::mem;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,6 +65,24 @@ impl Wake for SlotWake {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T> Drop for Flight<T> {
+    /// Drops the futures still in flight one at a time, each in its own catch: a future whose
+    /// drop panics neither takes the others' drops with it nor, with a second panic while the
+    /// first unwinds, the process. The first panic goes on once all are dropped (unless a
+    /// panic is unwinding already), as a panic of the stage's own.
+    fn drop(&mut self) {
+        let mut first = None;
+        for slot in self.slots.drain(..).flatten() {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(slot))) {
+                first.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first.filter(|_| !std::thread::panicking()) {
+            resume_unwind(panic);
+        }
+    }
 }
 
 impl<T> Flight<T> {

@@ -402,3 +402,50 @@ fn without_a_handle_the_adapters_own_runtime_runs_the_timers() {
     pipeline.drain().unwrap();
     assert_eq!(reader.join().unwrap(), 100);
 }
+
+/// Panics when dropped: what a future in flight may own.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropped");
+    }
+}
+
+#[test]
+fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_is() {
+    let rt = runtime();
+    let handle = rt.handle().clone();
+    let (started, began) = std::sync::mpsc::channel::<u64>();
+    let started = Mutex::new(started);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("pod", move || {
+            let started = started.lock().unwrap().clone();
+            map_async(move |x: u64| {
+                let (owned, started) = (PanicsOnDrop, started.clone());
+                async move {
+                    let _owned = owned;
+                    started.send(x).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<u64, Infallible>(x)
+                }
+            })
+            .concurrency(4)
+            .on(handle.clone())
+        })
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let watch = pipeline.watch();
+    pipeline.input().push_iter(0..3).unwrap();
+    for _ in 0..3 {
+        began.recv().unwrap();
+    }
+    // Three futures in flight, each of whose drops panics: a second panic while the first
+    // unwinds would abort the process.
+    drop(pipeline);
+    let stats = watch.stats();
+    let pod = stats.stage("pod").unwrap();
+    assert!(pod.accounting.is_balanced() && pod.accounting.in_flight == 0, "{stats}");
+    assert_eq!(pod.accounting.abandoned, 3, "{stats}");
+}
