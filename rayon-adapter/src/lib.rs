@@ -293,7 +293,10 @@ where
                 None => map_batch(f, min_len, batch, results),
             }
             for result in self.results.drain(..) {
-                done(result.map(|r| K::expand(r, out)));
+                // Expanded here, on the worker (a flat map's iterator runs as it is read): a
+                // panic in it fails its own item only, like one in the closure.
+                let mut expanded = |r| catch_unwind(AssertUnwindSafe(|| K::expand(r, out)));
+                done(result.and_then(|r| expanded(r).map_err(|p| Panicked::from_payload(&*p))));
             }
         }
     }

@@ -153,3 +153,28 @@ fn a_custom_pool_of_one_thread_does_the_work() {
     assert_eq!(order, (0..500).collect::<Vec<_>>());
     assert!(results.iter().all(|(_, name)| name.as_deref() == Some("custom-pool-0")));
 }
+
+#[test]
+fn a_flat_map_whose_iterator_panics_fails_that_item_only() {
+    let (pipeline, output) = Pipeline::<u64>::builder()
+        .stage("expand", || {
+            par_flat_map(|x: u64| {
+                (0..2u64).map(move |i| {
+                    assert!(x != 3 || i == 0, "item 3's second output");
+                    x
+                })
+            })
+        })
+        .output()
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..10).unwrap();
+    let report = pipeline.drain().unwrap();
+    let accounting = report.stage("expand").unwrap().accounting;
+    assert_eq!((accounting.errored, accounting.emitted_inputs), (1, 9), "{report}");
+    let outputs: Vec<u64> = output.collect();
+    // Item 3 got its first output out before its iterator panicked; every other item, both.
+    let expected: Vec<u64> =
+        (0..10).flat_map(|x| if x == 3 { vec![3] } else { vec![x, x] }).collect();
+    assert_eq!(outputs, expected);
+}
