@@ -2,11 +2,14 @@
 //! Prometheus text format, as [`stats::exposition`](crate::stats::exposition) writes them,
 //! taken when each request comes.
 //!
-//! The server is [tiny_http](https://docs.rs/tiny_http): a small, synchronous HTTP server on
-//! threads of its own, with no async runtime. Its listening socket is made here, so that a
-//! bad address or a port in use is a [`ServeError`] naming the address, and so that the
-//! connections it accepts carry a write timeout: a client that stops reading holds the
-//! answering thread for at most that long.
+//! The server is a small HTTP/1.x responder on one thread of its own, with no async runtime:
+//! it reads a request's head (at most [`MAX_HEAD`] bytes), never its body, answers it and
+//! closes the connection. Everything a client can make it wait for is bounded by its
+//! timeout: a client that sends its request slowly, or stops reading the answer, holds the
+//! answering thread for at most that long, and a request that says it has a body of any
+//! size costs nothing (general HTTP servers read, or allocate for, a body they were told
+//! of). Its listening socket is made here, so that a bad address or a port in use is a
+//! [`ServeError`] naming the address.
 //!
 //! What a scrape costs a pipeline is what [`Pipeline::stats`](crate::Pipeline::stats) costs:
 //! reading its counters. The answering thread takes each pipeline's snapshot through its
@@ -38,20 +41,19 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, ToSocketAddrs};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tiny_http::{Header, Method, Request, Response, Server};
-
 use crate::pipeline::Watch;
 use crate::stats::exposition;
-use crate::sync::Mutex;
 use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{AtomicBool, Mutex, Ordering};
+use socket2::{Domain, Protocol, Socket, Type};
 
-/// How long writing an answer to one client may block before the server gives up on that
-/// client: see [`MetricsServer::bind`].
+/// How long reading a request from one client, or writing an answer to it, may block before
+/// the server gives up on that client: see [`MetricsServer::bind`].
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The content type of the Prometheus text format, version 0.0.4.
@@ -59,6 +61,18 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Connections waiting to be accepted, as `listen(2)` takes it.
 const BACKLOG: i32 = 128;
+
+/// The most bytes of a request's head (its request line and headers) the server reads; a
+/// longer one is answered `431 Request Header Fields Too Large`.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// How long the server goes on reading, after its answer, what a client still sends (a
+/// body it was told of): closing a connection with unread data would reset it, and the
+/// client might lose the answer.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// The most bytes read after the answer, within [`LINGER`].
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Why a [`MetricsServer`] could not start or take a pipeline.
 ///
@@ -120,10 +134,10 @@ type Served = Arc<Mutex<Vec<(String, Watch)>>>;
 /// A pipeline that has ended is served with its final stats until it is
 /// [removed](Self::remove).
 ///
-/// Answers are written by one thread of the server's own (`backflow-metrics`), one request
-/// at a time; tiny_http's threads read the requests. Stopping the server (with
-/// [`stop`](Self::stop) or by dropping it) closes the port and joins that thread, waiting
-/// for at most the write timeout if an answer is being written.
+/// Requests are read and answered by one thread of the server's own (`backflow-metrics`),
+/// one connection at a time, each answer followed by the connection's close. Stopping the
+/// server (with [`stop`](Self::stop) or by dropping it) closes the port and joins that
+/// thread, waiting for at most the timeout if a request is being read or an answer written.
 ///
 /// # Examples
 ///
@@ -140,7 +154,8 @@ type Served = Arc<Mutex<Vec<(String, Watch)>>>;
 pub struct MetricsServer {
     addr: SocketAddr,
     served: Served,
-    server: Arc<Server>,
+    /// Set on stop: the thread ends at its next accepted connection (or failed `accept`).
+    stopping: Arc<AtomicBool>,
     /// A second handle to the listening socket, to shut it down on stop.
     listener: Socket,
     thread: Option<JoinHandle<()>>,
@@ -204,9 +219,10 @@ impl MetricsServer {
         Self::bind_with(addr, WRITE_TIMEOUT)
     }
 
-    /// As [`bind`](Self::bind), with a write timeout of its own: how long writing an answer
-    /// to one client may block (on a client that does not read) before the server drops that
-    /// answer and goes on with the next request. `Duration::MAX` means no timeout.
+    /// As [`bind`](Self::bind), with a timeout of its own: how long reading a request from
+    /// one client (one that sends it slowly, or not at all) or writing an answer to it (one
+    /// that does not read) may block before the server drops that client and goes on with the
+    /// next. `Duration::MAX` means no timeout: one such client then holds the server.
     ///
     /// # Errors
     ///
@@ -234,18 +250,17 @@ impl MetricsServer {
             bind_error(addr, io::Error::new(io::ErrorKind::Unsupported, "not an IP socket"))
         })?;
         let handle = listener.try_clone().map_err(|error| bind_error(addr, error))?;
-        let server = Server::from_listener(TcpListener::from(listener), None)
-            .map_err(|error| bind_error(addr, io::Error::other(error.to_string())))?;
-        let server = Arc::new(server);
         let served = Served::default();
+        let stopping = Arc::new(AtomicBool::new(false));
         let thread = thread::Builder::new()
             .name("backflow-metrics".into())
             .spawn({
-                let (server, served) = (Arc::clone(&server), Arc::clone(&served));
-                move || answer_all(&server, &served)
+                let (served, stopping) = (Arc::clone(&served), Arc::clone(&stopping));
+                let listener = TcpListener::from(listener);
+                move || answer_all(&listener, &served, &stopping, timeout)
             })
             .map_err(|error| ServeError::Spawn { message: error.to_string() })?;
-        Ok(Self { addr: local, served, server, listener: handle, thread: Some(thread) })
+        Ok(Self { addr: local, served, stopping, listener: handle, thread: Some(thread) })
     }
 
     /// Serves `watch`'s pipeline under `name` (the `pipeline` label of its samples) from the
@@ -318,8 +333,8 @@ impl MetricsServer {
     }
 
     /// Stops the server: the port closes and its answering thread is joined (after the
-    /// answer it may be writing, for at most the write timeout). Dropping the server does
-    /// the same.
+    /// request it may be reading or the answer it may be writing, for at most the timeout).
+    /// Dropping the server does the same.
     ///
     /// # Examples
     ///
@@ -336,10 +351,11 @@ impl MetricsServer {
 
     fn shut_down(&mut self) {
         if let Some(thread) = self.thread.take() {
-            // Refuses new connections at once and wakes tiny_http's thread out of `accept`,
-            // where Linux ends it; elsewhere dropping the server ends it.
+            self.stopping.store(true, Ordering::Release);
+            // Refuses new connections at once and wakes the thread out of `accept` on Linux;
+            // elsewhere a connection of its own wakes it.
             let _ = self.listener.shutdown(Shutdown::Both);
-            self.server.unblock();
+            let _ = TcpStream::connect_timeout(&self.addr, LINGER);
             // The thread catches nothing: a panic in it (a bug) ends just the server.
             let _ = thread.join();
         }
@@ -399,33 +415,154 @@ fn listen(addr: SocketAddr, write_timeout: Option<Duration>) -> io::Result<Socke
     Ok(socket)
 }
 
-/// Answers requests until the server is unblocked (stopped) or stops accepting.
-fn answer_all(server: &Server, served: &Mutex<Vec<(String, Watch)>>) {
-    while let Ok(request) = server.recv() {
-        answer(request, served);
+/// Answers the connections the listener accepts, one at a time, until the server stops.
+fn answer_all(
+    listener: &TcpListener,
+    served: &Mutex<Vec<(String, Watch)>>,
+    stopping: &AtomicBool,
+    timeout: Option<Duration>,
+) {
+    loop {
+        let accepted = listener.accept();
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
+            Ok((stream, _)) => answer(stream, served, timeout),
+            // A connection gone before it was taken, or no file descriptor free for a
+            // moment: the next one may do.
+            Err(_) => thread::yield_now(),
+        }
     }
 }
 
-/// Answers one request. A failed write (the client went away, or stopped reading for the
-/// write timeout) loses only that answer.
-fn answer(request: Request, served: &Mutex<Vec<(String, Watch)>>) {
-    let path = request.url().split(['?', '#']).next().unwrap_or_default();
-    let text = "text/plain; charset=utf-8";
-    let response = match (request.method(), path) {
-        (Method::Get | Method::Head, "/metrics") => {
-            with_headers(Response::from_string(scrape(served)), &[("Content-Type", CONTENT_TYPE)])
-        }
-        (Method::Get | Method::Head, _) => with_headers(
-            Response::from_string("not found: try /metrics\n").with_status_code(404),
-            &[("Content-Type", text)],
-        ),
-        _ => with_headers(
-            Response::from_string("method not allowed: GET or HEAD\n").with_status_code(405),
-            &[("Allow", "GET, HEAD"), ("Content-Type", text)],
-        ),
+/// Reads one request's head from `stream`, answers it and closes the connection. A client
+/// that sends nothing, too slowly or too much, or goes away, loses only its own answer.
+fn answer(mut stream: TcpStream, served: &Mutex<Vec<(String, Watch)>>, timeout: Option<Duration>) {
+    // Accepted connections inherit the listener's write timeout; the read timeout is set
+    // here (on a listening socket it would bound `accept` too).
+    if stream.set_read_timeout(timeout).is_err() {
+        return;
+    }
+    let Some(head) = read_head(&mut stream) else { return };
+    let answer = match head {
+        Head::TooLong => Answer::text(431, "Request Header Fields Too Large", "request too long\n"),
+        Head::Read(head) => respond(&head, served),
     };
-    // A known length: no chunked encoding, which some simple clients do not read.
-    let _ = request.respond(response.with_chunked_threshold(usize::MAX));
+    if stream.write_all(&answer).and_then(|()| stream.flush()).is_ok() {
+        linger(&mut stream);
+    }
+}
+
+/// What [`read_head`] found.
+enum Head {
+    /// The request's head, up to its blank line (excluded).
+    Read(Vec<u8>),
+    /// No blank line within [`MAX_HEAD`] bytes.
+    TooLong,
+}
+
+/// Reads until the blank line that ends a request's head; `None` if the client went away
+/// or ran out of time first.
+fn read_head(stream: &mut TcpStream) -> Option<Head> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        // The blank line may straddle two reads: look from three bytes before this one.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            head.truncate(from + end);
+            return Some(Head::Read(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Some(Head::TooLong);
+        }
+    }
+}
+
+/// The answer to a request whose head is `head`, status line to body.
+fn respond(head: &[u8], served: &Mutex<Vec<(String, Watch)>>) -> Vec<u8> {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Answer::text(400, "Bad Request", "bad request line\n");
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Answer::text(505, "HTTP Version Not Supported", "HTTP/1.0 or HTTP/1.1\n");
+    }
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let head_only = method == "HEAD";
+    let answer = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => Answer {
+            status: (200, "OK"),
+            content_type: CONTENT_TYPE,
+            allow: false,
+            body: scrape(served),
+        },
+        ("GET" | "HEAD", _) => Answer::plain(404, "Not Found", "not found: try /metrics\n"),
+        _ => Answer {
+            allow: true,
+            ..Answer::plain(405, "Method Not Allowed", "method not allowed: GET or HEAD\n")
+        },
+    };
+    // An HTTP/1.0 client gets an HTTP/1.0 answer; either way the connection then closes.
+    answer.to_bytes(if version == "HTTP/1.0" { "HTTP/1.0" } else { "HTTP/1.1" }, head_only)
+}
+
+/// An answer, before it is written.
+struct Answer {
+    status: (u16, &'static str),
+    content_type: &'static str,
+    /// Whether to say which methods are allowed (a `405`).
+    allow: bool,
+    body: String,
+}
+
+impl Answer {
+    fn plain(code: u16, reason: &'static str, body: &str) -> Self {
+        let content_type = "text/plain; charset=utf-8";
+        Self { status: (code, reason), content_type, allow: false, body: body.to_string() }
+    }
+
+    /// A plain-text answer to a request that could not be read as one, in HTTP/1.1.
+    fn text(code: u16, reason: &'static str, body: &str) -> Vec<u8> {
+        Self::plain(code, reason, body).to_bytes("HTTP/1.1", false)
+    }
+
+    /// The answer as written: status line, headers (a known length: no chunked encoding,
+    /// which some simple clients do not read), and the body unless `head_only`.
+    fn to_bytes(&self, version: &str, head_only: bool) -> Vec<u8> {
+        let (code, reason) = self.status;
+        let allow = if self.allow { "Allow: GET, HEAD\r\n" } else { "" };
+        let mut bytes = format!(
+            "{version} {code} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
+            self.content_type,
+            self.body.len(),
+        )
+        .into_bytes();
+        if !head_only {
+            bytes.extend_from_slice(self.body.as_bytes());
+        }
+        bytes
+    }
+}
+
+/// After the answer: says the server is done writing and reads, for a moment, what the client
+/// still sends (a body it announced), so that closing does not reset the connection while
+/// the answer is on its way.
+fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() || stream.set_read_timeout(Some(LINGER)).is_err() {
+        return;
+    }
+    let _ = io::copy(&mut stream.take(LINGER_BYTES as u64), &mut io::sink());
 }
 
 /// The exposition of every pipeline served, snapshots taken now. The list is copied out of
@@ -434,14 +571,4 @@ fn scrape(served: &Mutex<Vec<(String, Watch)>>) -> String {
     let pipelines = served.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let snapshots: Vec<_> = pipelines.iter().map(|(name, watch)| (name, watch.stats())).collect();
     exposition(snapshots.iter().map(|(name, stats)| (name.as_str(), stats)))
-}
-
-/// `response` with `headers` (this module's constants, all valid).
-fn with_headers<R: io::Read>(mut response: Response<R>, headers: &[(&str, &str)]) -> Response<R> {
-    for (name, value) in headers {
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    response
 }

@@ -237,3 +237,45 @@ fn a_watchs_stats_are_what_a_scrape_counts() {
     let parse = stats.stage("parse").unwrap();
     assert_eq!(received(&scrape, "w"), Some(parse.accounting.received as f64));
 }
+
+/// Sends `request` on a connection of its own and returns what came back before the server
+/// closed it (or the read timed out).
+fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Requests that claim a body, of any length, which never comes; a head longer than the
+/// server reads; a client that sends nothing at all: each gets its answer (or is dropped
+/// after the timeout), none costs the server more than that, and the next client is served.
+#[test]
+fn hostile_requests_cost_the_server_at_most_its_timeout() {
+    let server = MetricsServer::bind_with("127.0.0.1:0", Duration::from_millis(300)).unwrap();
+    let addr = server.local_addr();
+    for length in [5_000, u64::MAX / 4, u64::MAX] {
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        assert!(exchange(addr, request.as_bytes()).starts_with("HTTP/1.1 200 OK\r\n"));
+        let expect = format!("{}Expect: 100-continue\r\n\r\n", request.trim_end_matches("\r\n"));
+        assert!(exchange(addr, expect.as_bytes()).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
+    }
+    let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(10_000));
+    assert!(exchange(addr, long.as_bytes()).starts_with("HTTP/1.1 431 "));
+    assert!(exchange(addr, b"nonsense\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    assert!(exchange(addr, b"GET /metrics HTTP/2\r\n\r\n").starts_with("HTTP/1.1 505 "));
+    // Connected, silent: dropped after the timeout, and the next client is served.
+    let silent = TcpStream::connect(addr).unwrap();
+    assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
+    drop(silent);
+    // A request whose body never comes, still open: stopping waits at most the timeout.
+    let mut waiting = TcpStream::connect(addr).unwrap();
+    waiting.write_all(b"GET /metrics HTTP/1.1\r\nContent-Length: 99999\r\n\r\n").unwrap();
+    assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
+    common::within_time(move || server.stop());
+    drop(waiting);
+}
