@@ -44,8 +44,9 @@ use std::io;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::control::deadline_after;
 use crate::pipeline::Watch;
 use crate::stats::exposition;
 use crate::sync::thread::{self, JoinHandle};
@@ -333,8 +334,8 @@ impl MetricsServer {
     }
 
     /// Stops the server: the port closes and its answering thread is joined (after the
-    /// request it may be reading or the answer it may be writing, for at most the timeout).
-    /// Dropping the server does the same.
+    /// request it may be reading and the answer it may be writing, each for at most the
+    /// timeout). Dropping the server does the same.
     ///
     /// # Examples
     ///
@@ -439,19 +440,44 @@ fn answer_all(
 /// Reads one request's head from `stream`, answers it and closes the connection. A client
 /// that sends nothing, too slowly or too much, or goes away, loses only its own answer.
 fn answer(mut stream: TcpStream, served: &Mutex<Vec<(String, Watch)>>, timeout: Option<Duration>) {
-    // Accepted connections inherit the listener's write timeout; the read timeout is set
-    // here (on a listening socket it would bound `accept` too).
-    if stream.set_read_timeout(timeout).is_err() {
-        return;
-    }
-    let Some(head) = read_head(&mut stream) else { return };
+    // The timeout bounds the whole read of the head, and then the whole write of the answer,
+    // not each system call: a client that trickles its request, or reads the answer a byte at
+    // a time, is dropped when it runs out.
+    let within = |timeout: Option<Duration>| timeout.and_then(deadline_after);
+    let Ok(head) = read_head(&mut stream, within(timeout)) else { return };
     let answer = match head {
         Head::TooLong => Answer::text(431, "Request Header Fields Too Large", "request too long\n"),
         Head::Read(head) => respond(&head, served),
     };
-    if stream.write_all(&answer).and_then(|()| stream.flush()).is_ok() {
+    if write_all(&mut stream, &answer, within(timeout)).is_ok() {
         linger(&mut stream);
     }
+}
+
+/// The time left until `deadline` (`None`: none), as a socket timeout; an error once it has
+/// passed.
+fn left(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    let Some(deadline) = deadline else { return Ok(None) };
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(Some(left)),
+        _ => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Writes all of `bytes` before `deadline`.
+fn write_all(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.set_write_timeout(left(deadline)?)?;
+        match stream.write(bytes)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => bytes = &bytes[n..],
+        }
+    }
+    stream.flush()
 }
 
 /// What [`read_head`] found.
@@ -462,25 +488,26 @@ enum Head {
     TooLong,
 }
 
-/// Reads until the blank line that ends a request's head; `None` if the client went away
-/// or ran out of time first.
-fn read_head(stream: &mut TcpStream) -> Option<Head> {
+/// Reads until the blank line that ends a request's head; an error if the client went away
+/// or `deadline` passed first.
+fn read_head(stream: &mut TcpStream, deadline: Option<Instant>) -> io::Result<Head> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => n,
+        stream.set_read_timeout(left(deadline)?)?;
+        let n = match stream.read(&mut chunk)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => n,
         };
         // The blank line may straddle two reads: look from three bytes before this one.
         let from = head.len().saturating_sub(3);
         head.extend_from_slice(&chunk[..n]);
         if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             head.truncate(from + end);
-            return Some(Head::Read(head));
+            return Ok(Head::Read(head));
         }
         if head.len() > MAX_HEAD {
-            return Some(Head::TooLong);
+            return Ok(Head::TooLong);
         }
     }
 }
@@ -559,10 +586,18 @@ impl Answer {
 /// still sends (a body it announced), so that closing does not reset the connection while
 /// the answer is on its way.
 fn linger(stream: &mut TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() || stream.set_read_timeout(Some(LINGER)).is_err() {
+    if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    let _ = io::copy(&mut stream.take(LINGER_BYTES as u64), &mut io::sink());
+    let deadline = Some(Instant::now() + LINGER);
+    let (mut chunk, mut read) = ([0u8; 4096], 0);
+    while read < LINGER_BYTES {
+        let Ok(timeout) = left(deadline) else { return };
+        match stream.set_read_timeout(timeout).and_then(|()| stream.read(&mut chunk)) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
+        }
+    }
 }
 
 /// The exposition of every pipeline served, snapshots taken now. The list is copied out of

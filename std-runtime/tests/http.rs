@@ -258,7 +258,8 @@ fn hostile_requests_cost_the_server_at_most_its_timeout() {
     let server = MetricsServer::bind_with("127.0.0.1:0", Duration::from_millis(300)).unwrap();
     let addr = server.local_addr();
     for length in [5_000, u64::MAX / 4, u64::MAX] {
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
         assert!(exchange(addr, request.as_bytes()).starts_with("HTTP/1.1 200 OK\r\n"));
         let expect = format!("{}Expect: 100-continue\r\n\r\n", request.trim_end_matches("\r\n"));
         assert!(exchange(addr, expect.as_bytes()).starts_with("HTTP/1.1 200 OK\r\n"));
@@ -272,6 +273,24 @@ fn hostile_requests_cost_the_server_at_most_its_timeout() {
     let silent = TcpStream::connect(addr).unwrap();
     assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
     drop(silent);
+    // A request trickled a byte at a time, each well within the timeout: the timeout is for
+    // the whole head, so the client is dropped after it and the next one served (a timeout
+    // per read would hold the server for the whole 8 KiB, minutes).
+    let (connected, trickling) = std::sync::mpsc::channel();
+    let trickler = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        connected.send(()).unwrap();
+        for byte in "GET /metrics HTTP/1.1\r\nX: ".bytes().chain(std::iter::repeat(b'y')) {
+            if stream.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    // Connected first, so accepted first.
+    trickling.recv().unwrap();
+    assert_eq!(http_get(addr, "/metrics").unwrap().status, 200);
+    common::within_time(move || trickler.join().unwrap());
     // A request whose body never comes, still open: stopping waits at most the timeout.
     let mut waiting = TcpStream::connect(addr).unwrap();
     waiting.write_all(b"GET /metrics HTTP/1.1\r\nContent-Length: 99999\r\n\r\n").unwrap();
