@@ -46,12 +46,13 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
+
 use crate::control::deadline_after;
 use crate::pipeline::Watch;
 use crate::stats::exposition;
 use crate::sync::thread::{self, JoinHandle};
 use crate::sync::{AtomicBool, Mutex, Ordering};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// How long reading a request from one client, or writing an answer to it, may block before
 /// the server gives up on that client: see [`MetricsServer::bind`].
