@@ -159,10 +159,20 @@ fn unexpected(command: &'static str, detail: impl Into<String>) -> Error {
 fn text(value: Value, command: &'static str) -> Result<String, Error> {
     match value {
         Value::BulkString(bytes) => {
-            String::from_utf8(bytes).map_err(|_| unexpected(command, "a name that is not UTF-8"))
+            String::from_utf8(bytes).map_err(|_| unexpected(command, "a string that is not UTF-8"))
         }
         Value::SimpleString(text) => Ok(text),
         other => Err(unexpected(command, format!("expected a string, got {other:?}"))),
+    }
+}
+
+/// A name a client chose (a field's, another consumer's): any bytes to the server, a `String`
+/// here, with U+FFFD in place of what is not UTF-8, so that no name holds an entry back.
+fn name(value: Value, command: &'static str) -> Result<String, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8(bytes)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())),
+        other => text(other, command),
     }
 }
 
@@ -186,12 +196,12 @@ fn entry(value: Value, command: &'static str) -> Result<RawEntry, Error> {
             let flat = array(fields, command)?;
             let mut fields = Vec::with_capacity(flat.len() / 2);
             let mut flat = flat.into_iter();
-            while let Some(name) = flat.next() {
+            while let Some(field) = flat.next() {
                 let value = match flat.next() {
                     Some(Value::BulkString(bytes)) => bytes,
                     _ => return Err(unexpected(command, "a field without a value")),
                 };
-                fields.push((text(name, command)?, value));
+                fields.push((name(field, command)?, value));
             }
             Some(fields)
         }
@@ -254,7 +264,7 @@ pub(crate) fn pending_reply(value: Value) -> Result<Option<Pending>, Error> {
         other => Err(unexpected(COMMAND, format!("expected a number, got {other:?}"))),
     };
     Ok(Some(Pending {
-        consumer: text(consumer, COMMAND)?,
+        consumer: name(consumer, COMMAND)?,
         idle: Duration::from_millis(number(idle)?),
         deliveries: number(deliveries)?,
     }))
@@ -270,10 +280,10 @@ pub(crate) fn pending_of(value: Value, consumer: &str) -> Result<u64, Error> {
     }
     for pair in array(consumers, COMMAND)? {
         let mut parts = array(pair, COMMAND)?.into_iter();
-        let (Some(name), Some(count)) = (parts.next(), parts.next()) else {
+        let (Some(holder), Some(count)) = (parts.next(), parts.next()) else {
             return Err(unexpected(COMMAND, "a consumer without a count"));
         };
-        if text(name, COMMAND)? == consumer {
+        if name(holder, COMMAND)? == consumer {
             let count = text(count, COMMAND)?;
             return count.parse().map_err(|_| unexpected(COMMAND, format!("a count {count:?}")));
         }

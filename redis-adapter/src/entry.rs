@@ -105,7 +105,8 @@ impl Entry {
         self.get(name).and_then(|value| std::str::from_utf8(value).ok())
     }
 
-    /// Every field, in the order the server gave them.
+    /// Every field, in the order the server gave them. A name that is not UTF-8 (Redis takes
+    /// any bytes) has U+FFFD in place of what is not.
     ///
     /// # Examples
     ///

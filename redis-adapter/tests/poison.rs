@@ -248,3 +248,36 @@ fn entries_another_consumer_failed_too_often_are_dead_lettered_unprocessed() {
     assert_eq!(summary.acknowledged, ENTRIES);
     assert_eq!(server.pending(&stream, &group), 0);
 }
+
+/// A field name that is not UTF-8 (Redis takes any bytes) reaches the pipeline with U+FFFD
+/// in place of what is not; neither it nor the entries read with it are stuck.
+#[test]
+fn a_field_name_that_is_not_utf8_does_not_stop_the_consumer() {
+    let server = Server::get();
+    let (stream, group, _) = keys("non_utf8_name");
+    let mut connection = server.connection();
+    for name in [&b"n"[..], &b"\xff\xfe"[..], &b"n"[..]] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(name)
+            .arg("1")
+            .query(&mut connection)
+            .unwrap();
+    }
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&names);
+    let pipeline = Pipeline::<Entry>::builder()
+        .stage("names", || |entry: Entry| entry)
+        .sink(move |entry: Entry| {
+            seen.lock().unwrap().push(entry.fields()[0].0.clone());
+            drop(entry.receipt());
+        })
+        .build()
+        .unwrap();
+    let consumer = Consumer::connect(config(&server, &stream, &group)).unwrap();
+    let (result, _) = run_watching_pending(&server, (&stream, &group), consumer, pipeline, || None);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(*names.lock().unwrap(), ["n", "\u{fffd}\u{fffd}", "n"]);
+    assert_eq!(server.pending(&stream, &group), 0);
+}
