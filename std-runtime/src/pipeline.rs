@@ -104,6 +104,19 @@ impl<In> Running<In> {
             || self.input.handles.as_ref().is_some_and(Handles::pushing_here)
     }
 
+    /// Ends the pipeline as `drain` (no `deadline`) and `shutdown` do: lets the workers finish
+    /// until `deadline` and cancels it then, joins every thread, abandons what is left and
+    /// returns the report.
+    fn finish(&self, deadline: Option<Instant>) -> Result<Report, PipelineError> {
+        let control = &self.control;
+        if deadline.is_some() && !control.exit.park_until(|| control.all_exited(), deadline) {
+            self.cancel();
+        }
+        self.join();
+        self.sweep();
+        self.report()
+    }
+
     /// Cancels, joins and abandons whatever is left in the queues.
     pub(crate) fn stop(&self) {
         self.cancel();
@@ -424,9 +437,7 @@ impl<In> Pipeline<In> {
         if self.running.ends_elsewhere() {
             return Err(self.hand_off("drain", None));
         }
-        self.running.join();
-        self.running.sweep();
-        let result = self.running.report();
+        let result = self.running.finish(None);
         self.end(|| final_stats(&result));
         result
     }
@@ -464,14 +475,7 @@ impl<In> Pipeline<In> {
         if self.running.ends_elsewhere() {
             return Err(self.hand_off("shutdown", deadline));
         }
-        let control = &self.running.control;
-        let finished = control.exit.park_until(|| control.all_exited(), deadline);
-        if !finished {
-            self.running.cancel();
-        }
-        self.running.join();
-        self.running.sweep();
-        let result = self.running.report();
+        let result = self.running.finish(deadline);
         self.end(|| final_stats(&result));
         match result {
             Err(PipelineError::Cancelled { report }) if !was_cancelled => Ok(*report),
@@ -690,13 +694,7 @@ fn end_elsewhere<In: Send + 'static>(
             end(&seen, || running.stats(true));
         }
         Ending::Drained { deadline } => {
-            let control = &running.control;
-            if !control.exit.park_until(|| control.all_exited(), deadline) {
-                running.cancel();
-            }
-            running.join();
-            running.sweep();
-            let result = running.report();
+            let result = running.finish(deadline);
             end(&seen, || final_stats(&result));
         }
     };
