@@ -66,6 +66,21 @@ const BACKLOG: i32 = 128;
 
 /// The most bytes of a request's head (its request line and headers) the server reads; a
 /// longer one is answered `431 Request Header Fields Too Large`.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// let server = backflow::MetricsServer::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(server.local_addr())?;
+/// let header = "x".repeat(backflow::http::MAX_HEAD);
+/// client.write_all(format!("GET /metrics HTTP/1.1\r\nX: {header}\r\n\r\n").as_bytes())?;
+/// let mut answer = String::new();
+/// client.read_to_string(&mut answer)?;
+/// assert!(answer.starts_with("HTTP/1.1 431 "));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const MAX_HEAD: usize = 8 * 1024;
 
 /// How long the server goes on reading, after its answer, what a client still sends (a
@@ -492,11 +507,17 @@ enum Head {
 /// Reads until the blank line that ends a request's head; an error if the client went away
 /// or `deadline` passed first.
 fn read_head(stream: &mut TcpStream, deadline: Option<Instant>) -> io::Result<Head> {
+    // Never more than a head of `MAX_HEAD` bytes and its blank line.
+    const MOST: usize = MAX_HEAD + 4;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
+        let room = (MOST - head.len()).min(chunk.len());
+        if room == 0 {
+            return Ok(Head::TooLong);
+        }
         stream.set_read_timeout(left(deadline)?)?;
-        let n = match stream.read(&mut chunk)? {
+        let n = match stream.read(&mut chunk[..room])? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n => n,
         };
@@ -506,9 +527,6 @@ fn read_head(stream: &mut TcpStream, deadline: Option<Instant>) -> io::Result<He
         if let Some(end) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             head.truncate(from + end);
             return Ok(Head::Read(head));
-        }
-        if head.len() > MAX_HEAD {
-            return Ok(Head::TooLong);
         }
     }
 }

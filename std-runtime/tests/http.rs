@@ -267,6 +267,13 @@ fn hostile_requests_cost_the_server_at_most_its_timeout() {
     }
     let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(10_000));
     assert!(exchange(addr, long.as_bytes()).starts_with("HTTP/1.1 431 "));
+    // A head of exactly `MAX_HEAD` bytes (its blank line aside) is read; one byte more is not,
+    // however the reads fall.
+    let line = "GET /metrics HTTP/1.1\r\nX: ";
+    let fits = format!("{line}{}\r\n\r\n", "y".repeat(backflow::http::MAX_HEAD - line.len()));
+    assert!(exchange(addr, fits.as_bytes()).starts_with("HTTP/1.1 200 OK\r\n"));
+    let over = format!("{line}{}\r\n\r\n", "y".repeat(backflow::http::MAX_HEAD + 1 - line.len()));
+    assert!(exchange(addr, over.as_bytes()).starts_with("HTTP/1.1 431 "));
     assert!(exchange(addr, b"nonsense\r\n\r\n").starts_with("HTTP/1.1 400 "));
     assert!(exchange(addr, b"GET /metrics HTTP/2\r\n\r\n").starts_with("HTTP/1.1 505 "));
     // Connected, silent: dropped after the timeout, and the next client is served.
