@@ -61,6 +61,17 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// The most workers a stage may start with: a stage's threads, and with
 /// [`key_ordered`](Builder::key_ordered) its queues, are set up for each of them before the
 /// first thread starts.
+///
+/// # Examples
+///
+/// ```
+/// use std::num::NonZeroUsize;
+/// use backflow::{ConfigError, Pipeline, builder::MAX_WORKERS};
+///
+/// let too_many = NonZeroUsize::new(MAX_WORKERS + 1).unwrap();
+/// let err = Pipeline::<u8>::builder().stage("wide", || |x: u8| x).workers(too_many).sink(|_| {}).build();
+/// assert!(matches!(err, Err(ConfigError::TooManyWorkers { max: MAX_WORKERS, .. })));
+/// ```
 pub const MAX_WORKERS: usize = 65_536;
 
 /// One item in this many carries timestamps, unless [`Source::sample_every`] says otherwise.
