@@ -33,7 +33,8 @@ const START: &str = "0-0";
 /// has left the pipeline. A process that crashes leaves its entries pending, and another
 /// consumer takes them over: every entry is processed at least once.
 ///
-/// An entry whose stage panicked stays pending too, and this consumer tries it again
+/// An entry whose stage panicked, or failed the pipeline with an error under
+/// [`ErrorPolicy::FailFast`](backflow::ErrorPolicy::FailFast), stays pending too, and this consumer tries it again
 /// (`XCLAIM`) once it has been idle for `claim_idle`. An entry handed out more than
 /// `max_deliveries` times goes to the dead-letter stream instead, and is acknowledged. A
 /// lost connection, or a server that answers it cannot serve yet (`LOADING` while it loads

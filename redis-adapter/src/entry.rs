@@ -149,9 +149,15 @@ impl Entry {
 /// made of it (carrying a clone) has left the pipeline: delivered, filtered out, dropped by an
 /// overflow policy, skipped or dead-lettered by an error policy.
 ///
+/// Dropped inside a stage, the last clone settles the entry once the worker has recorded the
+/// outcome of the call it was dropped in
+/// ([`after_outcome`](backflow::stage::after_outcome)): `try_map` drops its input before it
+/// returns the error that, under [`FailFast`](backflow::ErrorPolicy::FailFast), fails the
+/// pipeline, and such an entry must not be acknowledged.
+///
 /// It is *not* acknowledged, and stays pending in the group to be claimed again, if the last
-/// clone goes while the pipeline is cancelled (the item was abandoned), while the thread is
-/// unwinding from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer
+/// clone goes while the pipeline is cancelled (the item was abandoned, or its stage call
+/// failed the pipeline), while the thread is unwinding from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer
 /// has stopped. The consumer tries such an entry again once it has been idle for
 /// `claim_idle`, up to `max_deliveries` times in all (see
 /// [`ConsumerConfig::max_deliveries`](crate::ConsumerConfig::max_deliveries)).
@@ -245,13 +251,16 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some(ledger) = &self.ledger {
+        if let Some(ledger) = self.ledger.take() {
             let failure = match self.kept.take() {
                 Some(failure) => Some(failure),
                 None if thread::panicking() => Some(Failure::here("panicked".into())),
                 None => None,
             };
-            ledger.settle(std::mem::take(&mut self.id), failure);
+            let id = std::mem::take(&mut self.id);
+            // Dropped inside a stage call, the entry is settled once the worker has recorded
+            // the call's outcome: a call that failed the pipeline has cancelled it by then.
+            backflow::stage::after_outcome(move || ledger.settle(id, failure));
         }
     }
 }

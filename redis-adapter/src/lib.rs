@@ -9,8 +9,10 @@
 //! **Delivery guarantee: at least once.** An entry is acknowledged (`XACK`) only after it has
 //! left the pipeline: delivered (written by a [`Writer`], or taken by the sink), filtered
 //! out, dropped by an overflow policy, or skipped or dead-lettered by an error policy. That
-//! is when the last clone of its [`Receipt`] is dropped. An entry abandoned by a cancel, one
-//! whose stage panicked, and every entry of a process that crashed stay pending, and a
+//! is when the last clone of its [`Receipt`] is dropped (in a stage, once the worker has
+//! recorded the outcome of the call that dropped it). An entry abandoned by a cancel, one
+//! whose stage panicked, one whose stage's error failed the pipeline
+//! ([`ErrorPolicy::FailFast`](backflow::ErrorPolicy::FailFast)), and every entry of a process that crashed stay pending, and a
 //! consumer takes them over (`XAUTOCLAIM`, or `XCLAIM` for its own) once they have been idle
 //! for `claim_idle`: so an entry may be processed twice, never lost. Make what the pipeline
 //! writes idempotent, or check [`Entry::redelivered`].

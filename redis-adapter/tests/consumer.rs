@@ -133,6 +133,60 @@ fn every_way_out_of_the_pipeline_acknowledges_the_entry() {
     assert_eq!(server.pending(&stream, &group), 0);
 }
 
+/// A pipeline whose stage "check" fails entry 50 under `FailFast`: the only stage (`shape`
+/// 0), or the second, with two workers (1).
+fn fail_fast_at_fifty(shape: usize) -> Pipeline<Entry> {
+    let failing =
+        || stage::try_map(|entry: Entry| if n(&entry) == 50 { Err("fifty") } else { Ok(entry) });
+    let builder = Pipeline::<Entry>::builder();
+    let builder = if shape == 0 {
+        builder.stage("check", failing).on_error(ErrorPolicy::FailFast)
+    } else {
+        builder
+            .stage("pass", || |entry: Entry| entry)
+            .stage("check", failing)
+            .on_error(ErrorPolicy::FailFast)
+            .workers(NonZeroUsize::new(2).unwrap())
+    };
+    builder.sink(|_| {}).build().unwrap()
+}
+
+/// An entry whose stage fails it under `FailFast` was not processed: whatever the stage does
+/// with it (here `try_map` drops it, receipt and all, inside the stage call), it stays
+/// pending for the next run, whichever worker path the stage runs on.
+#[test]
+fn an_entry_that_fails_a_fail_fast_stage_stays_pending() {
+    let server = Server::get();
+    let (stream, group, _) = keys("fail-fast");
+    server.fill(&stream, 0, 100);
+    let fifty = server.entries(&stream).into_iter().find(|(_, fields)| fields["n"] == "50");
+    let fifty = fifty.expect("entry 50 was written").0;
+    for shape in 0..2 {
+        for batch in [1, 64] {
+            let group = format!("{group}-{shape}-{batch}");
+            let consumer = config(&server, &stream, &group, "c").batch(batch);
+            let result = Consumer::connect(consumer).unwrap().run(fail_fast_at_fifty(shape));
+            assert!(
+                matches!(&result, Err(Error::Pipeline(PipelineError::StageFailed { .. }))),
+                "shape {shape}, batch {batch}: {result:?}"
+            );
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&group)
+                .arg("-")
+                .arg("+")
+                .arg(1000)
+                .query(&mut server.connection())
+                .unwrap();
+            assert!(
+                pending.iter().any(|(id, ..)| *id == fifty),
+                "shape {shape}, batch {batch}: entry 50 failed and was acknowledged; \
+                 pending: {pending:?}"
+            );
+        }
+    }
+}
+
 /// Runs a consumer whose sink panics at its 101st entry; returns the entries it delivered,
 /// and how many it took and acknowledged.
 fn run_until_the_sink_panics(

@@ -63,6 +63,7 @@ mod announce;
 mod batch;
 pub mod builder;
 mod control;
+mod deferred;
 mod error;
 mod event;
 mod hooks;
@@ -147,6 +148,7 @@ pub mod stage {
     pub use backflow_core::stage::*;
 
     pub use crate::batch::BATCH;
+    pub use crate::deferred::{Deferred, after_outcome};
     pub use crate::panic::panic_message;
     pub use crate::stages::*;
 }

@@ -25,6 +25,7 @@ use backflow_core::stage::{Emit, Stage};
 
 use crate::batch::BATCH;
 use crate::control::{Control, Culprit, Fatal};
+use crate::deferred::Batch;
 use crate::event::Event;
 use crate::hooks::DeadLetter;
 use crate::link::{Envelope, Link};
@@ -326,7 +327,7 @@ fn work<In, S, F>(
             }
         }
         let mut out = Outputs::new(outputs, parts);
-        let mut outcomes = Outcomes::new(&cx.shared.counters);
+        let mut outcomes = Outcomes::new(&cx);
         let mut batch_started = None;
         let (popped, ticket) = if in_place {
             batch_started = control.timings.then(Instant::now);
@@ -424,9 +425,14 @@ fn flush<In, S: Stage<In>>(
 }
 
 /// How the items of one batch ended, added to the stage's counters when dropped (also when a
-/// hook's panic unwinds through the worker).
+/// hook's panic unwinds through the worker); the work deferred during the batch
+/// ([`after_outcome`](crate::stage::after_outcome)) runs then, once the outcomes are recorded.
 struct Outcomes<'a> {
     counters: &'a StageCounters,
+    control: &'a Control,
+    stage: &'a str,
+    worker: usize,
+    deferred: Option<Batch>,
     ok: u64,
     failed: u64,
     panicked: u64,
@@ -435,8 +441,19 @@ struct Outcomes<'a> {
 }
 
 impl<'a> Outcomes<'a> {
-    fn new(counters: &'a StageCounters) -> Self {
-        Self { counters, ok: 0, failed: 0, panicked: 0, dead_lettered: 0, retried: 0 }
+    fn new<In, Out>(cx: &ItemPolicy<'a, In, Out>) -> Self {
+        Self {
+            counters: &cx.shared.counters,
+            control: cx.control,
+            stage: cx.stage,
+            worker: cx.worker,
+            deferred: Some(Batch::open()),
+            ok: 0,
+            failed: 0,
+            panicked: 0,
+            dead_lettered: 0,
+            retried: 0,
+        }
     }
 
     fn count<E>(&mut self, result: &Result<(), E>) {
@@ -462,6 +479,11 @@ impl Outcomes<'_> {
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
         self.publish();
+        let panic = self.deferred.take().and_then(Batch::close);
+        if let Some(message) = panic {
+            let (stage, culprit) = (self.stage.to_string(), Culprit::Worker(self.worker));
+            self.control.fail(Fatal { stage, message, culprit });
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
+use backflow::stage::Deferred;
+
 /// A future in flight, boxed: what [`Flight`] holds.
 pub(crate) type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -122,11 +124,13 @@ impl<T> Flight<T> {
     }
 
     /// Polls every future woken since the last drive, once, and hands each one that finished
-    /// to `finished` with its ticket: its output, or the message of its panic. A panic in a
-    /// finished future's `drop` is its panic too. A future woken during the drive waits for
-    /// the next one (the stage's waker is woken for it), so one that wakes itself at every
-    /// poll cannot hold the others up.
-    pub(crate) fn drive(&mut self, mut finished: impl FnMut(u64, Result<T, String>)) {
+    /// to `finished` with its ticket: its output, or the message of its panic, and the work
+    /// its last poll and its drop deferred ([`after_outcome`](backflow::stage::after_outcome)),
+    /// to be deferred when its outcome is reported. A panic in a finished future's `drop` is
+    /// its panic too. A future woken during the drive waits for the next one (the stage's
+    /// waker is woken for it), so one that wakes itself at every poll cannot hold the others
+    /// up.
+    pub(crate) fn drive(&mut self, mut finished: impl FnMut(u64, Result<T, String>, Deferred)) {
         let woken = mem::take(&mut *lock(&self.woken.slots));
         {
             for slot in woken {
@@ -134,7 +138,9 @@ impl<T> Flight<T> {
                 entry.wake.queued.store(false, Ordering::Release);
                 let mut cx = Context::from_waker(&entry.waker);
                 let future = &mut entry.future;
-                let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+                let (polled, mut deferred) = Deferred::collect(|| {
+                    catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+                });
                 let outcome = match polled {
                     Ok(Poll::Pending) => continue,
                     Ok(Poll::Ready(output)) => Ok(output),
@@ -143,11 +149,14 @@ impl<T> Flight<T> {
                 let Some(Slot { future, ticket, .. }) = self.slots[slot].take() else { continue };
                 self.free.push(slot);
                 self.len -= 1;
-                let outcome = match catch_unwind(AssertUnwindSafe(|| drop(future))) {
+                let (dropped, more) =
+                    Deferred::collect(|| catch_unwind(AssertUnwindSafe(|| drop(future))));
+                deferred.append(more);
+                let outcome = match dropped {
                     Ok(()) => outcome,
                     Err(panic) => Err(message(&*panic)),
                 };
-                finished(ticket, outcome);
+                finished(ticket, outcome, deferred);
             }
         }
     }

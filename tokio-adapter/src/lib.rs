@@ -67,12 +67,13 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backflow::Stage;
-use backflow::stage::Emit;
+use backflow::stage::{Deferred, Emit};
 use tokio::runtime::Handle;
 
 use flight::{Boxed, Flight};
@@ -167,9 +168,11 @@ pub struct AsyncStage<In, R, E, F, K> {
 
 /// An item taken and not yet reported.
 enum Held<R, E> {
-    Running,
-    /// Finished; `Ok(None)` once its outputs are out (unordered).
-    Done(Result<Option<R>, AsyncError<E>>),
+    /// In flight, with the work its start deferred.
+    Running(Deferred),
+    /// Finished; `Ok(None)` once its outputs are out (unordered). With the work its future
+    /// deferred, which waits for the outcome to be reported.
+    Done(Result<Option<R>, AsyncError<E>>, Deferred),
 }
 
 /// A stage that maps every item with the async function `f`: one output per item, `f`'s
@@ -391,12 +394,15 @@ where
     /// Takes `item` in flight.
     fn start(&mut self, item: In) {
         let ticket = self.first + self.held.len() as u64;
-        match self.future(item) {
+        // What the item's start defers (the function may drop the item, keeping only what
+        // the future needs of it) waits, like what the future defers, for the outcome.
+        let (future, deferred) = Deferred::collect(|| self.future(item));
+        match future {
             Ok(future) => {
-                self.held.push_back(Held::Running);
+                self.held.push_back(Held::Running(deferred));
                 self.flight.insert(future, ticket);
             }
-            Err(error) => self.held.push_back(Held::Done(Err(error))),
+            Err(error) => self.held.push_back(Held::Done(Err(error), deferred)),
         }
     }
 
@@ -404,13 +410,18 @@ where
     fn drive(&mut self) {
         let (held, first, finished, ordered) =
             (&mut self.held, self.first, &mut self.finished, self.ordered);
-        self.flight.drive(|ticket, outcome| {
+        self.flight.drive(|ticket, outcome, finishing| {
             let result = outcome.unwrap_or_else(|message| Err(AsyncError::Panicked(message)));
             let at = usize::try_from(ticket - first).expect("a held ticket");
             if !ordered && result.is_ok() {
                 finished.push(ticket);
             }
-            held[at] = Held::Done(result.map(Some));
+            let mut deferred = match mem::replace(&mut held[at], Held::Running(Deferred::default()))
+            {
+                Held::Running(started) | Held::Done(_, started) => started,
+            };
+            deferred.append(finishing);
+            held[at] = Held::Done(result.map(Some), deferred);
         });
     }
 
@@ -422,15 +433,17 @@ where
     ) {
         for ticket in self.finished.drain(..) {
             let at = usize::try_from(ticket - self.first).expect("a held ticket");
-            if let Held::Done(Ok(result)) = &mut self.held[at] {
+            if let Held::Done(Ok(result), _) = &mut self.held[at] {
                 if let Some(result) = result.take() {
                     K::expand(result, out);
                 }
             }
         }
-        while let Some(Held::Done(_)) = self.held.front() {
-            let Some(Held::Done(result)) = self.held.pop_front() else { unreachable!() };
+        while let Some(Held::Done(..)) = self.held.front() {
+            let Some(Held::Done(result, deferred)) = self.held.pop_front() else { unreachable!() };
             self.first += 1;
+            // Settles with the outcome about to be reported.
+            deferred.defer();
             done(result.map(|result| {
                 if let Some(result) = result {
                     K::expand(result, out);
@@ -441,7 +454,7 @@ where
 
     /// Whether a run would report or emit something now.
     fn has_progress(&self) -> bool {
-        !self.finished.is_empty() || matches!(self.held.front(), Some(Held::Done(_)))
+        !self.finished.is_empty() || matches!(self.held.front(), Some(Held::Done(..)))
     }
 }
 

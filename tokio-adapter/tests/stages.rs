@@ -343,6 +343,60 @@ fn fail_fast_stops_the_pipeline_on_the_first_failed_future() {
     }
 }
 
+/// Says, once its drop's deferred work runs, whether the pipeline was still going.
+struct Ticket(u32, Arc<Mutex<Vec<(u32, bool)>>>, Arc<std::sync::OnceLock<backflow::Watch>>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let (n, log, watch) = (self.0, Arc::clone(&self.1), Arc::clone(&self.2));
+        backflow::stage::after_outcome(move || {
+            let going = !watch.get().is_some_and(backflow::Watch::is_cancelled);
+            log.lock().unwrap().push((n, going));
+        });
+    }
+}
+
+#[test]
+fn an_item_dropped_by_a_future_that_fails_the_pipeline_learns_it() {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
+    // The future holds the ticket (dropped when it finishes), or only its number (the
+    // ticket is dropped as the future is made, runs before its outcome is known).
+    for (concurrency, holds) in [(1, true), (16, true), (1, false), (16, false)] {
+        let pipeline = Pipeline::<Ticket>::builder()
+            .stage("call", {
+                let handle = handle.clone();
+                move || {
+                    sink_async(move |ticket: Ticket| {
+                        let (n, held) = (ticket.0, holds.then_some(ticket));
+                        async move {
+                            tokio::time::sleep(delay(u64::from(n))).await;
+                            drop(held);
+                            if n == 7 { Err("seven") } else { Ok(()) }
+                        }
+                    })
+                    .concurrency(concurrency)
+                    .on(handle.clone())
+                }
+            })
+            .on_error(ErrorPolicy::FailFast)
+            .sink(|never| match never {})
+            .build()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let watch = Arc::new(std::sync::OnceLock::new());
+        let _ = watch.set(pipeline.watch());
+        // Ticket 7 last: its worker's batch ends once it has started it, and its outcome is
+        // reported in the next one.
+        let tickets = (0..8).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
+        let _ = pipeline.input().push_iter(tickets);
+        assert!(matches!(pipeline.drain(), Err(PipelineError::StageFailed { .. })));
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 8, "every ticket settled once: {log:?}");
+        assert!(log.contains(&(7, false)), "concurrency {concurrency}, held {holds}: {log:?}");
+    }
+}
+
 /// An async producer and consumer on the same runtime as the stage's futures.
 async fn through_async_stage(handle: Handle) {
     let (pipeline, mut output) = Pipeline::<u64>::builder()

@@ -25,6 +25,7 @@ use backflow_core::stage::Stage;
 use super::{
     Envelope, Held, ItemPolicy, Outcomes, Outputs, WorkerParts, flush, in_runs, nanos_since, pop,
 };
+use crate::deferred::Deferred;
 use crate::link::Link;
 use crate::sync::thread::{self, Thread};
 use crate::sync::{AtomicBool, Ordering};
@@ -50,6 +51,7 @@ pub(super) fn work<In, S, F>(
     let (input, control) = (&*parts.input, cx.control);
     let mut waiting = Waiting::new(input);
     let mut flushed_at = Instant::now();
+    let mut finished_while_waiting = None;
     loop {
         if control.is_cancelled() {
             return;
@@ -84,7 +86,10 @@ pub(super) fn work<In, S, F>(
             }
         }
         let mut out = Outputs::new(outputs, parts);
-        let mut outcomes = Outcomes::new(&cx.shared.counters);
+        let mut outcomes = Outcomes::new(cx);
+        // What the stage finished while the worker waited is reported in this batch: the work
+        // its items deferred waits for the batch's outcomes.
+        drop(finished_while_waiting.take());
         let mut busy = 0;
         loop {
             let started = control.timings.then(Instant::now);
@@ -126,7 +131,8 @@ pub(super) fn work<In, S, F>(
         if inputs.is_empty() && held.retries.is_empty() && !held.taken.is_empty() {
             // Items in flight and none to take: wait for the stage or for new items.
             let more = !(input.finished() && input.len() == 0);
-            waiting.until_progress(stage, more, deadline);
+            let (_, finished) = Deferred::collect(|| waiting.until_progress(stage, more, deadline));
+            finished_while_waiting = Some(finished);
         }
     }
     drop(waiting);
