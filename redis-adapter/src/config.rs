@@ -379,9 +379,12 @@ impl ConsumerConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL), `tls`
+    /// [`Error::Config`] naming the first field that is wrong: `url` (not a Redis URL, port 0,
+    /// a negative database, a `%` in the user or password that is not an escape), `tls`
     /// (set for a URL other than `rediss://`), `tls.ca`, `tls.client_cert`, `tls.client_key`
-    /// (a file that cannot be read, or PEM without what it should hold),
+    /// (a file that cannot be read or is over 16 MiB, PEM without what it should hold, a
+    /// certificate that does not parse, a key the TLS provider cannot use or that is not the
+    /// client certificate's),
     /// `stream`, `group` or `consumer` (empty), `batch` (zero or over [`MAX_BATCH`]),
     /// `max_pending` or `max_deliveries` (zero), `block`, `claim_idle`, `claim_every` or
     /// `stop_when_idle` (under a millisecond or over [`MAX_DURATION`]),

@@ -43,11 +43,23 @@ impl Endpoint {
 
     /// A client for the endpoint (opening one connects to nothing yet); reads the TLS files.
     pub(crate) fn client(&self) -> Result<redis::Client, Error> {
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|_| invalid("url", "a Redis URL such as redis://host:6379/0"))?;
+        let not_a_url = || invalid("url", "a Redis URL such as redis://host:6379/0");
+        let info = self.url.as_str().into_connection_info().map_err(|_| not_a_url())?;
+        let port = match info.addr() {
+            ConnectionAddr::Tcp(_, port) | ConnectionAddr::TcpTls { port, .. } => Some(*port),
+            _ => None,
+        };
+        if port == Some(0) || info.redis_settings().db() < 0 {
+            return Err(not_a_url());
+        }
+        // The user and password as written: a `%` starts an escape of two hex digits.
+        let written = redis::parse_redis_url(&self.url);
+        let credentials = written.as_ref().map(|url| (url.username(), url.password()));
+        if credentials.is_some_and(|(user, password)| {
+            !well_escaped(user) || password.is_some_and(|password| !well_escaped(password))
+        }) {
+            return Err(invalid("url", "a Redis URL whose user and password escape `%` as %25"));
+        }
         let mut settings = info.redis_settings().clone();
         if let Some(username) = &self.username {
             settings = settings.set_username(username);
@@ -88,6 +100,14 @@ impl Endpoint {
     pub(crate) fn redacted_url(&self) -> String {
         redact(&self.url)
     }
+}
+
+/// Whether every `%` in `text` starts an escape of two hex digits.
+fn well_escaped(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().filter(|(_, byte)| **byte == b'%').all(|(at, _)| {
+        bytes.get(at + 1..at + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// `url` with its password masked; `<not a Redis URL>` when it does not parse.

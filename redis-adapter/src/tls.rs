@@ -1,11 +1,16 @@
 //! [`Tls`]: whom a `rediss://` connection trusts, and the certificate it shows for mutual TLS.
 
 use std::fmt;
+use std::fs::File;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::{InconsistentKeys, RootCertStore};
 
 use crate::Error;
 use crate::config::invalid;
@@ -19,11 +24,22 @@ enum Pem {
     Bytes(Vec<u8>),
 }
 
+/// The most a PEM file is read of (a large CA bundle is under 1 MiB).
+const MAX_PEM_FILE: u64 = 16 << 20;
+
 impl Pem {
     fn read(&self, field: &'static str) -> Result<Vec<u8>, Error> {
         match self {
             Self::File(path) => {
-                std::fs::read(path).map_err(|_| invalid(field, "a readable PEM file"))
+                let mut bytes = Vec::new();
+                let file = File::open(path).map_err(|_| invalid(field, "a readable PEM file"))?;
+                file.take(MAX_PEM_FILE + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|_| invalid(field, "a readable PEM file"))?;
+                if bytes.len() as u64 > MAX_PEM_FILE {
+                    return Err(invalid(field, "a PEM file of at most 16 MiB"));
+                }
+                Ok(bytes)
             }
             Self::Bytes(bytes) => Ok(bytes.clone()),
         }
@@ -124,28 +140,53 @@ impl Tls {
         self
     }
 
-    /// Reads and checks every PEM, into what the redis client takes.
+    /// Reads and checks every PEM, into what the redis client takes: the CA certificates
+    /// parse as trust anchors, the client's key loads and is the key of its certificate.
     pub(crate) fn certificates(&self) -> Result<redis::TlsCertificates, Error> {
         let ca = self.ca.read("tls.ca")?;
-        let certificates = CertificateDer::pem_slice_iter(&ca).collect::<Result<Vec<_>, _>>();
-        if certificates.map_or(true, |certificates| certificates.is_empty()) {
+        let anchors = CertificateDer::pem_slice_iter(&ca).collect::<Result<Vec<_>, _>>();
+        let mut roots = RootCertStore::empty();
+        for anchor in anchors.unwrap_or_default() {
+            roots.add(anchor).map_err(|_| invalid("tls.ca", "PEM holding CA certificates"))?;
+        }
+        if roots.is_empty() {
             return Err(invalid("tls.ca", "PEM holding at least one CA certificate"));
         }
         let client_tls = match &self.client {
             None => None,
             Some((cert, key)) => {
                 let (cert, key) = (cert.read("tls.client_cert")?, key.read("tls.client_key")?);
-                let chain = CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>();
-                if chain.map_or(true, |chain| chain.is_empty()) {
-                    return Err(invalid("tls.client_cert", "PEM holding a certificate"));
-                }
-                if PrivateKeyDer::from_pem_slice(&key).is_err() {
-                    return Err(invalid("tls.client_key", "PEM holding a private key"));
-                }
+                check_client_key(&cert, &key)?;
                 Some(redis::ClientTlsConfig { client_cert: cert, client_key: key })
             }
         };
         Ok(redis::TlsCertificates { client_tls, root_cert: Some(ca) })
+    }
+}
+
+/// Checks that `cert` holds a certificate chain and `key` the private key of its first
+/// certificate, in a form the crypto provider can sign with.
+fn check_client_key(cert: &[u8], key: &[u8]) -> Result<(), Error> {
+    let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>();
+    let chain = chain.ok().filter(|chain| !chain.is_empty());
+    let chain = chain.ok_or_else(|| invalid("tls.client_cert", "PEM holding a certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|_| invalid("tls.client_key", "PEM holding a private key"))?;
+    install_crypto_provider();
+    let provider = CryptoProvider::get_default()
+        .map_or_else(|| Arc::new(rustls::crypto::ring::default_provider()), Arc::clone);
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| invalid("tls.client_key", "a private key the TLS provider can sign with"))?;
+    match CertifiedKey::new(chain, key).keys_match() {
+        // `Unknown`: the provider cannot tell the key's public half; the handshake will.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => Err(invalid(
+            "tls.client_key",
+            "the private key of the certificate in `tls.client_cert`",
+        )),
+        Err(_) => Err(invalid("tls.client_cert", "PEM holding a certificate")),
     }
 }
 

@@ -412,6 +412,11 @@ fn bad_settings_are_config_errors_naming_the_field() {
     let valid = || ConsumerConfig::new("redis://127.0.0.1/", "s", "g", "c");
     let cases = [
         (ConsumerConfig::new("localhost:6379", "s", "g", "c"), "url"),
+        (ConsumerConfig::new("redis://127.0.0.1/-1", "s", "g", "c"), "url"),
+        (ConsumerConfig::new("redis://127.0.0.1:0/", "s", "g", "c"), "url"),
+        (ConsumerConfig::new("rediss://127.0.0.1:0/", "s", "g", "c"), "url"),
+        (ConsumerConfig::new("redis://u:%zz@127.0.0.1/", "s", "g", "c"), "url"),
+        (ConsumerConfig::new("redis://%4@127.0.0.1/", "s", "g", "c"), "url"),
         (ConsumerConfig::new("redis://127.0.0.1/", "", "g", "c"), "stream"),
         (ConsumerConfig::new("redis://127.0.0.1/", "s", "", "c"), "group"),
         (ConsumerConfig::new("redis://127.0.0.1/", "s", "g", ""), "consumer"),

@@ -194,11 +194,28 @@ fn tls_settings_that_cannot_work_are_config_errors_naming_the_field() {
     };
     assert!(check(Tls::ca_file(pki.path("missing.pem"))).contains("`tls.ca`"));
     assert!(check(Tls::ca_pem("not PEM")).contains("`tls.ca`"));
+    // A file that never ends is read up to a bound, not until memory runs out.
+    #[cfg(unix)]
+    assert!(check(Tls::ca_file("/dev/zero")).contains("`tls.ca`"));
     let no_cert = Tls::ca_pem(&pki.ca_pem)
         .client_cert_pem("", std::fs::read(pki.path("client.key")).unwrap());
     assert!(check(no_cert).contains("`tls.client_cert`"));
     let no_key =
         Tls::ca_pem(&pki.ca_pem).client_cert_files(pki.path("client.pem"), pki.path("ca.pem"));
     assert!(check(no_key).contains("`tls.client_key`"));
+    // PEM blocks of the right kind whose contents are not what they say.
+    let garbage = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+    let (client_pem, client_key) = (pki.path("client.pem"), pki.path("client.key"));
+    let (client_pem, client_key) =
+        (std::fs::read(client_pem).unwrap(), std::fs::read(client_key).unwrap());
+    assert!(check(Tls::ca_pem(garbage("CERTIFICATE"))).contains("`tls.ca`"));
+    let bad_cert = Tls::ca_pem(&pki.ca_pem).client_cert_pem(garbage("CERTIFICATE"), &client_key);
+    assert!(check(bad_cert).contains("`tls.client_cert`"));
+    let bad_key = Tls::ca_pem(&pki.ca_pem).client_cert_pem(&client_pem, garbage("PRIVATE KEY"));
+    assert!(check(bad_key).contains("`tls.client_key`"));
+    // The server's key with the client's certificate.
+    let other_key = std::fs::read(pki.path("server.key")).unwrap();
+    let mismatched = Tls::ca_pem(&pki.ca_pem).client_cert_pem(&client_pem, other_key);
+    assert!(check(mismatched).contains("`tls.client_key`"));
     assert!(ConsumerConfig::new(url, "s", "g", "c").tls(pki.mutual()).validate().is_ok());
 }
