@@ -2,11 +2,12 @@
 //! Prometheus text format, as [`stats::exposition`](crate::stats::exposition) writes them,
 //! taken when each request comes.
 //!
-//! The server is a small HTTP/1.x responder on one thread of its own, with no async runtime:
-//! it reads a request's head (at most [`MAX_HEAD`] bytes), never its body, answers it and
-//! closes the connection. Everything a client can make it wait for is bounded by its
-//! timeout: a client that sends its request slowly, or stops reading the answer, holds the
-//! answering thread for at most that long, and a request that says it has a body of any
+//! The server is a small HTTP/1.x responder on threads of its own, with no async runtime:
+//! it answers each connection on a thread (at most [`MAX_CONNECTIONS`] at once), reads the
+//! request's head (at most [`MAX_HEAD`] bytes), never its body, answers it and closes the
+//! connection. Everything a client can make it wait for is bounded by its timeout: a client
+//! that sends its request slowly, or stops reading the answer, holds its answering thread
+//! for at most that long and holds up no other client, and a request that says it has a body of any
 //! size costs nothing (general HTTP servers read, or allocate for, a body they were told
 //! of). Its listening socket is made here, so that a bad address or a port in use is a
 //! [`ServeError`] naming the address.
@@ -83,6 +84,23 @@ const BACKLOG: i32 = 128;
 /// ```
 pub const MAX_HEAD: usize = 8 * 1024;
 
+/// How many connections the server answers at once, each on a thread of its own; one more is
+/// answered `503 Service Unavailable` at once and closed. A client that connects and sends
+/// nothing holds its place for at most the timeout.
+///
+/// # Examples
+///
+/// ```
+/// use std::net::TcpStream;
+///
+/// let server = backflow::MetricsServer::bind("127.0.0.1:0")?;
+/// // A client that says nothing does not hold up the next one.
+/// let _silent = TcpStream::connect(server.local_addr())?;
+/// assert!(backflow::http::MAX_CONNECTIONS > 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const MAX_CONNECTIONS: usize = 8;
+
 /// How long the server goes on reading, after its answer, what a client still sends (a
 /// body it was told of): closing a connection with unread data would reset it, and the
 /// client might lose the answer.
@@ -134,7 +152,7 @@ pub enum ServeError {
         /// The name.
         name: String,
     },
-    /// The server's answering thread could not be started.
+    /// The server's accepting thread could not be started.
     #[error("cannot start the metrics server's thread: {message}")]
     Spawn {
         /// The operating system's message.
@@ -151,10 +169,11 @@ type Served = Arc<Mutex<Vec<(String, Watch)>>>;
 /// A pipeline that has ended is served with its final stats until it is
 /// [removed](Self::remove).
 ///
-/// Requests are read and answered by one thread of the server's own (`backflow-metrics`),
-/// one connection at a time, each answer followed by the connection's close. Stopping the
-/// server (with [`stop`](Self::stop) or by dropping it) closes the port and joins that
-/// thread, waiting for at most the timeout if a request is being read or an answer written.
+/// Connections are accepted by a thread of the server's own (`backflow-metrics`) and each is
+/// answered on a thread of its own, at most [`MAX_CONNECTIONS`] at once, each answer
+/// followed by the connection's close. Stopping the server (with [`stop`](Self::stop) or by
+/// dropping it) closes the port and joins those threads, waiting for at most the timeout if
+/// a request is being read or an answer written.
 ///
 /// # Examples
 ///
@@ -349,8 +368,8 @@ impl MetricsServer {
         format!("http://{}/metrics", self.addr)
     }
 
-    /// Stops the server: the port closes and its answering thread is joined (after the
-    /// request it may be reading and the answer it may be writing, each for at most the
+    /// Stops the server: the port closes and its threads are joined (after the requests
+    /// they may be reading and the answers they may be writing, each for at most the
     /// timeout). Dropping the server does the same.
     ///
     /// # Examples
@@ -432,23 +451,57 @@ fn listen(addr: SocketAddr, write_timeout: Option<Duration>) -> io::Result<Socke
     Ok(socket)
 }
 
-/// Answers the connections the listener accepts, one at a time, until the server stops.
+/// Answers the connections the listener accepts, each on a thread of its own and at most
+/// [`MAX_CONNECTIONS`] at once, until the server stops; then waits for the answering threads.
 fn answer_all(
     listener: &TcpListener,
-    served: &Mutex<Vec<(String, Watch)>>,
+    served: &Served,
     stopping: &AtomicBool,
     timeout: Option<Duration>,
 ) {
+    let mut answering: Vec<JoinHandle<()>> = Vec::new();
     loop {
         let accepted = listener.accept();
         if stopping.load(Ordering::Acquire) {
-            return;
+            break;
         }
-        match accepted {
-            Ok((stream, _)) => answer(stream, served, timeout),
+        let Ok((stream, _)) = accepted else {
             // A connection gone before it was taken, or no file descriptor free for a
             // moment: the next one may do.
-            Err(_) => thread::yield_now(),
+            thread::yield_now();
+            continue;
+        };
+        answering.retain(|thread| !thread.is_finished());
+        if answering.len() >= MAX_CONNECTIONS {
+            refuse(stream);
+            continue;
+        }
+        let served = Arc::clone(served);
+        // If no thread can start, the connection closes unanswered with the closure.
+        let started = thread::Builder::new()
+            .name("backflow-metrics".into())
+            .spawn(move || answer(stream, &served, timeout));
+        answering.extend(started.ok());
+    }
+    for thread in answering {
+        let _ = thread.join();
+    }
+}
+
+/// Answers `503 Service Unavailable` without waiting for the client (what its socket takes
+/// at once), reads what it has sent so far (closing on unread data would reset the
+/// connection, and the client might lose the answer) and closes the connection.
+fn refuse(mut stream: TcpStream) {
+    let answer = Answer::text(503, "Service Unavailable", "too many connections\n");
+    if stream.set_nonblocking(true).is_err() || stream.write(&answer).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    let (mut chunk, mut read) = ([0u8; 4096], 0);
+    while read < LINGER_BYTES {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use backflow::http::MAX_CONNECTIONS;
 use backflow::{MetricsServer, Pipeline, ServeError, Stats, serve_metrics};
 use prometheus_parse::{Scrape, Value};
 use socket2::{Domain, Socket, Type};
@@ -208,6 +209,39 @@ fn a_client_that_stops_reading_holds_up_neither_the_pipeline_nor_other_clients()
     drop(stuck);
     let report = pipeline.drain().unwrap();
     assert_eq!(report.sink().delivered, 1_000);
+}
+
+/// Clients that connect and send nothing hold one answering thread each: the scrapes after
+/// them are answered meanwhile, and past `MAX_CONNECTIONS` a connection is answered `503` at
+/// once rather than left waiting.
+#[test]
+fn silent_clients_hold_up_no_other_scrape() {
+    // Long enough that no silent client is given up on while the test runs.
+    let server = MetricsServer::bind_with("127.0.0.1:0", Duration::from_secs(60)).unwrap();
+    let pipeline = pipeline();
+    push_and_settle(&pipeline, 0..10);
+    server.add("p", pipeline.watch()).unwrap();
+    let addr = server.local_addr();
+    let mut silent: Vec<TcpStream> =
+        (1..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let (_, scraped) = scrape(addr);
+    assert_eq!(received(&scraped, "p"), Some(10.0));
+    for client in &silent {
+        // Still waited on: nothing was answered, the connection is open.
+        client.set_nonblocking(true).unwrap();
+        let mut byte = [0; 1];
+        let read = std::io::Read::read(&mut &*client, &mut byte);
+        assert_eq!(read.map_err(|e| e.kind()), Err(std::io::ErrorKind::WouldBlock));
+    }
+    silent.push(TcpStream::connect(addr).unwrap());
+    // Every place taken: the next connection is refused with an answer, not left waiting.
+    let refused = http_get(addr, "/metrics").unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    drop(silent);
+    common::eventually("a place is free again", || {
+        http_get(addr, "/metrics").is_ok_and(|answer| answer.status == 200)
+    });
+    server.stop();
 }
 
 #[test]
