@@ -52,7 +52,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use backflow::Stage;
-use backflow::stage::Emit;
+use backflow::stage::{Deferred, Emit};
 use rayon::ThreadPool;
 use rayon::prelude::*;
 
@@ -112,7 +112,8 @@ pub struct ParStage<In, R, F, K> {
     min_len: usize,
     /// Reused for every batch, so a warmed-up stage does not allocate for its own buffers.
     items: Vec<In>,
-    results: Vec<Result<R, Panicked>>,
+    /// Each item's result, with the work its call deferred (to defer on the worker).
+    results: Vec<(Result<R, Panicked>, Deferred)>,
     kind: PhantomData<K>,
 }
 
@@ -240,9 +241,13 @@ impl<In, R, F, K> ParStage<In, R, F, K> {
     }
 }
 
-/// Calls `f`, turning a panic into the item's error.
-fn call<In, R>(f: &impl Fn(In) -> R, item: In) -> Result<R, Panicked> {
-    catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|panic| Panicked::from_payload(&*panic))
+/// Calls `f`, turning a panic into the item's error; with what the call deferred
+/// ([`after_outcome`](backflow::stage::after_outcome)), which waits on the worker for the
+/// item's outcome.
+fn call<In, R>(f: &impl Fn(In) -> R, item: In) -> (Result<R, Panicked>, Deferred) {
+    Deferred::collect(|| {
+        catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|panic| Panicked::from_payload(&*panic))
+    })
 }
 
 /// Maps `batch` (emptying it) into `results`, in order, on the current rayon pool (the global
@@ -251,7 +256,7 @@ fn map_batch<In: Send, R: Send>(
     f: &(impl Fn(In) -> R + Sync),
     min_len: usize,
     batch: &mut Vec<In>,
-    results: &mut Vec<Result<R, Panicked>>,
+    results: &mut Vec<(Result<R, Panicked>, Deferred)>,
 ) {
     batch.par_drain(..).with_min_len(min_len).map(|item| call(f, item)).collect_into_vec(results);
 }
@@ -270,7 +275,9 @@ where
 
     /// One item, on the calling thread.
     fn process(&mut self, item: In, out: &mut impl Emit<K::Out>) -> Result<(), Panicked> {
-        K::expand(call(&self.f, item)?, out);
+        let (result, deferred) = call(&self.f, item);
+        deferred.defer();
+        K::expand(result?, out);
         Ok(())
     }
 
@@ -292,7 +299,9 @@ where
                 Some(pool) => pool.install(|| map_batch(f, min_len, batch, results)),
                 None => map_batch(f, min_len, batch, results),
             }
-            for result in self.results.drain(..) {
+            for (result, deferred) in self.results.drain(..) {
+                // Settles with the outcome about to be reported.
+                deferred.defer();
                 // Expanded here, on the worker (a flat map's iterator runs as it is read): a
                 // panic in it fails its own item only, like one in the closure.
                 let mut expanded = |r| catch_unwind(AssertUnwindSafe(|| K::expand(r, out)));

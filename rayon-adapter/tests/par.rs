@@ -178,3 +178,48 @@ fn a_flat_map_whose_iterator_panics_fails_that_item_only() {
         (0..10).flat_map(|x| if x == 3 { vec![3] } else { vec![x, x] }).collect();
     assert_eq!(outputs, expected);
 }
+
+/// Says, once the work its drop deferred runs, whether its pipeline was still going.
+struct Ticket(
+    u32,
+    Arc<std::sync::Mutex<Vec<(u32, bool)>>>,
+    Arc<std::sync::OnceLock<backflow::Watch>>,
+);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let (n, log, watch) = (self.0, Arc::clone(&self.1), Arc::clone(&self.2));
+        backflow::stage::after_outcome(move || {
+            let going = !watch.get().is_some_and(backflow::Watch::is_cancelled);
+            log.lock().unwrap().push((n, going));
+        });
+    }
+}
+
+/// The closure runs on a pool thread: what it defers waits there for its item's outcome,
+/// reported on the worker.
+#[test]
+fn an_item_dropped_by_a_call_that_fails_the_pipeline_learns_it() {
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("check", || {
+            par_map(|ticket: Ticket| {
+                let n = ticket.0;
+                drop(ticket);
+                assert!(n != 50, "fifty is bad");
+                n
+            })
+        })
+        .on_error(backflow::ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watch = Arc::new(std::sync::OnceLock::new());
+    let _ = watch.set(pipeline.watch());
+    let tickets = (0..100).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
+    let _ = pipeline.input().push_iter(tickets);
+    assert!(pipeline.drain().is_err());
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 100, "every ticket settled once");
+    assert!(log.contains(&(50, false)), "{log:?}");
+}

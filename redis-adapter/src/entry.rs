@@ -149,16 +149,18 @@ impl Entry {
 /// made of it (carrying a clone) has left the pipeline: delivered, filtered out, dropped by an
 /// overflow policy, skipped or dead-lettered by an error policy.
 ///
-/// Dropped inside a stage, the last clone settles the entry once the worker has recorded the
-/// outcome of the call it was dropped in
-/// ([`after_outcome`](backflow::stage::after_outcome)): `try_map` drops its input before it
-/// returns the error that, under [`FailFast`](backflow::ErrorPolicy::FailFast), fails the
-/// pipeline, and such an entry must not be acknowledged.
+/// A clone dropped inside a stage call holds the entry until the worker has recorded that
+/// call's outcome ([`after_outcome`](backflow::stage::after_outcome)): `try_map` drops its
+/// input before it returns the error that, under
+/// [`FailFast`](backflow::ErrorPolicy::FailFast), fails the pipeline, and such an entry must
+/// not be acknowledged, whichever clone goes last. (A clone dropped on a thread the stage
+/// started itself counts as dropped outside the pipeline: it holds nothing back.)
 ///
-/// It is *not* acknowledged, and stays pending in the group to be claimed again, if the last
-/// clone goes while the pipeline is cancelled (the item was abandoned, or its stage call
-/// failed the pipeline), while the thread is unwinding from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer
-/// has stopped. The consumer tries such an entry again once it has been idle for
+/// It is *not* acknowledged, and stays pending in the group to be claimed again, if it
+/// settles while the pipeline is cancelled (the item was abandoned, or a stage call that
+/// dropped a clone failed the pipeline), if any clone was dropped while its thread unwound
+/// from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer has
+/// stopped. The consumer tries such an entry again once it has been idle for
 /// `claim_idle`, up to `max_deliveries` times in all (see
 /// [`ConsumerConfig::max_deliveries`](crate::ConsumerConfig::max_deliveries)).
 ///
@@ -234,6 +236,19 @@ impl Receipt {
     }
 }
 
+impl Drop for Receipt {
+    /// Each clone, dropped inside a stage call, holds the entry until the worker has recorded
+    /// that call's outcome: the entry settles once every clone's call has an outcome, so a
+    /// call that failed the pipeline keeps it pending whichever clone goes last.
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.ticket.kept.get_or_init(|| Failure::here("panicked".into()));
+        }
+        let ticket = Arc::clone(&self.ticket);
+        backflow::stage::after_outcome(move || drop(ticket));
+    }
+}
+
 impl fmt::Debug for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Receipt").field(&self.ticket.id).finish()
@@ -250,17 +265,12 @@ struct Ticket {
 }
 
 impl Drop for Ticket {
+    /// Settles the entry: the last clone of its receipt is gone, and the outcome of every
+    /// stage call that dropped one is recorded (a call that failed the pipeline has cancelled
+    /// it by then).
     fn drop(&mut self) {
-        if let Some(ledger) = self.ledger.take() {
-            let failure = match self.kept.take() {
-                Some(failure) => Some(failure),
-                None if thread::panicking() => Some(Failure::here("panicked".into())),
-                None => None,
-            };
-            let id = std::mem::take(&mut self.id);
-            // Dropped inside a stage call, the entry is settled once the worker has recorded
-            // the call's outcome: a call that failed the pipeline has cancelled it by then.
-            backflow::stage::after_outcome(move || ledger.settle(id, failure));
+        if let Some(ledger) = &self.ledger {
+            ledger.settle(std::mem::take(&mut self.id), self.kept.take());
         }
     }
 }

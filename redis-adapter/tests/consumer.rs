@@ -7,13 +7,15 @@ mod common;
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use backflow::core::RetrySchedule;
 use backflow::{ErrorPolicy, Overflow, Pipeline, PipelineError, stage};
-use backflow_redis::{Consumer, ConsumerConfig, Entry, Error, Record, Writer, WriterConfig};
+use backflow_redis::{
+    Consumer, ConsumerConfig, Entry, Error, Receipt, Record, Writer, WriterConfig,
+};
 use common::{Server, keys};
 
 fn n(entry: &Entry) -> u64 {
@@ -185,6 +187,56 @@ fn an_entry_that_fails_a_fail_fast_stage_stays_pending() {
             );
         }
     }
+}
+
+/// An entry whose receipt has clones: the failing stage drops its copy, then another clone is
+/// dropped (here on another thread) before the failure is recorded. That last drop does not
+/// settle the entry: the failing call's copy waits for its outcome, and the entry stays pending.
+#[test]
+fn an_entry_failed_under_fail_fast_stays_pending_whichever_clone_goes_last() {
+    let server = Server::get();
+    let (stream, group, _) = keys("fail-fast-clones");
+    server.fill(&stream, 0, 1);
+    let (share, shared) = mpsc::channel::<Receipt>();
+    let (dropped, was_dropped) = mpsc::channel::<()>();
+    let (go, may_go) = mpsc::channel::<()>();
+    let share = Mutex::new(share);
+    let (dropped, may_go) = (Mutex::new(dropped), Arc::new(Mutex::new(may_go)));
+    let pipeline = Pipeline::<Entry>::builder()
+        .stage("share", move || {
+            let share = share.lock().unwrap().clone();
+            move |entry: Entry| {
+                share.send(entry.receipt()).unwrap();
+                entry
+            }
+        })
+        .stage("check", move || {
+            let (dropped, may_go) = (dropped.lock().unwrap().clone(), Arc::clone(&may_go));
+            stage::try_map(move |entry: Entry| {
+                drop(entry);
+                dropped.send(()).unwrap();
+                may_go.lock().unwrap().recv().unwrap();
+                Err::<Entry, _>("fails after dropping its entry")
+            })
+        })
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let holder = thread::spawn(move || {
+        let receipt = shared.recv().unwrap();
+        was_dropped.recv().unwrap();
+        // The last clone goes while the failing call has not returned yet.
+        drop(receipt);
+        go.send(()).unwrap();
+    });
+    let result = Consumer::connect(config(&server, &stream, &group, "c")).unwrap().run(pipeline);
+    holder.join().unwrap();
+    assert!(
+        matches!(&result, Err(Error::Pipeline(PipelineError::StageFailed { .. }))),
+        "{result:?}"
+    );
+    assert_eq!(server.pending(&stream, &group), 1, "the entry that failed was acknowledged");
 }
 
 /// Runs a consumer whose sink panics at its 101st entry; returns the entries it delivered,

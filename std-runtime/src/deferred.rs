@@ -10,7 +10,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::thread;
 
 use crate::panic::panic_message;
 
@@ -35,8 +36,9 @@ thread_local! {
 /// it and checks [`Watch::is_cancelled`](crate::Watch::is_cancelled) in `work`. The wait is
 /// short: a batch is at most [`BATCH`](crate::stage::BATCH) items (a stage that holds items
 /// in flight reports an item's outcome in the batch after the one that finished it, and its
-/// work waits for that one). A panic in `work` is caught and fails the pipeline as the
-/// worker's.
+/// work waits for that one). In a worker's batch a panic in `work` is caught and fails the
+/// pipeline as the worker's; run at once, it goes to the caller, unless a panic is unwinding
+/// already (the work runs in a drop on the way), when it is caught and dropped.
 ///
 /// # Examples
 ///
@@ -75,7 +77,9 @@ pub fn after_outcome(work: impl FnOnce() + Send + 'static) {
     defer(Box::new(work));
 }
 
-/// Holds `work` in this thread's innermost open batch, or runs it if there is none.
+/// Holds `work` in this thread's innermost open batch, or runs it if there is none. Work
+/// run while a panic unwinds (held work let go as the panic passes) cannot unwind in turn:
+/// its own panic is caught there and dropped.
 fn defer(work: Work) {
     let mut work = Some(work);
     if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
@@ -87,8 +91,10 @@ fn defer(work: Work) {
             }
         });
     }
-    if let Some(work) = work {
-        work();
+    match work {
+        Some(work) if thread::panicking() => drop(catch_unwind(AssertUnwindSafe(work))),
+        Some(work) => work(),
+        None => {}
     }
 }
 
@@ -205,9 +211,17 @@ impl Deferred {
 }
 
 impl Drop for Deferred {
+    /// Defers every piece; run at once (outside a batch), each piece runs though one before
+    /// it panicked, and then the first panic goes on to the caller.
     fn drop(&mut self) {
+        let mut first = None;
         for work in std::mem::take(&mut self.work) {
-            defer(work);
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| defer(work))) {
+                first.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first {
+            resume_unwind(panic);
         }
     }
 }

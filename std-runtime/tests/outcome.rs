@@ -1,10 +1,15 @@
 //! Values that settle an item when dropped (an acknowledgement) learn, through
 //! `stage::after_outcome`, whether the stage call they were dropped in ended the pipeline.
 
+mod common;
+
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use backflow::stage::{Deferred, after_outcome};
 use backflow::{ErrorPolicy, Pipeline, PipelineError, Watch, stage};
 
 /// What each ticket learned when it was settled: whether the pipeline was still going.
@@ -147,4 +152,69 @@ fn deferred_work_that_panics_fails_the_pipeline_and_every_item_is_counted() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn every_piece_of_deferred_work_runs_though_one_panics() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&ran);
+    let ((), deferred) = Deferred::collect(|| {
+        after_outcome(|| panic!("the first piece panics"));
+        after_outcome(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+    });
+    // Outside a worker's batch: both run now, and the first panic reaches the caller.
+    let result = catch_unwind(AssertUnwindSafe(|| deferred.defer()));
+    assert!(result.is_err());
+    assert_eq!(ran.load(Ordering::Relaxed), 1, "the piece after the panicking one ran");
+}
+
+/// Panicking work that runs while a panic unwinds (held work let go as the panic passes)
+/// cannot unwind in turn: it is caught there, and the process goes on.
+#[test]
+fn deferred_work_that_panics_while_a_panic_unwinds_does_not_abort() {
+    common::isolated("deferred_work_that_panics_while_a_panic_unwinds_does_not_abort", || {
+        let result = catch_unwind(|| {
+            let ((), _deferred) = Deferred::collect(|| {
+                after_outcome(|| panic!("the deferred work panics"));
+                panic!("the closure panics");
+            });
+        });
+        assert!(result.is_err());
+    });
+}
+
+/// Says nothing when dropped but defers work that panics.
+struct Loud;
+
+impl Drop for Loud {
+    fn drop(&mut self) {
+        after_outcome(|| panic!("the deferred work panics"));
+    }
+}
+
+/// Items whose drop defers work that panics, held by a stage (a partial batch) when the
+/// pipeline is cancelled: dropped with the stage, outside a worker's batch, one after the
+/// other while the first one's panic unwinds.
+#[test]
+fn items_whose_deferred_work_panics_held_by_a_stage_at_cancel_do_not_abort() {
+    common::isolated(
+        "items_whose_deferred_work_panics_held_by_a_stage_at_cancel_do_not_abort",
+        || {
+            let pipeline = Pipeline::<Loud>::builder()
+                .stage("batch", || stage::batches(NonZeroUsize::new(100).unwrap()))
+                .sink(drop)
+                .build()
+                .unwrap();
+            pipeline.input().push_iter((0..10).map(|_| Loud)).unwrap();
+            common::eventually("the stage holds the ten items", || {
+                let stats = pipeline.stats();
+                stats.stages()[0].accounting.received == 10 && stats.stages()[0].queue_len == 0
+            });
+            pipeline.cancel();
+            let error = pipeline.drain().expect_err("cancelled");
+            assert!(error.report().is_balanced(), "{error:?}");
+        },
+    );
 }

@@ -32,6 +32,8 @@ struct Slot<T> {
     wake: Arc<SlotWake>,
     waker: Waker,
     ticket: u64,
+    /// What its polls so far deferred: it waits for the future's outcome.
+    deferred: Deferred,
 }
 
 /// The slots whose futures were woken since the last drive, and whom to tell.
@@ -118,7 +120,8 @@ impl<T> Flight<T> {
             woken: Arc::clone(&self.woken),
         });
         let waker = Waker::from(Arc::clone(&wake));
-        self.slots[slot] = Some(Slot { future, wake, waker, ticket });
+        self.slots[slot] =
+            Some(Slot { future, wake, waker, ticket, deferred: Deferred::default() });
         self.len += 1;
         lock(&self.woken.slots).push(slot);
     }
@@ -138,15 +141,19 @@ impl<T> Flight<T> {
                 entry.wake.queued.store(false, Ordering::Release);
                 let mut cx = Context::from_waker(&entry.waker);
                 let future = &mut entry.future;
-                let (polled, mut deferred) = Deferred::collect(|| {
+                let (polled, deferred) = Deferred::collect(|| {
                     catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
                 });
+                entry.deferred.append(deferred);
                 let outcome = match polled {
                     Ok(Poll::Pending) => continue,
                     Ok(Poll::Ready(output)) => Ok(output),
                     Err(panic) => Err(message(&*panic)),
                 };
-                let Some(Slot { future, ticket, .. }) = self.slots[slot].take() else { continue };
+                let Some(Slot { future, ticket, mut deferred, .. }) = self.slots[slot].take()
+                else {
+                    continue;
+                };
                 self.free.push(slot);
                 self.len -= 1;
                 let (dropped, more) =

@@ -360,41 +360,54 @@ impl Drop for Ticket {
 fn an_item_dropped_by_a_future_that_fails_the_pipeline_learns_it() {
     let runtime = runtime();
     let handle = runtime.handle().clone();
-    // The future holds the ticket (dropped when it finishes), or only its number (the
-    // ticket is dropped as the future is made, runs before its outcome is known).
-    for (concurrency, holds) in [(1, true), (16, true), (1, false), (16, false)] {
-        let pipeline = Pipeline::<Ticket>::builder()
-            .stage("call", {
-                let handle = handle.clone();
-                move || {
-                    sink_async(move |ticket: Ticket| {
-                        let (n, held) = (ticket.0, holds.then_some(ticket));
-                        async move {
-                            tokio::time::sleep(delay(u64::from(n))).await;
-                            drop(held);
-                            if n == 7 { Err("seven") } else { Ok(()) }
-                        }
-                    })
-                    .concurrency(concurrency)
-                    .on(handle.clone())
-                }
-            })
-            .on_error(ErrorPolicy::FailFast)
-            .sink(|never| match never {})
-            .build()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let watch = Arc::new(std::sync::OnceLock::new());
-        let _ = watch.set(pipeline.watch());
-        // Ticket 7 last: its worker's batch ends once it has started it, and its outcome is
-        // reported in the next one.
-        let tickets = (0..8).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
-        let _ = pipeline.input().push_iter(tickets);
-        assert!(matches!(pipeline.drain(), Err(PipelineError::StageFailed { .. })));
-        let log = log.lock().unwrap();
-        assert_eq!(log.len(), 8, "every ticket settled once: {log:?}");
-        assert!(log.contains(&(7, false)), "concurrency {concurrency}, held {holds}: {log:?}");
+    // The future drops the ticket when it finishes, or in its first poll (before it waits),
+    // or the function drops it as it makes the future (the future keeps only its number).
+    for drops in ["at the end", "in the first poll", "at the start"] {
+        for concurrency in [1, 16] {
+            check_that_ticket_seven_learns_it(&handle, drops, concurrency);
+        }
     }
+}
+
+/// Runs tickets 0..8 through a `sink_async` stage failing ticket 7 under `FailFast`; checks
+/// that ticket 7's deferred work saw the pipeline cancelled.
+fn check_that_ticket_seven_learns_it(handle: &Handle, drops: &'static str, concurrency: usize) {
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("call", {
+            let handle = handle.clone();
+            move || {
+                sink_async(move |ticket: Ticket| {
+                    let n = ticket.0;
+                    let ticket = (drops != "at the start").then_some(ticket);
+                    async move {
+                        let mut ticket = ticket;
+                        if drops == "in the first poll" {
+                            drop(ticket.take());
+                        }
+                        tokio::time::sleep(delay(u64::from(n))).await;
+                        drop(ticket);
+                        if n == 7 { Err("seven") } else { Ok(()) }
+                    }
+                })
+                .concurrency(concurrency)
+                .on(handle.clone())
+            }
+        })
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|never| match never {})
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let watch = Arc::new(std::sync::OnceLock::new());
+    let _ = watch.set(pipeline.watch());
+    // Ticket 7 last: its worker's batch ends once it has started it, and its outcome is
+    // reported in the next one.
+    let tickets = (0..8).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
+    let _ = pipeline.input().push_iter(tickets);
+    assert!(matches!(pipeline.drain(), Err(PipelineError::StageFailed { .. })));
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 8, "every ticket settled once: {log:?}");
+    assert!(log.contains(&(7, false)), "dropped {drops}, concurrency {concurrency}: {log:?}");
 }
 
 /// An async producer and consumer on the same runtime as the stage's futures.
@@ -502,4 +515,42 @@ fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_
     let pod = stats.stage("pod").unwrap();
     assert!(pod.accounting.is_balanced() && pod.accounting.in_flight == 0, "{stats}");
     assert_eq!(pod.accounting.abandoned, 3, "{stats}");
+}
+
+#[test]
+fn held_items_whose_deferred_work_panics_are_let_go_one_by_one_when_the_pipeline_is() {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
+    let (started, began) = std::sync::mpsc::channel();
+    let started = Mutex::new(started);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("defers", move || {
+            let started = started.lock().unwrap().clone();
+            map_async(move |x: u64| {
+                // Held with the item until its outcome is reported, which never comes.
+                backflow::stage::after_outcome(move || panic!("the deferred work of {x} panics"));
+                let started = started.clone();
+                async move {
+                    started.send(x).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<u64, Infallible>(x)
+                }
+            })
+            .concurrency(4)
+            .on(handle.clone())
+        })
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..3).unwrap();
+    for _ in 0..3 {
+        began.recv().unwrap();
+    }
+    // Three items held, each with work that panics when let go: a second panic while the
+    // first unwinds would abort the process.
+    pipeline.cancel();
+    let error = pipeline.drain().expect_err("cancelled");
+    let stats = error.report().stage("defers").unwrap();
+    assert!(stats.accounting.is_balanced(), "{error:?}");
+    assert_eq!(stats.accounting.abandoned, 3, "{error:?}");
 }
