@@ -407,17 +407,27 @@ fn pop<'p, In, Out>(
 }
 
 /// Flushes the stage (at the end of the stream, or on its timer) and delivers what it emits
-/// right away. Returns `false` if the pipeline stopped.
-fn flush<In, S: Stage<In>>(
+/// right away; a flush that fails under fail-fast fails the pipeline (what the stage held is
+/// lost with it). Returns `false` if the pipeline stopped.
+fn flush<In, S>(
     stage: &mut S,
     outputs: &mut VecDeque<Envelope<S::Out>>,
     parts: &WorkerParts<In, S::Out>,
     control: &Control,
-) -> bool {
+) -> bool
+where
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
     let mut out = Outputs::new(outputs, parts);
     out.hold = false;
     out.queued = control.now();
-    flush_into(stage, &mut out);
+    if let Some(message) = flush_into(stage, &mut out) {
+        if matches!(parts.policy.on_failure, OnFailure::FailFast) {
+            let stage = parts.shared.name.to_string();
+            control.fail(Fatal { stage, message, culprit: Culprit::Stage });
+        }
+    }
     out.flush();
     let stopped = out.stopped;
     out.finish();
@@ -879,42 +889,59 @@ fn in_runs<In, S, F>(
 /// or a panic in its `drop` counts as a panic of the stage. A panic in the factory goes on
 /// (the worker cannot go on without a stage: it is fatal, and the old stage stays, for the
 /// worker to abandon what it holds), saying where it came from.
-fn rebuild<In, S: Stage<In>>(
-    stage: &mut S,
-    factory: &impl Fn() -> S,
-    out: &mut Outputs<'_, S::Out>,
-) {
+fn rebuild<In, S>(stage: &mut S, factory: &impl Fn() -> S, out: &mut Outputs<'_, S::Out>)
+where
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
     let fresh = catch_unwind(AssertUnwindSafe(factory)).unwrap_or_else(|panic| {
         let message = format!("the stage's factory panicked: {}", panic_message(&*panic));
         resume_unwind(Box::new(message))
     });
     let mut old = mem::replace(stage, fresh);
-    flush_into(&mut old, out);
+    // After a panic: under fail-fast the panic has failed the pipeline already.
+    let _ = flush_into(&mut old, out);
     drop_stage(old, out.counters);
 }
 
 /// Abandons what `stage` holds back when its worker stops before the end of the stream
 /// (cancel, a fatal panic): the stage is flushed, and its outputs are received and abandoned
 /// downstream, counted and handed to the drop hook there, like the rest of the worker's.
-fn abandon_held<In, S: Stage<In>>(
+fn abandon_held<In, S>(
     stage: &mut S,
     outputs: &mut VecDeque<Envelope<S::Out>>,
     parts: &WorkerParts<In, S::Out>,
-) {
+) where
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
     let mut out = Outputs::new(outputs, parts);
     out.hold = true;
-    flush_into(stage, &mut out);
+    // The worker stops: the pipeline has ended already.
+    let _ = flush_into(stage, &mut out);
     drop(out);
     parts.downstream.abandon(outputs);
 }
 
 /// Flushes `stage` into `out`. A flush carries no input of its own: its failure, error or
-/// panic, is counted as a panic would be.
-fn flush_into<In, S: Stage<In>>(stage: &mut S, out: &mut Outputs<'_, S::Out>) {
-    match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut *out))) {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) | Err(_) => out.counters.panicked.increment(),
-    }
+/// panic, is counted as a panic would be; returns what the failure said (for a panic,
+/// `panicked: ` and its message).
+fn flush_into<In, S>(stage: &mut S, out: &mut Outputs<'_, S::Out>) -> Option<String>
+where
+    S: Stage<In>,
+    S::Error: fmt::Display,
+{
+    let message = match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut *out))) {
+        Ok(Ok(())) => return None,
+        Ok(Err(error)) => {
+            catch_unwind(AssertUnwindSafe(|| error.to_string())).unwrap_or_else(|panic| {
+                format!("its error's Display panicked: {}", panic_message(&*panic))
+            })
+        }
+        Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+    };
+    out.counters.panicked.increment();
+    Some(message)
 }
 
 /// Drops a stage instance; its `drop` is the user's code too, and a panic in it is counted

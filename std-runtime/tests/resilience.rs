@@ -520,3 +520,50 @@ fn a_run_whose_failures_cannot_be_handled_still_counts_every_item() {
         assert_eq!(dead_lettered, letters.load(Ordering::SeqCst), "{report}");
     }
 }
+
+/// Holds the last item back until the end of the stream; its flush fails while it holds one
+/// (with an error, or a panic).
+struct HoldsTheLast {
+    held: Option<u64>,
+    panics: bool,
+}
+
+impl backflow::Stage<u64> for HoldsTheLast {
+    type Out = u64;
+    type Error = String;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        if let Some(held) = self.held.replace(x) {
+            out.emit(held);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        match self.held.take() {
+            Some(x) if self.panics => panic!("cannot flush {x}"),
+            Some(x) => Err(format!("cannot flush {x}")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[test]
+fn a_failed_flush_under_fail_fast_fails_the_pipeline() {
+    for (panics, expected) in [(false, "cannot flush 2"), (true, "panicked: cannot flush 2")] {
+        let pipeline = Pipeline::<u64>::builder()
+            .stage("hold", move || HoldsTheLast { held: None, panics })
+            .on_error(ErrorPolicy::FailFast)
+            .sink(|_| {})
+            .build()
+            .unwrap();
+        pipeline.input().push_iter(0..3).unwrap();
+        match pipeline.drain() {
+            Err(PipelineError::StageFailed { stage, error, report }) => {
+                assert_eq!((stage.as_str(), error.as_str()), ("hold", expected));
+                assert!(report.is_balanced(), "{report:?}");
+            }
+            other => panic!("panics {panics}: {other:?}"),
+        }
+    }
+}

@@ -325,7 +325,8 @@ pub struct StageStats {
     pub dropped_oldest: u64,
     /// Items refused by its full queue under `DropNewest`.
     pub dropped_newest: u64,
-    /// Of the failed attempts, the panics (each also recreated the worker's stage).
+    /// Of the failed attempts, the panics (each also recreated the worker's stage); and the
+    /// flushes that failed (with an error or a panic), which carry no item of their own.
     pub panics: u64,
     /// Attempts made again after a failure (see [`Builder::retry`](crate::Builder::retry)).
     pub retries: u64,

@@ -166,7 +166,7 @@ fn families(stats: &Stats) -> Families<'_> {
     stage(
         counter(
             "backflow_stage_panics_total",
-            "Failed attempts that were panics; each rebuilt the worker's stage.",
+            "Failed attempts that were panics (each rebuilt the worker's stage), and failed flushes.",
         ),
         &|s| one(Value::Count(s.panics)),
     );
