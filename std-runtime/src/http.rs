@@ -488,21 +488,18 @@ fn answer_all(
     }
 }
 
-/// Answers `503 Service Unavailable` without waiting for the client (what its socket takes
-/// at once), reads what it has sent so far (closing on unread data would reset the
-/// connection, and the client might lose the answer) and closes the connection.
+/// Answers `503 Service Unavailable` without reading the request, and closes the connection
+/// after the usual linger (closing on unread data would reset the connection, and the client
+/// might lose the answer): a client that goes away at once costs the accepting thread nothing,
+/// one that stays silent at most [`LINGER`].
 fn refuse(mut stream: TcpStream) {
     let answer = Answer::text(503, "Service Unavailable", "too many connections\n");
-    if stream.set_nonblocking(true).is_err() || stream.write(&answer).is_err() {
-        return;
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-    let (mut chunk, mut read) = ([0u8; 4096], 0);
-    while read < LINGER_BYTES {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => read += n,
-        }
+    // The answer fits in the socket's buffer: the write does not wait for the client.
+    if stream.set_nonblocking(true).is_ok()
+        && stream.write(&answer).is_ok()
+        && stream.set_nonblocking(false).is_ok()
+    {
+        linger(&mut stream);
     }
 }
 
