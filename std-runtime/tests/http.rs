@@ -211,9 +211,9 @@ fn a_client_that_stops_reading_holds_up_neither_the_pipeline_nor_other_clients()
     assert_eq!(report.sink().delivered, 1_000);
 }
 
-/// Clients that connect and send nothing hold one answering thread each: the scrapes after
-/// them are answered meanwhile, and past `MAX_CONNECTIONS` a connection is answered `503` at
-/// once rather than left waiting.
+/// Clients that connect and send nothing hold one answering thread each: past
+/// `MAX_CONNECTIONS` a connection is answered `503` at once rather than left waiting, and as
+/// soon as a place is free the scrapes are answered while the other silent clients still wait.
 #[test]
 fn silent_clients_hold_up_no_other_scrape() {
     // Long enough that no silent client is given up on while the test runs.
@@ -223,8 +223,19 @@ fn silent_clients_hold_up_no_other_scrape() {
     server.add("p", pipeline.watch()).unwrap();
     let addr = server.local_addr();
     let mut silent: Vec<TcpStream> =
-        (1..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    let (_, scraped) = scrape(addr);
+        (0..MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Every place taken: the next connection is refused with an answer, not left waiting.
+    let refused = http_get(addr, "/metrics").unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    // One silent client leaves: its place goes to the next scrape.
+    drop(silent.pop());
+    let mut answered = None;
+    common::eventually("a place is free again", || {
+        answered = http_get(addr, "/metrics").ok().filter(|answer| answer.status == 200);
+        answered.is_some()
+    });
+    let body = answered.unwrap().body;
+    let scraped = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert_eq!(received(&scraped, "p"), Some(10.0));
     for client in &silent {
         // Still waited on: nothing was answered, the connection is open.
@@ -233,14 +244,7 @@ fn silent_clients_hold_up_no_other_scrape() {
         let read = std::io::Read::read(&mut &*client, &mut byte);
         assert_eq!(read.map_err(|e| e.kind()), Err(std::io::ErrorKind::WouldBlock));
     }
-    silent.push(TcpStream::connect(addr).unwrap());
-    // Every place taken: the next connection is refused with an answer, not left waiting.
-    let refused = http_get(addr, "/metrics").unwrap();
-    assert_eq!(refused.status, 503, "{refused:?}");
     drop(silent);
-    common::eventually("a place is free again", || {
-        http_get(addr, "/metrics").is_ok_and(|answer| answer.status == 200)
-    });
     server.stop();
 }
 
