@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::PoisonError;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -146,9 +147,12 @@ impl Signal {
             mem::take(&mut wakers.list)
         };
         self.wake.notify_all();
-        // Outside the lock: a waker may run anything, waiting on this signal included.
+        // Outside the lock: a waker may run anything, waiting on this signal included. A
+        // waker is its executor's code, or the user's: one that panics counts as woken, and
+        // neither the wakers after it nor the thread that notifies (a worker making room,
+        // `drain` or `cancel` closing the queue) goes down with it.
         for (_, waker) in woken {
-            waker.wake();
+            let _ = catch_unwind(AssertUnwindSafe(|| waker.wake()));
         }
     }
 

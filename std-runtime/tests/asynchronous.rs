@@ -337,3 +337,96 @@ fn a_send_whose_item_does_not_fit_the_byte_budget_waits_as_a_task() {
     assert_eq!(report.sink().delivered, 3, "{report}");
     assert_eq!(*delivered.lock().unwrap(), [1, 500, 600]);
 }
+
+/// A waker that opens `gate` (if given) and then panics when woken.
+struct Panics(Option<Gate>);
+
+impl Wake for Panics {
+    fn wake(self: Arc<Self>) {
+        if let Some(gate) = &self.0 {
+            gate.open();
+        }
+        panic!("the waker panics");
+    }
+}
+
+/// A pipeline whose sink holds its first item until `gate` opens, filled until a send waits:
+/// returns it, with how many items went in.
+fn held_and_full(gate: &Gate) -> (Pipeline<u32>, u32) {
+    let (entered, delivered) = (Flag::default(), Arc::default());
+    let pipeline = Pipeline::<u32>::builder()
+        .stage("id", || |x: u32| x)
+        .capacity(4)
+        .sink(held_sink(gate, &entered, &delivered))
+        .build()
+        .unwrap();
+    let input = pipeline.input();
+    input.push(0).unwrap();
+    entered.wait();
+    let mut pushed = 1;
+    while input.try_push(pushed).is_ok() {
+        pushed += 1;
+    }
+    (pipeline, pushed)
+}
+
+/// A waker is the user's code: one that panics when the room it waits for comes is treated as
+/// woken; the tasks waiting beside it are woken all the same, and every item is counted.
+#[test]
+fn a_waker_that_panics_loses_no_other_wake_up_and_no_item() {
+    let gate = Gate::default();
+    let (pipeline, pushed) = held_and_full(&gate);
+    let _opens = gate.opened_on_drop();
+    let (mut a, mut b) = (pipeline.input(), pipeline.input());
+    let (mut first, mut second) = (pin!(a.send(1000)), pin!(b.send(1001)));
+    let panics = Waker::from(Arc::new(Panics(None)));
+    let (waker, woken) = reporting_waker();
+    assert!(first.as_mut().poll(&mut Context::from_waker(&panics)).is_pending());
+    assert!(second.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+    gate.open();
+    woken.recv_timeout(GUARD).expect("the task beside the panicking waker was never woken");
+    let mut cx = Context::from_waker(&waker);
+    while second.as_mut().poll(&mut cx).is_pending() {
+        woken.recv_timeout(GUARD).expect("woken again");
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let first_sent = loop {
+        match first.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => break result.is_ok(),
+            Poll::Pending => std::thread::yield_now(),
+        }
+    };
+    assert!(first_sent);
+    let report = pipeline.drain().unwrap();
+    assert!(report.is_balanced(), "{report:?}");
+    assert_eq!(report.sink().delivered, u64::from(pushed) + 2);
+}
+
+/// `drain` and `cancel` wake the waiting tasks on the caller's thread: a waker that panics
+/// there does not take the call down with it.
+#[test]
+fn drain_and_cancel_end_with_a_result_though_a_waker_panics() {
+    for cancel in [false, true] {
+        let gate = Gate::default();
+        let (pipeline, _) = held_and_full(&gate);
+        let _opens = gate.opened_on_drop();
+        let mut input = pipeline.input();
+        let mut sending = pin!(input.send(1000));
+        // Opens the sink as it panics: only the call that wakes it lets the pipeline go on.
+        let panics = Waker::from(Arc::new(Panics(Some(gate.clone()))));
+        assert!(sending.as_mut().poll(&mut Context::from_waker(&panics)).is_pending());
+        if cancel {
+            pipeline.cancel();
+            assert!(gate.is_open(), "cancel woke the waiting task");
+        }
+        let result = pipeline.drain();
+        assert!(gate.is_open(), "drain woke the waiting task");
+        let report = match &result {
+            Ok(report) => report,
+            Err(error) => error.report(),
+        };
+        assert!(report.is_balanced(), "cancel {cancel}: {result:?}");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(sending.as_mut().poll(&mut cx), Poll::Ready(Err(_))));
+    }
+}

@@ -77,15 +77,23 @@ impl<T> Drop for Flight<T> {
     /// first unwinds, the process. The first panic goes on once all are dropped (unless a
     /// panic is unwinding already), as a panic of the stage's own.
     fn drop(&mut self) {
-        let mut first = None;
-        for slot in self.slots.drain(..).flatten() {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(slot))) {
-                first.get_or_insert(panic);
-            }
+        drop_one_by_one(self.slots.drain(..).flatten());
+    }
+}
+
+/// Drops `values` one at a time, each in its own catch: a value whose drop panics neither
+/// takes the others' drops with it nor, with a second panic while the first unwinds, the
+/// process. The first panic goes on once all are dropped, unless a panic is unwinding
+/// already.
+pub(crate) fn drop_one_by_one<T>(values: impl IntoIterator<Item = T>) {
+    let mut first = None;
+    for value in values {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| drop(value))) {
+            first.get_or_insert(panic);
         }
-        if let Some(panic) = first.filter(|_| !std::thread::panicking()) {
-            resume_unwind(panic);
-        }
+    }
+    if let Some(panic) = first.filter(|_| !std::thread::panicking()) {
+        resume_unwind(panic);
     }
 }
 

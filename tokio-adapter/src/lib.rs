@@ -533,6 +533,14 @@ where
     }
 }
 
+impl<In, R, E, F, K> Drop for AsyncStage<In, R, E, F, K> {
+    /// Drops the results held for reporting one at a time (an output or an error may panic in
+    /// its drop, as a future may); the futures in flight go the same way with the `Flight`.
+    fn drop(&mut self) {
+        flight::drop_one_by_one(mem::take(&mut self.held));
+    }
+}
+
 impl<In, R, E, F, K> fmt::Debug for AsyncStage<In, R, E, F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncStage")

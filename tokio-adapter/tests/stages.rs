@@ -554,3 +554,60 @@ fn held_items_whose_deferred_work_panics_are_let_go_one_by_one_when_the_pipeline
     assert!(stats.accounting.is_balanced(), "{error:?}");
     assert_eq!(stats.accounting.abandoned, 3, "{error:?}");
 }
+
+/// An error whose drop panics.
+struct Bomb(u64);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("bomb {} dropped", self.0);
+    }
+}
+
+impl std::fmt::Display for Bomb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bomb {}", self.0)
+    }
+}
+
+/// Counts the futures that have finished and been dropped.
+struct Finished(Arc<AtomicUsize>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn held_results_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_is() {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&finished);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("bombs", move || {
+            let counted = Arc::clone(&counted);
+            map_async(move |x: u64| {
+                let finished = Finished(Arc::clone(&counted));
+                async move {
+                    let _finished = finished;
+                    if x == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Err::<u64, _>(Bomb(x))
+                }
+            })
+            .on(handle.clone())
+        })
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..4).unwrap();
+    // Items 1 to 3 have finished with their errors, held until item 0 is reported (never).
+    eventually("three futures finished", || finished.load(Ordering::SeqCst) == 3);
+    pipeline.cancel();
+    let error = pipeline.drain().expect_err("cancelled");
+    let stats = error.report().stage("bombs").unwrap();
+    assert!(stats.accounting.is_balanced(), "{error:?}");
+}

@@ -103,6 +103,10 @@ impl Gate {
     /// Opens the gate when the guard drops: declared after the pipeline, it lets a test that
     /// fails while the gate is closed end with its panic instead of hanging in the
     /// pipeline's drop.
+    pub fn is_open(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn opened_on_drop(&self) -> OpensGate {
         OpensGate(self.clone())
     }
