@@ -368,6 +368,50 @@ fn the_bottleneck_is_the_busy_stage_or_the_sink() {
     }
 }
 
+/// With branches the stages are not a line: the stage feeding a slow sink, and the stage
+/// feeding a busy one, are found along the pipeline's flows, not by where they were defined.
+#[test]
+fn the_bottleneck_follows_the_flows_through_branches() {
+    use backflow::Bottleneck;
+
+    // The main line's sink is slow; a broadcast branch, defined after, is quick.
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("feeds-main", || |x: u64| x)
+        .broadcast("copy", |branch| branch.stage("quick-branch", || |x: u64| x).sink(|_| {}))
+        .sink(|_| spin_for(50))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..4_000).unwrap();
+    let stats = pipeline.drain().unwrap().stats().clone();
+    match stats.bottleneck() {
+        Some(Bottleneck::Sink { last, .. }) => assert_eq!(last, "feeds-main", "{stats}"),
+        other => panic!("{other:?}\n{stats}"),
+    }
+
+    // A busy stage fed through a fan by `src`; a branch stage defined between them.
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("src", || |x: u64| x)
+        .broadcast("copy", |branch| branch.stage("audit", || |x: u64| x).sink(|_| {}))
+        .stage("slow", || {
+            |x: u64| {
+                spin_for(50);
+                x
+            }
+        })
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..4_000).unwrap();
+    let stats = pipeline.drain().unwrap().stats().clone();
+    match stats.bottleneck() {
+        Some(Bottleneck::Stage { name, upstream, .. }) => {
+            assert_eq!(name, "slow", "{stats}");
+            assert_eq!(upstream.map(|(up, _)| up), Some("src".to_string()), "{stats}");
+        }
+        other => panic!("{other:?}\n{stats}"),
+    }
+}
+
 /// Holds every item back until `flush`, and panics on `panic_on`.
 #[derive(Default)]
 struct Hoard {

@@ -86,6 +86,44 @@ impl Graph {
     }
 }
 
+impl Graph {
+    /// Whether the graph knows no flows (stats not taken from a pipeline).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// The stages whose outputs reach `to` directly or through fans, in the order found.
+    pub(crate) fn stages_feeding(&self, to: Vertex) -> Vec<usize> {
+        self.stages_feeding_any(|vertex| vertex == to)
+    }
+
+    /// The stages whose outputs reach a sink directly or through fans.
+    pub(crate) fn stages_feeding_sinks(&self) -> Vec<usize> {
+        self.stages_feeding_any(|vertex| matches!(vertex, Vertex::Sink(_)))
+    }
+
+    fn stages_feeding_any(&self, target: impl Fn(Vertex) -> bool) -> Vec<usize> {
+        let edges = self.edges(true);
+        let mut stages = Vec::new();
+        let mut fans = Vec::new();
+        let mut into: Vec<Vertex> =
+            edges.iter().map(|edge| edge.to).filter(|&vertex| target(vertex)).collect();
+        while let Some(vertex) = into.pop() {
+            for edge in edges.iter().filter(|edge| edge.to == vertex) {
+                match edge.from {
+                    Vertex::Stage(index) if !stages.contains(&index) => stages.push(index),
+                    Vertex::Fan(fan) if !fans.contains(&fan) => {
+                        fans.push(fan);
+                        into.push(Vertex::Fan(fan));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        stages
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +153,27 @@ mod tests {
             ]
         );
         assert_eq!(graph.fans(), [false]);
+    }
+
+    #[test]
+    fn the_stages_feeding_a_node_are_found_through_fans() {
+        // parse ─ fan ─ branch: audit ─ sink 1
+        //             └ main: slow ─ sink 0
+        let flows = vec![
+            Flow { into: Node::Fan(0), from: vec![Supply::Stage(0)] },
+            Flow { into: Node::Stage(1), from: vec![Supply::FanSide(0)] },
+            Flow { into: Node::Sink(1), from: vec![Supply::Stage(1)] },
+            Flow { into: Node::Stage(2), from: vec![Supply::FanMain(0)] },
+            Flow { into: Node::Sink(0), from: vec![Supply::Stage(2)] },
+        ];
+        let graph = Graph::new(flows, vec![true]);
+        assert_eq!(graph.stages_feeding(Vertex::Stage(2)), [0]);
+        assert_eq!(graph.stages_feeding(Vertex::Stage(1)), [0]);
+        assert_eq!(graph.stages_feeding(Vertex::Stage(0)), Vec::<usize>::new());
+        let mut feeding_sinks = graph.stages_feeding_sinks();
+        feeding_sinks.sort_unstable();
+        assert_eq!(feeding_sinks, [1, 2]);
+        assert!(!graph.is_empty() && Graph::default().is_empty());
     }
 
     #[test]

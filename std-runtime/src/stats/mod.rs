@@ -31,6 +31,7 @@ mod graph;
 mod prometheus;
 
 pub(crate) use graph::Graph;
+use graph::Vertex;
 pub use prometheus::exposition;
 
 use crate::sync::{AtomicU8, Mutex, Ordering};
@@ -406,7 +407,7 @@ impl TimeShares {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Bottleneck {
-    /// A stage is busy most of the time, and the stage before it (if any) waits for it.
+    /// A stage is busy most of the time, and a stage feeding it (if any) waits for it.
     Stage {
         /// The stage.
         name: String,
@@ -415,9 +416,10 @@ pub enum Bottleneck {
         /// The stage feeding it and that stage's backpressured share, when it waits.
         upstream: Option<(String, f64)>,
     },
-    /// The pipeline's last stage spends most of its time handing items to the sink.
+    /// A stage that hands items to a sink (the last stage of a line, or of a branch) spends
+    /// most of its time doing so.
     Sink {
-        /// The last stage.
+        /// That stage.
         last: String,
         /// Its backpressured share.
         backpressured: f64,
@@ -602,10 +604,11 @@ impl Stats {
     }
 
     /// The part of the pipeline that limits its throughput, judged from the time shares
-    /// since the start: the sink, if the last stage spends more time handing items to it
+    /// since the start: a sink, if a stage that hands it items spends more time doing so
     /// than any stage spends working; otherwise the busiest stage, if it is busy at least
-    /// half the time (with the stage before it, if that one waits on it); otherwise the
-    /// input. `None` before any stage has done anything.
+    /// half the time (with the stage feeding it that waits on it most, if one does);
+    /// otherwise the input. Which stage feeds which follows the pipeline's flows, through
+    /// branches and merges. `None` before any stage has done anything.
     ///
     /// # Examples
     ///
@@ -629,12 +632,25 @@ impl Stats {
             .enumerate()
             .max_by(|(_, a), (_, b)| a.time.busy.total_cmp(&b.time.busy))?;
         let (index, stage) = busiest;
-        let last = self.stages.last()?;
-        if last.time.backpressured > stage.time.busy && last.time.backpressured >= IDLE_BELOW {
-            return Some(Bottleneck::Sink {
-                last: last.name.clone(),
-                backpressured: last.time.backpressured,
-            });
+        let (feeding_sinks, feeding_it) = if self.graph.is_empty() {
+            // No flows known: the stages are a line.
+            (vec![self.stages.len() - 1], index.checked_sub(1).into_iter().collect())
+        } else {
+            (self.graph.stages_feeding_sinks(), self.graph.stages_feeding(Vertex::Stage(index)))
+        };
+        let most_backpressured = |indices: Vec<usize>| {
+            indices
+                .into_iter()
+                .filter_map(|index| self.stages.get(index))
+                .max_by(|a, b| a.time.backpressured.total_cmp(&b.time.backpressured))
+        };
+        if let Some(last) = most_backpressured(feeding_sinks) {
+            if last.time.backpressured > stage.time.busy && last.time.backpressured >= IDLE_BELOW {
+                return Some(Bottleneck::Sink {
+                    last: last.name.clone(),
+                    backpressured: last.time.backpressured,
+                });
+            }
         }
         if stage.time.busy < IDLE_BELOW {
             if stage.time.busy == 0.0 {
@@ -642,9 +658,7 @@ impl Stats {
             }
             return Some(Bottleneck::Input { busiest: stage.time.busy });
         }
-        let upstream = index
-            .checked_sub(1)
-            .map(|up| &self.stages[up])
+        let upstream = most_backpressured(feeding_it)
             .filter(|up| up.time.backpressured > 0.1)
             .map(|up| (up.name.clone(), up.time.backpressured));
         Some(Bottleneck::Stage { name: stage.name.clone(), busy: stage.time.busy, upstream })
