@@ -81,11 +81,25 @@ struct Controller {
     workers: Vec<StageWorkers>,
     readings: Vec<Reading>,
     threads: Threads,
+    /// The stage to get a worker once every worker asked to retire has left: within the
+    /// budget a worker is added only when the one it replaces has freed its thread.
+    waiting_add: Option<usize>,
 }
 
 impl Controller {
-    /// Measures every stage since the last interval and makes what the scaler decides.
+    /// Measures every stage since the last interval and makes what the scaler decides; or,
+    /// while a move waits for a retiring worker to leave, finishes it once it has.
     fn interval(&mut self) {
+        if let Some(stage) = self.waiting_add {
+            if self.retiring() {
+                return;
+            }
+            self.waiting_add = None;
+            match self.add(stage) {
+                Some(from) => self.announce(stage, from, from + 1, Reason::Bottleneck),
+                None => self.scaler.revert(&mut self.workers, Move::Add { stage }),
+            }
+        }
         let now = Instant::now();
         let readings: Vec<Reading> = self.stages.iter().map(|s| s.read(now)).collect();
         let shares: Vec<(f64, f64)> =
@@ -110,21 +124,17 @@ impl Controller {
         }
     }
 
-    /// Makes `chosen`: starts the added worker first, then asks the other stage's to retire.
-    /// Returns `false`, having changed nothing, if the worker cannot be added (its stage has
-    /// finished, or the system refused the thread).
-    fn apply(&self, chosen: Move) -> bool {
+    /// Makes `chosen`: asks the stage that gives a worker up to retire one, and adds the
+    /// other stage's worker once no worker asked to retire is still running (at once if none
+    /// is; else at a later interval), so that the threads never outnumber the budget.
+    /// Returns `false`, having changed nothing, if the worker cannot be taken away (its stage
+    /// is at its minimum) or added at once (its stage has finished, or the system refused the
+    /// thread).
+    fn apply(&mut self, chosen: Move) -> bool {
         let removed = chosen.removed().map(|stage| &self.stages[stage].shared.workers);
         if removed.is_some_and(|workers| workers.count() <= workers.min()) {
             return false;
         }
-        let added = match chosen.added() {
-            Some(stage) => match self.add(stage) {
-                Some(from) => Some((stage, from)),
-                None => return false,
-            },
-            None => None,
-        };
         if let Some(stage) = chosen.removed() {
             let scaled = &self.stages[stage];
             let from = scaled.shared.workers.count();
@@ -134,10 +144,24 @@ impl Controller {
                 self.announce(stage, from, from - 1, Reason::Spare);
             }
         }
-        if let Some((stage, from)) = added {
-            self.announce(stage, from, from + 1, Reason::Bottleneck);
+        if let Some(stage) = chosen.added() {
+            if self.retiring() {
+                self.waiting_add = Some(stage);
+            } else if let Some(from) = self.add(stage) {
+                self.announce(stage, from, from + 1, Reason::Bottleneck);
+            } else if chosen.removed().is_some() {
+                // The removal stands: only the addition is undone.
+                self.scaler.revert(&mut self.workers, Move::Add { stage });
+            } else {
+                return false;
+            }
         }
         true
+    }
+
+    /// Whether a worker asked to retire, of any stage, has not left yet.
+    fn retiring(&self) -> bool {
+        self.stages.iter().any(|stage| stage.shared.workers.is_retiring())
     }
 
     /// Starts one more worker of `stage`; returns the stage's workers before.
@@ -178,6 +202,7 @@ pub(crate) fn start(
         workers,
         readings,
         threads: Arc::clone(threads),
+        waiting_add: None,
     };
     let control = Arc::clone(control);
     thread::Builder::new().name("backflow:scaler".into()).spawn(move || {

@@ -59,6 +59,13 @@ impl Workers {
         self.locked().target
     }
 
+    /// Whether a worker asked to retire has not left yet: more workers run than the stage
+    /// should have.
+    pub(crate) fn is_retiring(&self) -> bool {
+        let count = self.locked();
+        count.live > count.target
+    }
+
     pub(crate) fn min(&self) -> usize {
         self.min
     }

@@ -103,7 +103,18 @@ fn workers_move_to_the_slow_stage_and_follow_it() {
     let costs: Arc<[AtomicU64; 3]> =
         Arc::new([1, 20, 1].map(|us| AtomicU64::new(us * MICROSECOND)));
     let instances: Arc<[Arc<Instances>; 3]> = Arc::default();
-    let (log, handler) = scaled_log();
+    let (log, log_scaled) = scaled_log();
+    // When the last stage gets its worker, how many of the slow stage's values were dropped:
+    // within the budget of 4 threads, the retiring worker has left (and dropped its value)
+    // before the worker that takes its thread starts.
+    let dropped_at_addition = Arc::new(Mutex::new(None));
+    let (seen, slow) = (Arc::clone(&dropped_at_addition), Arc::clone(&instances[1]));
+    let handler = move |event: &Event<'_>| {
+        if let Event::Scaled { stage: "c", reason: Reason::Bottleneck, .. } = *event {
+            *seen.lock().unwrap() = Some(slow.dropped.load(Ordering::SeqCst));
+        }
+        log_scaled(event);
+    };
     let stage_for = |i: usize| {
         let (costs, instances) = (Arc::clone(&costs), Arc::clone(&instances));
         move || {
@@ -173,6 +184,7 @@ fn workers_move_to_the_slow_stage_and_follow_it() {
         stop.store(true, Ordering::Relaxed);
         producer.join().unwrap()
     });
+    assert_eq!(*dropped_at_addition.lock().unwrap(), Some(1), "added before one left");
     let report = pipeline.drain().unwrap();
     assert!(report.is_balanced(), "{:?}", report.unbalanced());
     assert_eq!(delivered.load(Ordering::Relaxed), pushed);

@@ -237,6 +237,9 @@ impl<In: Send + 'static> Source<In> {
     /// fixed number of [`workers`](Builder::workers) count against the budget and never
     /// change. An added worker runs a new stage value from the factory; a worker that leaves
     /// finishes its batch, then flushes and drops its stage value as at the end of the stream.
+    /// The budget holds for running threads too: a worker moving from one stage to another
+    /// starts once the one it replaces has left (at a later interval, if that one is still
+    /// finishing its batch).
     ///
     /// # Errors
     ///
