@@ -227,6 +227,25 @@ pub trait Stage<In> {
         Poll::Ready(())
     }
 
+    /// For a stage that [`HOLDS`](Self::HOLDS) items, when its worker stops before it has
+    /// reported them all (a cancel): calls `finished` with the place of each held item that
+    /// has finished and whose outputs, if any, are out (`0` for the oldest item not yet
+    /// reported), and with its outcome (`true` for a success). Those items count as processed,
+    /// or failed, rather than abandoned. The default reports none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow_core::stage::{self, Stage};
+    ///
+    /// let mut places = Vec::new();
+    /// stage::map(|x: u8| x).finished_held(&mut |place, ok| places.push((place, ok)));
+    /// assert!(places.is_empty());
+    /// ```
+    fn finished_held(&self, finished: &mut impl FnMut(usize, bool)) {
+        let _ = finished;
+    }
+
     /// Fuses `self` and `next` into one stage: each output of `self` goes straight into `next`,
     /// in the same thread, with no queue between them.
     ///

@@ -265,7 +265,7 @@ where
         downstream.abandon(&mut outputs);
     }
     // Items the stage still holds in flight (or that wait for a retry) when the worker stops.
-    held.abandon(input);
+    held.abandon(input, stage.as_ref(), &parts.shared.counters);
     if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
         abandon_held(stage, &mut outputs, parts);
     }
@@ -743,12 +743,30 @@ impl<In> Held<In> {
     }
 
     /// Abandons every item left: counted, and handed to the drop hook when there is a copy
-    /// (an item in flight is owned by the stage, and dropped with it).
-    fn abandon(&mut self, input: &Link<In>) {
-        for Taken { copy, .. } in self.taken.drain(..) {
-            match copy {
-                Some(item) => input.give_up(item),
-                None => input.give_up_held(),
+    /// (an item in flight is owned by the stage, and dropped with it); except the items
+    /// `stage` says have finished (see [`Stage::finished_held`]), counted as processed or
+    /// failed.
+    fn abandon<S: Stage<In>>(
+        &mut self,
+        input: &Link<In>,
+        stage: Option<&S>,
+        counters: &StageCounters,
+    ) {
+        let mut finished = Vec::new();
+        if let Some(stage) = stage {
+            // The stage's own code: if it panics, what it held is abandoned.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                stage.finished_held(&mut |place, ok| finished.push((place, ok)));
+            }));
+        }
+        for (place, Taken { copy, .. }) in self.taken.drain(..).enumerate() {
+            match finished.iter().find(|(at, _)| *at == place) {
+                Some((_, true)) => counters.emitted_inputs.add(1),
+                Some((_, false)) => counters.errored.add(1),
+                None => match copy {
+                    Some(item) => input.give_up(item),
+                    None => input.give_up_held(),
+                },
             }
         }
         for (envelope, _) in self.retries.drain(..) {

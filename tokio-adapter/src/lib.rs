@@ -523,6 +523,18 @@ where
         }
     }
 
+    /// The held items that finished: a failure, or a success whose outputs are out (unordered,
+    /// they go out as the item finishes; in order, they wait, and are lost at a cancel).
+    fn finished_held(&self, finished: &mut impl FnMut(usize, bool)) {
+        for (place, held) in self.held.iter().enumerate() {
+            match held {
+                Held::Done(Ok(None), _) => finished(place, true),
+                Held::Done(Err(_), _) => finished(place, false),
+                Held::Done(Ok(Some(_)), _) | Held::Running(_) => {}
+            }
+        }
+    }
+
     fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.flight.set_waker(cx.waker());
         if let Some(handle) = self.handle.clone() {

@@ -611,3 +611,44 @@ fn held_results_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_is() 
     let stats = error.report().stage("bombs").unwrap();
     assert!(stats.accounting.is_balanced(), "{error:?}");
 }
+
+/// Unordered, the outputs of items that finished go out at once, though their outcomes are
+/// reported in input order, behind an item that never finishes. Cancelled then, those items
+/// count as processed (or failed), not as abandoned: each item is counted once.
+#[test]
+fn items_finished_behind_an_unfinished_one_are_not_abandoned_at_cancel() {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
+    let (pipeline, mut output) = Pipeline::<u64>::builder()
+        .stage("stuck", move || {
+            map_async(|x: u64| async move {
+                if x == 0 {
+                    std::future::pending::<()>().await;
+                }
+                if x.is_multiple_of(3) { Err("a multiple of three") } else { Ok(x) }
+            })
+            .concurrency(16)
+            .on(handle.clone())
+        })
+        .output()
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..10).unwrap();
+    // 1, 2, 4, 5, 7, 8 succeed and go out; 3, 6, 9 fail; 0 never finishes.
+    // All ten are started and polled in one run (concurrency 16): by the time the six
+    // outputs are out, the three failures are in too.
+    let mut got: Vec<u64> = output.by_ref().take(6).collect();
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 4, 5, 7, 8]);
+    pipeline.cancel();
+    drop(output);
+    let error = pipeline.drain().expect_err("cancelled");
+    let stuck = error.report().stage("stuck").unwrap().accounting;
+    assert_eq!(
+        (stuck.emitted_inputs, stuck.errored, stuck.abandoned),
+        (6, 3, 1),
+        "{:?}",
+        error.report()
+    );
+    assert!(error.report().is_balanced());
+}
