@@ -13,7 +13,9 @@ mod stream;
 pub use stream::Recv;
 
 /// The pipeline's outputs, as a blocking iterator: `next()` waits for the next item and
-/// returns `None` once the pipeline has drained (or was cancelled) and every output was taken.
+/// returns `None` once the pipeline has drained and every output was taken, or once it was
+/// cancelled (what its queue still holds when the cancelled pipeline ends is abandoned,
+/// counted in the sink's stats and handed to the drop hook).
 ///
 /// The last stage's queue into the output is bounded like any other, with `Block`: if nobody
 /// reads the output, the pipeline fills up and its producers wait. Read it from another thread

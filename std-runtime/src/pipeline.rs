@@ -133,10 +133,13 @@ impl<In> Running<In> {
         self.sweep_queues();
     }
 
-    /// Abandons what is left in the stages' queues now.
+    /// Abandons what is left in the stages' queues now; and in the output handle's queue if
+    /// the pipeline was cancelled (the handle then ends) or the handle is gone.
     fn sweep_queues(&self) {
         self.views.iter().for_each(|view| view.sweep());
-        self.output.iter().for_each(|view| view.sweep_orphaned());
+        if let Some(view) = &self.output {
+            if self.control.is_cancelled() { view.sweep() } else { view.sweep_orphaned() }
+        }
     }
 
     /// What a snapshot reads.

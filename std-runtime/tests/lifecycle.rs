@@ -521,3 +521,28 @@ fn a_stage_whose_drop_panics_does_not_hold_up_a_shutdown_without_deadline() {
     assert!(report.is_balanced(), "{:?}", report.unbalanced());
     assert_eq!(count("backflow:grudge:"), 0);
 }
+
+/// Items waiting in the output handle's queue when the pipeline is cancelled are abandoned
+/// there, counted and handed to the drop hook, and the handle ends: the report is final.
+#[test]
+fn a_cancel_abandons_what_waits_in_the_output_queue() {
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let hook = Arc::clone(&dropped);
+    let (pipeline, mut output) = Pipeline::<u64>::builder()
+        .stage("id", || |x: u64| x)
+        .output()
+        .on_drop(move |dropped| hook.lock().unwrap().push((dropped.item, dropped.reason)))
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..5).unwrap();
+    common::eventually("the five wait in the output queue", || {
+        pipeline.stats().sink().received == 5
+    });
+    pipeline.cancel();
+    let error = pipeline.drain().expect_err("cancelled");
+    let sink = error.report().sink();
+    assert_eq!((sink.delivered, sink.abandoned, sink.in_flight), (0, 5, 0), "{error:?}");
+    assert_eq!(output.next(), None);
+    let dropped = dropped.lock().unwrap();
+    assert_eq!(dropped.iter().map(|(item, _)| *item).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+}
