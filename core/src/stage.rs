@@ -192,8 +192,9 @@ pub trait Stage<In> {
     /// them, leaving the rest of the run to the runtime. A runtime then calls `process_run`
     /// again, with new items or none, whenever [`poll_held`](Self::poll_held) says it has
     /// something to report, and does not end the stream while the stage holds items; when
-    /// the pipeline is cancelled it counts the items the stage still holds as abandoned and
-    /// drops the stage (and what it holds with it). `false` unless overridden; a stage that
+    /// the pipeline is cancelled it counts the items the stage still holds as abandoned (but
+    /// those [`finished_held`](Self::finished_held) names) and drops the stage (and what it
+    /// holds with it). `false` unless overridden; a stage that
     /// holds items also sets [`RUNS`](Self::RUNS).
     ///
     /// # Examples

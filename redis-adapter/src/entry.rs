@@ -270,7 +270,12 @@ impl Drop for Ticket {
     /// it by then).
     fn drop(&mut self) {
         if let Some(ledger) = &self.ledger {
-            ledger.settle(std::mem::take(&mut self.id), self.kept.take());
+            let failure = match self.kept.take() {
+                Some(failure) => Some(failure),
+                None if thread::panicking() => Some(Failure::here("panicked".into())),
+                None => None,
+            };
+            ledger.settle(std::mem::take(&mut self.id), failure);
         }
     }
 }

@@ -146,9 +146,9 @@ impl Tls {
         let ca = self.ca.read("tls.ca")?;
         let anchors = CertificateDer::pem_slice_iter(&ca).collect::<Result<Vec<_>, _>>();
         let mut roots = RootCertStore::empty();
-        for anchor in anchors.unwrap_or_default() {
-            roots.add(anchor).map_err(|_| invalid("tls.ca", "PEM holding CA certificates"))?;
-        }
+        // As a system bundle may, a bundle can hold a certificate webpki does not take: the
+        // others are trusted.
+        roots.add_parsable_certificates(anchors.unwrap_or_default());
         if roots.is_empty() {
             return Err(invalid("tls.ca", "PEM holding at least one CA certificate"));
         }

@@ -33,10 +33,11 @@ thread_local! {
 /// when called anywhere else (a producer, a sink called outside a batch, any other thread).
 ///
 /// For values that stand for an item's completion: drop code that acknowledges an item calls
-/// it and checks [`Watch::is_cancelled`](crate::Watch::is_cancelled) in `work`. The wait is
-/// short: a batch is at most [`BATCH`](crate::stage::BATCH) items (a stage that holds items
-/// in flight reports an item's outcome in the batch after the one that finished it, and its
-/// work waits for that one). In a worker's batch a panic in `work` is caught and fails the
+/// it and checks [`Watch::is_cancelled`](crate::Watch::is_cancelled) in `work`. A batch is
+/// at most [`BATCH`](crate::stage::BATCH) items, so the wait is short for most stages; a
+/// stage that holds items in flight (an async stage) reports each item's outcome in input
+/// order, and the work its items deferred waits for that (as long as the item before it
+/// takes). In a worker's batch a panic in `work` is caught and fails the
 /// pipeline as the worker's; run at once, it goes to the caller, unless a panic is unwinding
 /// already (the work runs in a drop on the way), when it is caught and dropped.
 ///
@@ -74,7 +75,14 @@ thread_local! {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn after_outcome(work: impl FnOnce() + Send + 'static) {
-    defer(Box::new(work));
+    if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+        defer(Box::new(work));
+    } else if thread::panicking() {
+        drop(catch_unwind(AssertUnwindSafe(work)));
+    } else {
+        // Outside a batch: at once, with nothing to hold (no allocation).
+        work();
+    }
 }
 
 /// Holds `work` in this thread's innermost open batch, or runs it if there is none. Work

@@ -257,8 +257,9 @@ impl MetricsServer {
 
     /// As [`bind`](Self::bind), with a timeout of its own: how long reading a request from
     /// one client (one that sends it slowly, or not at all) or writing an answer to it (one
-    /// that does not read) may block before the server drops that client and goes on with the
-    /// next. `Duration::MAX` means no timeout: one such client then holds the server.
+    /// that does not read) may block before the server drops that client and frees its place
+    /// (one of [`MAX_CONNECTIONS`]). `Duration::MAX` means no timeout: such a client then
+    /// holds its place until it goes, and `stop` waits for it.
     ///
     /// # Errors
     ///

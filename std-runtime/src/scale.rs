@@ -81,17 +81,26 @@ struct Controller {
     workers: Vec<StageWorkers>,
     readings: Vec<Reading>,
     threads: Threads,
-    /// The stage to get a worker once every worker asked to retire has left: within the
-    /// budget a worker is added only when the one it replaces has freed its thread.
-    waiting_add: Option<usize>,
+    /// The stage to get a worker once every worker asked to retire has left (within the
+    /// budget a worker is added only when the one it replaces has freed its thread), and the
+    /// intervals waited so far.
+    waiting_add: Option<(usize, u32)>,
 }
+
+/// How many intervals an addition waits for a retiring worker to leave. A worker leaves
+/// between two batches; one that holds items in flight (an async stage under steady load)
+/// or is stuck in a long call may not for a long time, and the controller does not wait for
+/// it forever: after this, the worker is added, and the threads outnumber the budget by one
+/// until the other has left.
+const WAIT_INTERVALS: u32 = 4;
 
 impl Controller {
     /// Measures every stage since the last interval and makes what the scaler decides; or,
     /// while a move waits for a retiring worker to leave, finishes it once it has.
     fn interval(&mut self) {
-        if let Some(stage) = self.waiting_add {
-            if self.retiring() {
+        if let Some((stage, waited)) = self.waiting_add {
+            if self.retiring() && waited < WAIT_INTERVALS {
+                self.waiting_add = Some((stage, waited + 1));
                 return;
             }
             self.waiting_add = None;
@@ -126,7 +135,8 @@ impl Controller {
 
     /// Makes `chosen`: asks the stage that gives a worker up to retire one, and adds the
     /// other stage's worker once no worker asked to retire is still running (at once if none
-    /// is; else at a later interval), so that the threads never outnumber the budget.
+    /// is; else at a later interval, [`WAIT_INTERVALS`] at most), so that the threads do not
+    /// outnumber the budget.
     /// Returns `false`, having changed nothing, if the worker cannot be taken away (its stage
     /// is at its minimum) or added at once (its stage has finished, or the system refused the
     /// thread).
@@ -146,7 +156,7 @@ impl Controller {
         }
         if let Some(stage) = chosen.added() {
             if self.retiring() {
-                self.waiting_add = Some(stage);
+                self.waiting_add = Some((stage, 0));
             } else if let Some(from) = self.add(stage) {
                 self.announce(stage, from, from + 1, Reason::Bottleneck);
             } else if chosen.removed().is_some() {

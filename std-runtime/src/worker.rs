@@ -266,7 +266,7 @@ where
     }
     // Items the stage still holds in flight (or that wait for a retry) when the worker stops.
     held.abandon(input, stage.as_ref(), &parts.shared.counters);
-    if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled()) {
+    if let Some(stage) = stage.as_mut().filter(|_| control.is_cancelled() && !held.flushed) {
         abandon_held(stage, &mut outputs, parts);
     }
     if let Some(stage) = stage.take() {
@@ -321,7 +321,7 @@ fn work<In, S, F>(
         if let Some(period) = parts.flush_every {
             if flushed_at.elapsed() >= period {
                 flushed_at = Instant::now();
-                if !flush(stage, outputs, parts, control) {
+                if !flush(stage, outputs, parts, control, (id.index, held)) {
                     return;
                 }
             }
@@ -387,7 +387,8 @@ fn work<In, S, F>(
         }
     }
     // End of stream, or retiring: let the stage emit what it holds back.
-    flush(stage, outputs, parts, control);
+    flush(stage, outputs, parts, control, (id.index, held));
+    held.flushed = true;
 }
 
 /// Pops a batch into `inputs`; returns how many items, and for an ordered stage with several
@@ -408,25 +409,34 @@ fn pop<'p, In, Out>(
 
 /// Flushes the stage (at the end of the stream, or on its timer) and delivers what it emits
 /// right away; a flush that fails under fail-fast fails the pipeline (what the stage held is
-/// lost with it). Returns `false` if the pipeline stopped.
+/// lost with it, and `held` notes that the stage is not to be flushed again). What the
+/// flush defers ([`after_outcome`](crate::stage::after_outcome)) runs after its outcome is
+/// recorded. Returns `false` if the pipeline stopped.
 fn flush<In, S>(
     stage: &mut S,
     outputs: &mut VecDeque<Envelope<S::Out>>,
     parts: &WorkerParts<In, S::Out>,
     control: &Control,
+    (worker, held): (usize, &mut Held<In>),
 ) -> bool
 where
     S: Stage<In>,
     S::Error: fmt::Display,
 {
+    let deferred = Batch::open();
     let mut out = Outputs::new(outputs, parts);
     out.hold = false;
     out.queued = control.now();
     if let Some(message) = flush_into(stage, &mut out) {
         if matches!(parts.policy.on_failure, OnFailure::FailFast) {
-            let stage = parts.shared.name.to_string();
-            control.fail(Fatal { stage, message, culprit: Culprit::Stage });
+            let name = parts.shared.name.to_string();
+            control.fail(Fatal { stage: name, message, culprit: Culprit::Stage });
+            held.flushed = true;
         }
+    }
+    if let Some(message) = deferred.close() {
+        let (stage, culprit) = (parts.shared.name.to_string(), Culprit::Worker(worker));
+        control.fail(Fatal { stage, message, culprit });
     }
     out.flush();
     let stopped = out.stopped;
@@ -489,6 +499,12 @@ impl Outcomes<'_> {
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
         self.publish();
+        if std::thread::panicking() {
+            // A panic the worker does not survive (not the stage's: those are caught): the
+            // pipeline is failed once it has unwound; the work deferred during the batch must
+            // see it stopped already.
+            self.control.cancel();
+        }
         let panic = self.deferred.take().and_then(Batch::close);
         if let Some(message) = panic {
             let (stage, culprit) = (self.stage.to_string(), Culprit::Worker(self.worker));
@@ -734,12 +750,15 @@ struct Taken<In> {
 pub(crate) struct Held<In> {
     taken: VecDeque<Taken<In>>,
     retries: VecDeque<(Envelope<In>, u32)>,
+    /// The stage was flushed for the last time (at the end of its stream, or by a flush that
+    /// failed the pipeline): a worker that stops does not flush it again.
+    flushed: bool,
 }
 
 impl<In> Held<In> {
     fn new<S: Stage<In>>() -> Self {
         let capacity = if S::RUNS && !S::HOLDS { BATCH } else { 0 };
-        Self { taken: VecDeque::with_capacity(capacity), retries: VecDeque::new() }
+        Self { taken: VecDeque::with_capacity(capacity), retries: VecDeque::new(), flushed: false }
     }
 
     /// Abandons every item left: counted, and handed to the drop hook when there is a copy
@@ -760,13 +779,13 @@ impl<In> Held<In> {
             }));
         }
         for (place, Taken { copy, .. }) in self.taken.drain(..).enumerate() {
-            match finished.iter().find(|(at, _)| *at == place) {
-                Some((_, true)) => counters.emitted_inputs.add(1),
-                Some((_, false)) => counters.errored.add(1),
-                None => match copy {
-                    Some(item) => input.give_up(item),
-                    None => input.give_up_held(),
-                },
+            match (finished.iter().find(|(at, _)| *at == place), copy) {
+                (Some((_, true)), _) => counters.emitted_inputs.add(1),
+                (Some((_, false)), None) => counters.errored.add(1),
+                // A failure its policy can no longer handle (retry, dead letter): the copy is
+                // abandoned, to the drop hook, as the items that never ran are.
+                (_, Some(item)) => input.give_up(item),
+                (None, None) => input.give_up_held(),
             }
         }
         for (envelope, _) in self.retries.drain(..) {
@@ -814,7 +833,7 @@ fn in_runs<In, S, F>(
 {
     let (control, policy) = (cx.control, cx.policy);
     let mut failures: Vec<(Failure<S::Error>, Option<In>, u32)> = Vec::new();
-    let Held { taken, retries } = held;
+    let Held { taken, retries, .. } = held;
     let result = {
         let taken = RefCell::new(&mut *taken);
         let mut items = iter::from_fn(|| {

@@ -218,3 +218,72 @@ fn items_whose_deferred_work_panics_held_by_a_stage_at_cancel_do_not_abort() {
         },
     );
 }
+
+/// An error whose `Display` panics: reporting it is a panic the worker does not survive.
+#[derive(Debug)]
+struct Unprintable;
+
+impl std::fmt::Display for Unprintable {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("this error cannot be shown")
+    }
+}
+
+#[test]
+fn an_item_whose_failure_cannot_even_be_reported_learns_the_pipeline_stopped() {
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("check", || {
+            stage::try_map(|t: Ticket| if t.n == FAILING { Err(Unprintable) } else { Ok(t.n) })
+        })
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let (learned, error) = run(pipeline, false);
+    assert!(matches!(error, PipelineError::WorkerPanicked { .. }), "{error:?}");
+    assert!(!learned[&FAILING]);
+}
+
+/// Holds every ticket until its flush, which drops them and fails.
+struct HoldsThenFails(Vec<Ticket>, Arc<AtomicUsize>);
+
+impl backflow::Stage<Ticket> for HoldsThenFails {
+    type Out = u64;
+    type Error = String;
+
+    fn process(&mut self, t: Ticket, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        self.0.push(t);
+        Ok(())
+    }
+
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.clear();
+        Err("the flush fails".into())
+    }
+}
+
+/// Under fail-fast, a flush that fails at the end of the stream fails the pipeline: what it
+/// dropped learns it, and the stage is not flushed a second time as the pipeline stops.
+#[test]
+fn what_a_failing_flush_drops_learns_the_pipeline_stopped() {
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&flushes);
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("hold", move || HoldsThenFails(Vec::new(), Arc::clone(&counted)))
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let log = Log::default();
+    let watch = Arc::new(OnceLock::new());
+    let _ = watch.set(pipeline.watch());
+    let tickets = (0..10).map(|n| Ticket { n, log: Arc::clone(&log), watch: Arc::clone(&watch) });
+    pipeline.input().push_iter(tickets).unwrap();
+    let error = pipeline.drain().expect_err("the flush failed");
+    assert!(matches!(error, PipelineError::StageFailed { .. }), "{error:?}");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 10);
+    assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
+    assert_eq!(flushes.load(Ordering::SeqCst), 1, "flushed again after its flush failed");
+}

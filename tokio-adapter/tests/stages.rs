@@ -652,3 +652,47 @@ fn items_finished_behind_an_unfinished_one_are_not_abandoned_at_cancel() {
     );
     assert!(error.report().is_balanced());
 }
+
+/// A failure held behind an unfinished item, under a policy that copies items (dead letter),
+/// cannot go to its handler once the pipeline is cancelled: its copy is abandoned, to the drop
+/// hook, like the item that never finished.
+#[test]
+fn a_failure_held_at_cancel_under_a_dead_letter_policy_goes_to_the_drop_hook() {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let hook = Arc::clone(&dropped);
+    let failed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&failed);
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("stuck", move || {
+            let counted = Arc::clone(&counted);
+            map_async(move |x: u64| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    if x == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Err::<u64, _>("fails")
+                }
+            })
+            .on(handle.clone())
+        })
+        .dead_letter(|_| {})
+        .on_drop(move |dropped| hook.lock().unwrap().push(dropped.item))
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..2).unwrap();
+    // Its result is held (behind 0) from the poll that finished it on.
+    eventually("item 1 failed", || failed.load(Ordering::SeqCst) == 1);
+    pipeline.cancel();
+    let error = pipeline.drain().expect_err("cancelled");
+    let stuck = error.report().stage("stuck").unwrap().accounting;
+    assert!(stuck.is_balanced(), "{stuck:?}");
+    assert_eq!((stuck.abandoned, stuck.dead_lettered), (2, 0), "{stuck:?}");
+    let mut dropped = dropped.lock().unwrap().clone();
+    dropped.sort_unstable();
+    assert_eq!(dropped, [0, 1]);
+}

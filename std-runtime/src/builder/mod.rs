@@ -239,7 +239,9 @@ impl<In: Send + 'static> Source<In> {
     /// finishes its batch, then flushes and drops its stage value as at the end of the stream.
     /// The budget holds for running threads too: a worker moving from one stage to another
     /// starts once the one it replaces has left (at a later interval, if that one is still
-    /// finishing its batch).
+    /// finishing its batch; after four intervals it starts anyway, and one thread more runs
+    /// until the other leaves: a worker that holds items in flight, as an async stage's
+    /// does, leaves only once it holds none).
     ///
     /// # Errors
     ///

@@ -64,7 +64,7 @@ pub(super) fn work<In, S, F>(
         if let Some(period) = parts.flush_every {
             if flushed_at.elapsed() >= period {
                 flushed_at = Instant::now();
-                if !flush(stage, outputs, parts, control) {
+                if !flush(stage, outputs, parts, control, (cx.worker, held)) {
                     return;
                 }
             }
@@ -137,7 +137,8 @@ pub(super) fn work<In, S, F>(
     }
     drop(waiting);
     // End of stream: let the stage emit what it holds back.
-    flush(stage, outputs, parts, control);
+    flush(stage, outputs, parts, control, (cx.worker, held));
+    held.flushed = true;
 }
 
 /// The worker's place among the input queue's waiters, given back when it is dropped.
