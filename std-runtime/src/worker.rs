@@ -361,7 +361,8 @@ fn work<In, S, F>(
                     // item it was processing failed with it.
                     outcomes.failed += 1;
                     outcomes.panicked += 1;
-                    rebuild(stage, factory, &mut out);
+                    // Plain: skip, whatever the old stage's flush says.
+                    let _ = rebuild(stage, factory, &mut out);
                 }
             } else {
                 with_policy(stage, factory, inputs, &mut out, &cx, &mut outcomes);
@@ -533,6 +534,18 @@ enum Next<In> {
 }
 
 impl<In, Out> ItemPolicy<'_, In, Out> {
+    /// Under fail-fast, a flush that failed (`message`: the old stage's, flushed as it was
+    /// rebuilt after a panic, whose attempt may be retried) fails the pipeline: what that
+    /// stage held is lost.
+    fn flush_failed(&self, message: Option<String>) {
+        if let Some(message) = message {
+            if matches!(self.policy.on_failure, OnFailure::FailFast) {
+                let stage = self.stage.to_string();
+                self.control.fail(Fatal { stage, message, culprit: Culprit::Stage });
+            }
+        }
+    }
+
     /// Applies the stage's policy to a failed attempt: retry after a backoff, or settle the
     /// item as errored (failing the pipeline under fail-fast) or dead-lettered.
     fn failed<E: fmt::Display>(
@@ -684,7 +697,7 @@ fn attempts<In, S, F>(
                 // Counted as failed for good first: if the factory panics too, the worker
                 // stops with this item settled.
                 outcomes.failed += 1;
-                rebuild(stage, factory, out);
+                cx.flush_failed(rebuild(stage, factory, out));
                 outcomes.failed -= 1;
                 Some(Failure::Panic(panic_message(&*panic)))
             }
@@ -891,7 +904,7 @@ fn in_runs<In, S, F>(
         // panics too, the worker stops with the run's failures settled as errors.
         let failed = failures.len() as u64;
         outcomes.failed += failed;
-        rebuild(stage, factory, out);
+        cx.flush_failed(rebuild(stage, factory, out));
         outcomes.failed -= failed;
     }
     let mut failures = failures.into_iter();
@@ -926,7 +939,11 @@ fn in_runs<In, S, F>(
 /// or a panic in its `drop` counts as a panic of the stage. A panic in the factory goes on
 /// (the worker cannot go on without a stage: it is fatal, and the old stage stays, for the
 /// worker to abandon what it holds), saying where it came from.
-fn rebuild<In, S>(stage: &mut S, factory: &impl Fn() -> S, out: &mut Outputs<'_, S::Out>)
+fn rebuild<In, S>(
+    stage: &mut S,
+    factory: &impl Fn() -> S,
+    out: &mut Outputs<'_, S::Out>,
+) -> Option<String>
 where
     S: Stage<In>,
     S::Error: fmt::Display,
@@ -936,9 +953,9 @@ where
         resume_unwind(Box::new(message))
     });
     let mut old = mem::replace(stage, fresh);
-    // After a panic: under fail-fast the panic has failed the pipeline already.
-    let _ = flush_into(&mut old, out);
+    let failed = flush_into(&mut old, out);
     drop_stage(old, out.counters);
+    failed
 }
 
 /// Abandons what `stage` holds back when its worker stops before the end of the stream

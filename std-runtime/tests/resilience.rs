@@ -567,3 +567,54 @@ fn a_failed_flush_under_fail_fast_fails_the_pipeline() {
         }
     }
 }
+
+/// Holds the last item back; panics the first time it sees 5; its flush fails while it holds
+/// an item.
+struct PanicsOnceOnFive {
+    held: Option<u64>,
+    panicked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl backflow::Stage<u64> for PanicsOnceOnFive {
+    type Out = u64;
+    type Error = String;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        if x == 5 && !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("five, the first time");
+        }
+        if let Some(held) = self.held.replace(x) {
+            out.emit(held);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        match self.held.take() {
+            Some(x) => Err(format!("cannot flush {x}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Under fail-fast with retries, a panic rebuilds the stage and the item is tried again; the
+/// old stage value's flush failing (what it held lost) fails the pipeline too.
+#[test]
+fn a_failed_flush_of_a_stage_rebuilt_for_a_retry_fails_a_fail_fast_pipeline() {
+    let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipeline = Pipeline::<u64>::builder()
+        .stage("hold", move || PanicsOnceOnFive { held: None, panicked: Arc::clone(&panicked) })
+        .retry(RetrySchedule::new(Duration::from_millis(1), Duration::from_millis(1), 3).unwrap())
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    pipeline.input().push_iter(0..10).unwrap();
+    match pipeline.drain() {
+        Err(PipelineError::StageFailed { stage, error, report }) => {
+            assert_eq!((stage.as_str(), error.as_str()), ("hold", "cannot flush 4"));
+            assert!(report.is_balanced(), "{report:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -71,8 +71,9 @@ where
                 // item it was processing failed with it.
                 outcomes.failed += 1;
                 outcomes.panicked += 1;
+                // Plain (skip): whatever the old stage's flush says, the run goes on.
                 match catch_unwind(AssertUnwindSafe(|| rebuild(stage, factory, out))) {
-                    Ok(()) => stop = control.is_cancelled(),
+                    Ok(_) => stop = control.is_cancelled(),
                     Err(panic) => {
                         fatal = Some(panic);
                         stop = true;
