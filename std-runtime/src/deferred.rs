@@ -11,9 +11,9 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::thread;
 
 use crate::panic::panic_message;
+use crate::sync::thread;
 
 /// A piece of deferred work.
 type Work = Box<dyn FnOnce() + Send>;
@@ -106,20 +106,25 @@ fn defer(work: Work) {
     }
 }
 
-/// A batch on this thread: the work deferred while it is open runs when it is closed.
+/// A batch on this thread: the work deferred while it is open runs when it is closed (or,
+/// should a panic unwind past it, when it is dropped).
 pub(crate) struct Batch {
     /// How much work was held when it opened (the outer batches').
     mark: usize,
+    open: bool,
 }
 
 impl Batch {
     pub(crate) fn open() -> Self {
         DEPTH.set(DEPTH.get() + 1);
-        Self { mark: HELD.get() }
+        Self { mark: HELD.get(), open: true }
     }
 
-    /// The work deferred since the batch opened, taken out.
-    fn take(&self) -> Vec<Work> {
+    /// The work deferred since the batch opened, taken out; the batch is closed.
+    fn take(&mut self) -> Vec<Work> {
+        if !std::mem::replace(&mut self.open, false) {
+            return Vec::new();
+        }
         DEPTH.set(DEPTH.get().saturating_sub(1));
         if HELD.get() <= self.mark {
             return Vec::new();
@@ -136,7 +141,7 @@ impl Batch {
 
     /// Closes the batch and runs its deferred work, each piece caught: returns the first
     /// panic's message.
-    pub(crate) fn close(self) -> Option<String> {
+    pub(crate) fn close(mut self) -> Option<String> {
         let mut first = None;
         for work in self.take() {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(work)) {
@@ -184,14 +189,14 @@ impl Deferred {
         struct Open(Option<Batch>);
         impl Drop for Open {
             fn drop(&mut self) {
-                if let Some(batch) = self.0.take() {
+                if let Some(mut batch) = self.0.take() {
                     drop(Deferred { work: batch.take() });
                 }
             }
         }
         let mut open = Open(Some(Batch::open()));
         let result = f();
-        let work = open.0.take().map(|batch| batch.take()).unwrap_or_default();
+        let work = open.0.take().map(|mut batch| batch.take()).unwrap_or_default();
         (result, Self { work })
     }
 
@@ -215,6 +220,14 @@ impl Deferred {
     /// `Deferred` does the same).
     pub fn defer(self) {
         drop(self);
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for work in self.take() {
+            let _ = catch_unwind(AssertUnwindSafe(work));
+        }
     }
 }
 

@@ -97,6 +97,9 @@ mod model {
     /// coroutine with 32 KiB of stack unless told otherwise, less than a worker needs.
     pub(crate) mod thread {
         pub(crate) use loom::thread::{JoinHandle, Thread, current, park, yield_now};
+        /// Whether this thread is unwinding: loom runs its threads as the process's, and a
+        /// panic unwinds them as any.
+        pub(crate) use std::thread::panicking;
 
         /// Loom has no clock: a timed park is a park that may end early.
         pub(crate) fn park_timeout(_timeout: std::time::Duration) {

@@ -29,7 +29,7 @@ use crate::deferred::Batch;
 use crate::event::Event;
 use crate::hooks::DeadLetter;
 use crate::link::{Envelope, Link};
-use crate::panic::panic_message;
+use crate::panic::{Caught, panic_message};
 use crate::policy::{Failure, OnFailure, Policy};
 use crate::route::{Downstream, HandOver, Reorder};
 use crate::stats::{StageCounters, StageShared};
@@ -500,7 +500,7 @@ impl Outcomes<'_> {
 impl Drop for Outcomes<'_> {
     fn drop(&mut self) {
         self.publish();
-        if std::thread::panicking() {
+        if thread::panicking() {
             // A panic the worker does not survive (not the stage's: those are caught): the
             // pipeline is failed once it has unwound; the work deferred during the batch must
             // see it stopped already.
@@ -524,6 +524,10 @@ struct ItemPolicy<'a, In, Out> {
     shared: &'a StageShared,
     policy: &'a Policy<In, Out>,
 }
+
+/// A failed attempt waiting for its policy: the failure, the item's copy (if the policy
+/// keeps one) and the attempt's number.
+type Failed<In, E> = (Failure<Caught<E>>, Option<In>, u32);
 
 /// What comes after a failed attempt.
 enum Next<In> {
@@ -614,7 +618,8 @@ fn one_by_one<In, S: Stage<In>>(
 ) {
     while let Some(envelope) = inputs.pop_front() {
         let popped_at = cx.start(&envelope, out);
-        let result = stage.process(envelope.item, out);
+        // An error's drop is the user's code: caught, so the item is counted once.
+        let result = stage.process(envelope.item, out).map_err(Caught::new);
         cx.timed(&Times { born: envelope.born, queued: envelope.queued, popped_at });
         outcomes.count(&result);
         if out.stopped {
@@ -691,7 +696,7 @@ fn attempts<In, S, F>(
         }));
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(Failure::Error(error)),
+            Ok(Err(error)) => Some(Failure::Error(Caught::new(error))),
             Err(panic) => {
                 outcomes.panicked += 1;
                 // Counted as failed for good first: if the factory panics too, the worker
@@ -845,7 +850,7 @@ fn in_runs<In, S, F>(
     S::Error: fmt::Display,
 {
     let (control, policy) = (cx.control, cx.policy);
-    let mut failures: Vec<(Failure<S::Error>, Option<In>, u32)> = Vec::new();
+    let mut failures: Vec<Failed<In, S::Error>> = Vec::new();
     let Held { taken, retries, .. } = held;
     let result = {
         let taken = RefCell::new(&mut *taken);
@@ -879,7 +884,7 @@ fn in_runs<In, S, F>(
             if !plain {
                 policy.gate.record(result.is_ok(), control);
             }
-            match result {
+            match result.map_err(Caught::new) {
                 Ok(()) => outcomes.ok += 1,
                 Err(_) if plain => outcomes.failed += 1,
                 Err(error) => failures.push((Failure::Error(error), copy, attempt)),
@@ -988,6 +993,7 @@ where
     let message = match catch_unwind(AssertUnwindSafe(|| stage.flush(&mut *out))) {
         Ok(Ok(())) => return None,
         Ok(Err(error)) => {
+            let error = Caught::new(error);
             catch_unwind(AssertUnwindSafe(|| error.to_string())).unwrap_or_else(|panic| {
                 format!("its error's Display panicked: {}", panic_message(&*panic))
             })

@@ -618,3 +618,73 @@ fn a_failed_flush_of_a_stage_rebuilt_for_a_retry_fails_a_fail_fast_pipeline() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An error whose drop panics (unless a panic is unwinding already).
+#[derive(Debug)]
+struct LoudDrop;
+
+impl std::fmt::Display for LoudDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("loud")
+    }
+}
+
+impl Drop for LoudDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the error panics when dropped");
+        }
+    }
+}
+
+/// Passes every item on but `bad`, which fails with a `LoudDrop`; its flush fails too if
+/// `flush_fails`.
+struct LoudOn {
+    bad: u64,
+    flush_fails: bool,
+}
+
+impl backflow::Stage<u64> for LoudOn {
+    type Out = u64;
+    type Error = LoudDrop;
+
+    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
+        if x == self.bad {
+            return Err(LoudDrop);
+        }
+        out.emit(x);
+        Ok(())
+    }
+
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
+        if self.flush_fails { Err(LoudDrop) } else { Ok(()) }
+    }
+}
+
+/// The error a stage returns is the user's value, and so is its drop: one that panics
+/// neither counts its item twice nor loses others, whatever path the worker takes (in place,
+/// one by one, with retries, on a flush).
+#[test]
+fn an_error_whose_drop_panics_is_counted_once() {
+    let retry = || RetrySchedule::new(Duration::ZERO, Duration::ZERO, 3).unwrap();
+    for shape in ["in place", "one by one", "retried", "flush"] {
+        let pipeline = Pipeline::<u64>::builder()
+            .stage("loud", move || LoudOn { bad: 5, flush_fails: shape == "flush" });
+        let pipeline = match shape {
+            // Evicting producers pop too: the worker takes its items one by one.
+            "one by one" => pipeline.overflow(backflow::Overflow::DropOldest),
+            "retried" => pipeline.retry(retry()),
+            _ => pipeline,
+        };
+        let pipeline = pipeline.sink(|_| {});
+        let pipeline = pipeline.build().unwrap();
+        pipeline.input().push_iter(0..20).unwrap();
+        let report = match pipeline.drain() {
+            Ok(report) => report,
+            Err(error) => error.report().clone(),
+        };
+        let loud = report.stage("loud").unwrap().accounting;
+        assert!(report.is_balanced(), "{shape}: {loud:?}");
+        assert_eq!((loud.received, loud.emitted_inputs, loud.errored), (20, 19, 1), "{shape}");
+    }
+}

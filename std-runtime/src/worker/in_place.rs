@@ -22,6 +22,7 @@ use backflow_core::stage::Stage;
 
 use super::{Envelope, ItemPolicy, Outcomes, Outputs, Times, rebuild};
 use crate::batch::BATCH;
+use crate::panic::Caught;
 
 /// Pops a batch from the stage's queue and runs the stage over it item by item; returns how
 /// many items were popped. Items left over when the run had to stop are in `inputs`.
@@ -58,7 +59,8 @@ where
         let processed = catch_unwind(AssertUnwindSafe(|| {
             let popped_at = cx.start(&envelope, out);
             let times = Times { born: envelope.born, queued: envelope.queued, popped_at };
-            let result = stage.process(envelope.item, out);
+            // An error's drop is the user's code: caught, inside the run's closure.
+            let result = stage.process(envelope.item, out).map_err(Caught::new);
             cx.timed(&times);
             result
         }));
