@@ -37,9 +37,9 @@ thread_local! {
 /// at most [`BATCH`](crate::stage::BATCH) items, so the wait is short for most stages; a
 /// stage that holds items in flight (an async stage) reports each item's outcome in input
 /// order, and the work its items deferred waits for that (as long as the item before it
-/// takes). In a worker's batch a panic in `work` is caught and fails the
-/// pipeline as the worker's; run at once, it goes to the caller, unless a panic is unwinding
-/// already (the work runs in a drop on the way), when it is caught and dropped.
+/// takes). In a worker's batch a panic in `work` is caught and fails the pipeline as the
+/// worker's; run at once, it goes to the caller, unless a panic is unwinding already (the
+/// work runs in a drop on the way), when it is caught and dropped.
 ///
 /// # Examples
 ///
@@ -152,6 +152,14 @@ impl Batch {
     }
 }
 
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for work in self.take() {
+            let _ = catch_unwind(AssertUnwindSafe(work));
+        }
+    }
+}
+
 /// Work deferred on one thread, to be deferred again on another: an adapter that runs a
 /// stage's function on threads of its own (a thread pool, an async runtime) collects what
 /// each call defers, and hands it to [`defer`](Self::defer) on the worker's thread once the
@@ -220,14 +228,6 @@ impl Deferred {
     /// `Deferred` does the same).
     pub fn defer(self) {
         drop(self);
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        for work in self.take() {
-            let _ = catch_unwind(AssertUnwindSafe(work));
-        }
     }
 }
 

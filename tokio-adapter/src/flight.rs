@@ -136,8 +136,8 @@ impl<T> Flight<T> {
 
     /// Polls every future woken since the last drive, once, and hands each one that finished
     /// to `finished` with its ticket: its output, or the message of its panic, and the work
-    /// its last poll and its drop deferred ([`after_outcome`](backflow::stage::after_outcome)),
-    /// to be deferred when its outcome is reported. A panic in a finished future's `drop` is
+    /// its polls and its drop deferred ([`after_outcome`](backflow::stage::after_outcome)), to
+    /// be deferred when its outcome is reported. A panic in a finished future's `drop` is
     /// its panic too. A future woken during the drive waits for the next one (the stage's
     /// waker is woken for it), so one that wakes itself at every poll cannot hold the others
     /// up.
