@@ -7,10 +7,10 @@
 //! request's head (at most [`MAX_HEAD`] bytes), never its body, answers it and closes the
 //! connection. Everything a client can make it wait for is bounded by its timeout: a client
 //! that sends its request slowly, or stops reading the answer, holds its answering thread
-//! for at most that long and holds up no other client, and a request that says it has a body of any
-//! size costs nothing (general HTTP servers read, or allocate for, a body they were told
-//! of). Its listening socket is made here, so that a bad address or a port in use is a
-//! [`ServeError`] naming the address.
+//! for at most that long and holds up no other client, and a request that says it has a
+//! body of any size costs nothing (general HTTP servers read, or allocate for, a body they
+//! were told of). Its listening socket is made here, so that a bad address or a port in use
+//! is a [`ServeError`] naming the address.
 //!
 //! What a scrape costs a pipeline is what [`Pipeline::stats`](crate::Pipeline::stats) costs:
 //! reading its counters. The answering thread takes each pipeline's snapshot through its
