@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backflow::{Pipeline, PushError};
 use backflow_rayon::{par_filter_map, par_flat_map, par_map};
-use common::{Flag, Gate};
+use common::{Flag, Gate, Ticket, Tickets};
 use rayon::ThreadPoolBuilder;
 
 /// A small deterministic generator (xorshift), for per-item costs that differ from run to run
@@ -179,23 +179,6 @@ fn a_flat_map_whose_iterator_panics_fails_that_item_only() {
     assert_eq!(outputs, expected);
 }
 
-/// Says, once the work its drop deferred runs, whether its pipeline was still going.
-struct Ticket(
-    u32,
-    Arc<std::sync::Mutex<Vec<(u32, bool)>>>,
-    Arc<std::sync::OnceLock<backflow::Watch>>,
-);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let (n, log, watch) = (self.0, Arc::clone(&self.1), Arc::clone(&self.2));
-        backflow::stage::after_outcome(move || {
-            let going = !watch.get().is_some_and(backflow::Watch::is_cancelled);
-            log.lock().unwrap().push((n, going));
-        });
-    }
-}
-
 /// The closure runs on a pool thread: what it defers waits there for its item's outcome,
 /// reported on the worker.
 #[test]
@@ -203,7 +186,7 @@ fn an_item_dropped_by_a_call_that_fails_the_pipeline_learns_it() {
     let pipeline = Pipeline::<Ticket>::builder()
         .stage("check", || {
             par_map(|ticket: Ticket| {
-                let n = ticket.0;
+                let n = ticket.n;
                 drop(ticket);
                 assert!(n != 50, "fifty is bad");
                 n
@@ -213,13 +196,11 @@ fn an_item_dropped_by_a_call_that_fails_the_pipeline_learns_it() {
         .sink(|_| {})
         .build()
         .unwrap();
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let watch = Arc::new(std::sync::OnceLock::new());
-    let _ = watch.set(pipeline.watch());
-    let tickets = (0..100).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
-    let _ = pipeline.input().push_iter(tickets);
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
+    let _ = pipeline.input().push_iter((0..100).map(|n| handed.ticket(n)));
     assert!(pipeline.drain().is_err());
-    let log = log.lock().unwrap();
+    let log = handed.learned();
     assert_eq!(log.len(), 100, "every ticket settled once");
     assert!(log.contains(&(50, false)), "{log:?}");
 }

@@ -6,32 +6,12 @@ mod common;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use backflow::stage::{Deferred, after_outcome};
-use backflow::{ErrorPolicy, Pipeline, PipelineError, Watch, stage};
-
-/// What each ticket learned when it was settled: whether the pipeline was still going.
-type Log = Arc<Mutex<Vec<(u64, bool)>>>;
-
-/// Item `n`; when dropped, it records whether its pipeline was cancelled once the outcome of
-/// the call that dropped it was recorded.
-struct Ticket {
-    n: u64,
-    log: Log,
-    watch: Arc<OnceLock<Watch>>,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let (n, log, watch) = (self.n, Arc::clone(&self.log), Arc::clone(&self.watch));
-        stage::after_outcome(move || {
-            let going = !watch.get().is_some_and(Watch::is_cancelled);
-            log.lock().unwrap().push((n, going));
-        });
-    }
-}
+use backflow::{ErrorPolicy, Pipeline, PipelineError, stage};
+use common::{Ticket, Tickets};
 
 const FAILING: u64 = 50;
 
@@ -41,10 +21,9 @@ type Build = fn() -> Pipeline<Ticket>;
 /// Pushes tickets 0..100 into `pipeline` (one at a time or as one run), drains it, and
 /// returns what each ticket learned.
 fn run(pipeline: Pipeline<Ticket>, one_at_a_time: bool) -> (HashMap<u64, bool>, PipelineError) {
-    let log = Log::default();
-    let watch = Arc::new(OnceLock::new());
-    let _ = watch.set(pipeline.watch());
-    let tickets = (0..100).map(|n| Ticket { n, log: Arc::clone(&log), watch: Arc::clone(&watch) });
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
+    let tickets = (0..100).map(|n| handed.ticket(n));
     let input = pipeline.input();
     if one_at_a_time {
         for ticket in tickets {
@@ -55,7 +34,7 @@ fn run(pipeline: Pipeline<Ticket>, one_at_a_time: bool) -> (HashMap<u64, bool>, 
         let _ = input.push_iter(tickets);
     }
     let error = pipeline.drain().expect_err("ticket 50 fails the pipeline");
-    let log = log.lock().unwrap();
+    let log = handed.learned();
     let learned: HashMap<u64, bool> = log.iter().copied().collect();
     assert_eq!(log.len(), 100, "every ticket settled once: {log:?}");
     (learned, error)
@@ -107,23 +86,22 @@ fn an_item_dropped_by_a_call_that_fails_the_pipeline_learns_it() {
 
 #[test]
 fn without_a_failure_every_item_learns_the_pipeline_went_on() {
-    let log = Log::default();
-    let watch = Arc::new(OnceLock::new());
-    let keep = (Arc::clone(&log), Arc::clone(&watch));
+    let handed = Tickets::default();
+    let hands = handed.clone();
     let pipeline = Pipeline::<u64>::builder()
         .stage("ticket", move || {
-            let (log, watch) = (Arc::clone(&keep.0), Arc::clone(&keep.1));
-            move |n: u64| Ticket { n, log: Arc::clone(&log), watch: Arc::clone(&watch) }
+            let hands = hands.clone();
+            move |n: u64| hands.ticket(n)
         })
         // Half dropped by the stage, half by the sink.
         .stage("odd", || stage::filter(|t: &Ticket| t.n.is_multiple_of(2)))
         .sink(drop)
         .build()
         .unwrap();
-    let _ = watch.set(pipeline.watch());
+    handed.watch(pipeline.watch());
     pipeline.input().push_iter(0..100).unwrap();
     pipeline.drain().unwrap();
-    let log = log.lock().unwrap();
+    let log = handed.learned();
     assert_eq!(log.len(), 100);
     assert!(log.iter().all(|&(_, going)| going), "{log:?}");
 }
@@ -275,14 +253,12 @@ fn what_a_failing_flush_drops_learns_the_pipeline_stopped() {
         .sink(|_| {})
         .build()
         .unwrap();
-    let log = Log::default();
-    let watch = Arc::new(OnceLock::new());
-    let _ = watch.set(pipeline.watch());
-    let tickets = (0..10).map(|n| Ticket { n, log: Arc::clone(&log), watch: Arc::clone(&watch) });
-    pipeline.input().push_iter(tickets).unwrap();
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
+    pipeline.input().push_iter((0..10).map(|n| handed.ticket(n))).unwrap();
     let error = pipeline.drain().expect_err("the flush failed");
     assert!(matches!(error, PipelineError::StageFailed { .. }), "{error:?}");
-    let log = log.lock().unwrap();
+    let log = handed.learned();
     assert_eq!(log.len(), 10);
     assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
     assert_eq!(flushes.load(Ordering::SeqCst), 1, "flushed again after its flush failed");

@@ -2,6 +2,10 @@
 //! panics and retries under the stage's policy, cancel with futures in flight, and both tokio
 //! runtimes.
 
+// The runtime's test helpers (the tickets that learn their item's outcome, and the like).
+#[path = "../../std-runtime/tests/common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 use backflow::core::RetrySchedule;
 use backflow::{ErrorPolicy, Pipeline, PipelineError, PushError};
 use backflow_tokio::{filter_map_async, map_async, sink_async};
+use common::{Ticket, Tickets};
 use tokio::runtime::{Handle, Runtime};
 
 /// A multi-thread runtime for the stages' timers.
@@ -343,19 +348,6 @@ fn fail_fast_stops_the_pipeline_on_the_first_failed_future() {
     }
 }
 
-/// Says, once its drop's deferred work runs, whether the pipeline was still going.
-struct Ticket(u32, Arc<Mutex<Vec<(u32, bool)>>>, Arc<std::sync::OnceLock<backflow::Watch>>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let (n, log, watch) = (self.0, Arc::clone(&self.1), Arc::clone(&self.2));
-        backflow::stage::after_outcome(move || {
-            let going = !watch.get().is_some_and(backflow::Watch::is_cancelled);
-            log.lock().unwrap().push((n, going));
-        });
-    }
-}
-
 #[test]
 fn an_item_dropped_by_a_future_that_fails_the_pipeline_learns_it() {
     let runtime = runtime();
@@ -377,14 +369,14 @@ fn check_that_ticket_seven_learns_it(handle: &Handle, drops: &'static str, concu
             let handle = handle.clone();
             move || {
                 sink_async(move |ticket: Ticket| {
-                    let n = ticket.0;
+                    let n = ticket.n;
                     let ticket = (drops != "at the start").then_some(ticket);
                     async move {
                         let mut ticket = ticket;
                         if drops == "in the first poll" {
                             drop(ticket.take());
                         }
-                        tokio::time::sleep(delay(u64::from(n))).await;
+                        tokio::time::sleep(delay(n)).await;
                         drop(ticket);
                         if n == 7 { Err("seven") } else { Ok(()) }
                     }
@@ -397,15 +389,14 @@ fn check_that_ticket_seven_learns_it(handle: &Handle, drops: &'static str, concu
         .sink(|never| match never {})
         .build()
         .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let watch = Arc::new(std::sync::OnceLock::new());
-    let _ = watch.set(pipeline.watch());
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
     // Ticket 7 last: its worker's batch ends once it has started it, and its outcome is
     // reported in the next one.
-    let tickets = (0..8).map(|n| Ticket(n, Arc::clone(&log), Arc::clone(&watch)));
+    let tickets = (0..8).map(|n| handed.ticket(n));
     let _ = pipeline.input().push_iter(tickets);
     assert!(matches!(pipeline.drain(), Err(PipelineError::StageFailed { .. })));
-    let log = log.lock().unwrap();
+    let log = handed.learned();
     assert_eq!(log.len(), 8, "every ticket settled once: {log:?}");
     assert!(log.contains(&(7, false)), "dropped {drops}, concurrency {concurrency}: {log:?}");
 }

@@ -360,3 +360,48 @@ pub fn within_time<R: Send + 'static>(scenario: impl FnOnce() -> R + Send + 'sta
     });
     finished.recv_timeout(HUNG).expect("the scenario hung")
 }
+
+/// What tickets learned: each one's number, and whether its pipeline was still going when the
+/// work its drop deferred ran.
+pub type Learned = Arc<Mutex<Vec<(u64, bool)>>>;
+
+/// An item that says, once the work its drop defers (`stage::after_outcome`) runs, whether its
+/// pipeline was still going: as an acknowledgement decides whether to acknowledge.
+pub struct Ticket {
+    pub n: u64,
+    learned: Learned,
+    watch: Arc<std::sync::OnceLock<backflow::Watch>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let (n, learned, watch) = (self.n, Arc::clone(&self.learned), Arc::clone(&self.watch));
+        backflow::stage::after_outcome(move || {
+            let going = !watch.get().is_some_and(backflow::Watch::is_cancelled);
+            learned.lock().unwrap_or_else(PoisonError::into_inner).push((n, going));
+        });
+    }
+}
+
+/// Hands out the tickets of one pipeline, and reads what they learned.
+#[derive(Clone, Default)]
+pub struct Tickets {
+    learned: Learned,
+    watch: Arc<std::sync::OnceLock<backflow::Watch>>,
+}
+
+impl Tickets {
+    /// Ties the tickets to `watch`'s pipeline.
+    pub fn watch(&self, watch: backflow::Watch) {
+        let _ = self.watch.set(watch);
+    }
+
+    pub fn ticket(&self, n: u64) -> Ticket {
+        Ticket { n, learned: Arc::clone(&self.learned), watch: Arc::clone(&self.watch) }
+    }
+
+    /// What each ticket dropped so far learned, in the order their work ran.
+    pub fn learned(&self) -> Vec<(u64, bool)> {
+        self.learned.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
