@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use backflow::stage::{Deferred, after_outcome};
 use backflow::{ErrorPolicy, Pipeline, PipelineError, stage};
-use common::{Ticket, Tickets};
+use common::{LoudDrop, Ticket, Tickets};
 
 const FAILING: u64 = 50;
 
@@ -262,4 +262,42 @@ fn what_a_failing_flush_drops_learns_the_pipeline_stopped() {
     assert_eq!(log.len(), 10);
     assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
     assert_eq!(flushes.load(Ordering::SeqCst), 1, "flushed again after its flush failed");
+}
+
+/// Holds every ticket until its flush, which drops them and fails with a `LoudDrop`.
+struct HoldsThenFailsLoudly(Vec<Ticket>);
+
+impl backflow::Stage<Ticket> for HoldsThenFailsLoudly {
+    type Out = u64;
+    type Error = LoudDrop;
+
+    fn process(&mut self, t: Ticket, _out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
+        self.0.push(t);
+        Ok(())
+    }
+
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
+        self.0.clear();
+        Err(LoudDrop)
+    }
+}
+
+/// The flush's error panics as the runtime drops it: what the flush dropped still learns the
+/// pipeline stopped, each ticket once.
+#[test]
+fn what_a_flush_drops_learns_its_outcome_though_its_error_panics_when_dropped() {
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("hold", || HoldsThenFailsLoudly(Vec::new()))
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
+    pipeline.input().push_iter((0..10).map(|n| handed.ticket(n))).unwrap();
+    let error = pipeline.drain().expect_err("the flush failed");
+    assert!(error.report().is_balanced(), "{error:?}");
+    let log = handed.learned();
+    assert_eq!(log.len(), 10, "{log:?}");
+    assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use backflow::core::RetrySchedule;
 use backflow::core::breaker::{BreakerConfig, BreakerState};
 use backflow::{ConfigError, ErrorPolicy, Event, Pipeline, PipelineError, stage};
+use common::LoudDrop;
 
 /// Records every event as its `Display` text.
 fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event<'_>) + Send + Sync + 'static) {
@@ -616,24 +617,6 @@ fn a_failed_flush_of_a_stage_rebuilt_for_a_retry_fails_a_fail_fast_pipeline() {
             assert!(report.is_balanced(), "{report:?}");
         }
         other => panic!("{other:?}"),
-    }
-}
-
-/// An error whose drop panics (unless a panic is unwinding already).
-#[derive(Debug)]
-struct LoudDrop;
-
-impl std::fmt::Display for LoudDrop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("loud")
-    }
-}
-
-impl Drop for LoudDrop {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            panic!("the error panics when dropped");
-        }
     }
 }
 

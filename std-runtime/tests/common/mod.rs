@@ -405,3 +405,21 @@ impl Tickets {
         self.learned.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
+
+/// A stage's error whose drop panics (unless a panic is unwinding already).
+#[derive(Debug)]
+pub struct LoudDrop;
+
+impl fmt::Display for LoudDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("loud")
+    }
+}
+
+impl Drop for LoudDrop {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("the error panics when dropped");
+        }
+    }
+}
