@@ -158,9 +158,9 @@ impl Entry {
 ///
 /// It is *not* acknowledged, and stays pending in the group to be claimed again, if it
 /// settles while the pipeline is cancelled (the item was abandoned, or a stage call that
-/// dropped a clone failed the pipeline), if any clone was dropped while its thread unwound
-/// from a panic, after [`keep_pending`](Self::keep_pending), or when its consumer has
-/// stopped. The consumer tries such an entry again once it has been idle for
+/// dropped a clone failed the pipeline), if its last clone was dropped by a panic (a
+/// panicking attempt whose copy lives on, for a retry or a dead letter, leaves it to the
+/// copy), after [`keep_pending`](Self::keep_pending), or when its consumer has stopped. The consumer tries such an entry again once it has been idle for
 /// `claim_idle`, up to `max_deliveries` times in all (see
 /// [`ConsumerConfig::max_deliveries`](crate::ConsumerConfig::max_deliveries)).
 ///
@@ -241,7 +241,10 @@ impl Drop for Receipt {
     /// that call's outcome: the entry settles once every clone's call has an outcome, so a
     /// call that failed the pipeline keeps it pending whichever clone goes last.
     fn drop(&mut self) {
-        if thread::panicking() {
+        // The last clone, dropped by a panic: the entry's last word. A clone dropped by a
+        // panicking attempt while a copy lives on (kept for a retry or a dead letter) says
+        // nothing: the copy's fate decides.
+        if thread::panicking() && Arc::strong_count(&self.ticket) == 1 {
             self.ticket.kept.get_or_init(|| Failure::here("panicked".into()));
         }
         let ticket = Arc::clone(&self.ticket);

@@ -239,6 +239,40 @@ fn an_entry_failed_under_fail_fast_stays_pending_whichever_clone_goes_last() {
     assert_eq!(server.pending(&stream, &group), 1, "the entry that failed was acknowledged");
 }
 
+/// A panicking attempt with a retry to come does not mark its entry: the retry that succeeds
+/// (or the dead letter the entry ends as) acknowledges it. A panic that is the entry's last
+/// word (no retry, no dead letter) keeps it pending.
+#[test]
+fn a_panic_marks_its_entry_only_when_nothing_comes_after_it() {
+    let server = Server::get();
+    let (stream, group, _) = keys("panic-then");
+    server.fill(&stream, 0, 20);
+    let retry = || RetrySchedule::new(Duration::from_millis(1), Duration::from_millis(1), 3);
+    for (shape, pending) in [("retried", 0), ("dead-lettered", 0), ("skipped", 20)] {
+        let tried = Arc::new(Mutex::new(HashSet::new()));
+        let builder = Pipeline::<Entry>::builder().stage("flaky", move || {
+            let tried = Arc::clone(&tried);
+            move |entry: Entry| {
+                if shape != "retried" || tried.lock().unwrap().insert(n(&entry)) {
+                    panic!("entry {} panics", n(&entry));
+                }
+                entry
+            }
+        });
+        let builder = match shape {
+            "retried" => builder.retry(retry().unwrap()),
+            "dead-lettered" => builder.dead_letter(|_| {}),
+            _ => builder,
+        };
+        let pipeline = builder.sink(|_| {}).build().unwrap();
+        let group = format!("{group}-{shape}");
+        let consumer =
+            config(&server, &stream, &group, "c").stop_when_idle(Duration::from_millis(200));
+        Consumer::connect(consumer).unwrap().run(pipeline).unwrap();
+        assert_eq!(server.pending(&stream, &group), pending, "{shape}");
+    }
+}
+
 /// Runs a consumer whose sink panics at its 101st entry; returns the entries it delivered,
 /// and how many it took and acknowledged.
 fn run_until_the_sink_panics(
