@@ -75,22 +75,23 @@ thread_local! {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn after_outcome(work: impl FnOnce() + Send + 'static) {
-    if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+    if in_batch() {
         defer(Box::new(work));
-    } else if thread::panicking() {
-        drop(catch_unwind(AssertUnwindSafe(work)));
     } else {
-        // Outside a batch: at once, with nothing to hold (no allocation).
-        work();
+        // Outside a batch: with nothing to hold (no allocation).
+        run_now(work);
     }
 }
 
-/// Holds `work` in this thread's innermost open batch, or runs it if there is none. Work
-/// run while a panic unwinds (held work let go as the panic passes) cannot unwind in turn:
-/// its own panic is caught there and dropped.
+/// Whether this thread is inside a batch.
+fn in_batch() -> bool {
+    DEPTH.try_with(Cell::get).unwrap_or(0) > 0
+}
+
+/// Holds `work` in this thread's innermost open batch, or runs it if there is none.
 fn defer(work: Work) {
     let mut work = Some(work);
-    if DEPTH.try_with(Cell::get).unwrap_or(0) > 0 {
+    if in_batch() {
         // Not once the thread is ending: then, at once.
         let _ = WORK.try_with(|held| {
             if let Ok(mut held) = held.try_borrow_mut() {
@@ -99,10 +100,18 @@ fn defer(work: Work) {
             }
         });
     }
-    match work {
-        Some(work) if thread::panicking() => drop(catch_unwind(AssertUnwindSafe(work))),
-        Some(work) => work(),
-        None => {}
+    if let Some(work) = work {
+        run_now(work);
+    }
+}
+
+/// Runs `work` now. Work run while a panic unwinds (held work let go as the panic passes)
+/// cannot unwind in turn: its own panic is caught there and dropped.
+fn run_now(work: impl FnOnce()) {
+    if thread::panicking() {
+        drop(catch_unwind(AssertUnwindSafe(work)));
+    } else {
+        work();
     }
 }
 

@@ -790,17 +790,22 @@ impl<In> Held<In> {
         stage: Option<&S>,
         counters: &StageCounters,
     ) {
-        let mut finished = Vec::new();
+        // Each taken item's outcome, if the stage says it has finished.
+        let mut finished = vec![None; self.taken.len()];
         if let Some(stage) = stage {
             // The stage's own code: if it panics, what it held is abandoned.
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                stage.finished_held(&mut |place, ok| finished.push((place, ok)));
+                stage.finished_held(&mut |place, ok| {
+                    if let Some(outcome) = finished.get_mut(place) {
+                        *outcome = Some(ok);
+                    }
+                });
             }));
         }
-        for (place, Taken { copy, .. }) in self.taken.drain(..).enumerate() {
-            match (finished.iter().find(|(at, _)| *at == place), copy) {
-                (Some((_, true)), _) => counters.emitted_inputs.add(1),
-                (Some((_, false)), None) => counters.errored.add(1),
+        for (Taken { copy, .. }, outcome) in self.taken.drain(..).zip(finished) {
+            match (outcome, copy) {
+                (Some(true), _) => counters.emitted_inputs.add(1),
+                (Some(false), None) => counters.errored.add(1),
                 // A failure its policy can no longer handle (retry, dead letter): the copy is
                 // abandoned, to the drop hook, as the items that never ran are.
                 (_, Some(item)) => input.give_up(item),
