@@ -324,6 +324,12 @@ fn spin_for(micros: u64) {
     }
 }
 
+/// Pushes 4 000 items through `pipeline`, drains it, and returns its final stats.
+fn through_4000(pipeline: Pipeline<u64>) -> backflow::stats::Stats {
+    pipeline.input().push_iter(0..4_000).unwrap();
+    pipeline.drain().unwrap().stats().clone()
+}
+
 #[test]
 fn the_bottleneck_is_the_busy_stage_or_the_sink() {
     use backflow::Bottleneck;
@@ -340,8 +346,7 @@ fn the_bottleneck_is_the_busy_stage_or_the_sink() {
         .sink(|_| {})
         .build()
         .unwrap();
-    pipeline.input().push_iter(0..4_000).unwrap();
-    let stats = pipeline.drain().unwrap().stats().clone();
+    let stats = through_4000(pipeline);
     let slow = stats.stage("bslow").unwrap().time;
     assert!((slow.busy + slow.backpressured + slow.idle - 1.0).abs() < 1e-9);
     match stats.bottleneck() {
@@ -360,8 +365,7 @@ fn the_bottleneck_is_the_busy_stage_or_the_sink() {
         .sink(|_| spin_for(50))
         .build()
         .unwrap();
-    pipeline.input().push_iter(0..4_000).unwrap();
-    let stats = pipeline.drain().unwrap().stats().clone();
+    let stats = through_4000(pipeline);
     match stats.bottleneck() {
         Some(Bottleneck::Sink { last, .. }) => assert_eq!(last, "blast"),
         other => panic!("{other:?}\n{stats}"),
@@ -381,8 +385,7 @@ fn the_bottleneck_follows_the_flows_through_branches() {
         .sink(|_| spin_for(50))
         .build()
         .unwrap();
-    pipeline.input().push_iter(0..4_000).unwrap();
-    let stats = pipeline.drain().unwrap().stats().clone();
+    let stats = through_4000(pipeline);
     match stats.bottleneck() {
         Some(Bottleneck::Sink { last, .. }) => assert_eq!(last, "feeds-main", "{stats}"),
         other => panic!("{other:?}\n{stats}"),
@@ -401,8 +404,7 @@ fn the_bottleneck_follows_the_flows_through_branches() {
         .sink(|_| {})
         .build()
         .unwrap();
-    pipeline.input().push_iter(0..4_000).unwrap();
-    let stats = pipeline.drain().unwrap().stats().clone();
+    let stats = through_4000(pipeline);
     match stats.bottleneck() {
         Some(Bottleneck::Stage { name, upstream, .. }) => {
             assert_eq!(name, "slow", "{stats}");

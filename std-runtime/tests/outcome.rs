@@ -222,82 +222,72 @@ fn an_item_whose_failure_cannot_even_be_reported_learns_the_pipeline_stopped() {
     assert!(!learned[&FAILING]);
 }
 
-/// Holds every ticket until its flush, which drops them and fails.
-struct HoldsThenFails(Vec<Ticket>, Arc<AtomicUsize>);
+/// Holds every ticket until its flush, which counts itself in `flushes`, drops them and
+/// fails with `error()`.
+struct HoldsThenFails<E> {
+    held: Vec<Ticket>,
+    flushes: Arc<AtomicUsize>,
+    error: fn() -> E,
+}
 
-impl backflow::Stage<Ticket> for HoldsThenFails {
+impl<E: std::fmt::Display> backflow::Stage<Ticket> for HoldsThenFails<E> {
     type Out = u64;
-    type Error = String;
+    type Error = E;
 
-    fn process(&mut self, t: Ticket, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
-        self.0.push(t);
+    fn process(&mut self, t: Ticket, _out: &mut impl stage::Emit<u64>) -> Result<(), E> {
+        self.held.push(t);
         Ok(())
     }
 
-    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        self.0.clear();
-        Err("the flush fails".into())
+    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), E> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.held.clear();
+        Err((self.error)())
     }
+}
+
+/// Runs ten tickets through a fail-fast stage whose flush fails with `error()`: the drain's
+/// error, what the tickets learned, and how many times the stage was flushed.
+fn run_a_failing_flush<E>(error: fn() -> E) -> (PipelineError, Vec<(u64, bool)>, usize)
+where
+    E: std::fmt::Display + Send + 'static,
+{
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&flushes);
+    let pipeline = Pipeline::<Ticket>::builder()
+        .stage("hold", move || HoldsThenFails {
+            held: Vec::new(),
+            flushes: Arc::clone(&counted),
+            error,
+        })
+        .on_error(ErrorPolicy::FailFast)
+        .sink(|_| {})
+        .build()
+        .unwrap();
+    let handed = Tickets::default();
+    handed.watch(pipeline.watch());
+    pipeline.input().push_iter((0..10).map(|n| handed.ticket(n))).unwrap();
+    let error = pipeline.drain().expect_err("the flush failed");
+    (error, handed.learned(), flushes.load(Ordering::SeqCst))
 }
 
 /// Under fail-fast, a flush that fails at the end of the stream fails the pipeline: what it
 /// dropped learns it, and the stage is not flushed a second time as the pipeline stops.
 #[test]
 fn what_a_failing_flush_drops_learns_the_pipeline_stopped() {
-    let flushes = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&flushes);
-    let pipeline = Pipeline::<Ticket>::builder()
-        .stage("hold", move || HoldsThenFails(Vec::new(), Arc::clone(&counted)))
-        .on_error(ErrorPolicy::FailFast)
-        .sink(|_| {})
-        .build()
-        .unwrap();
-    let handed = Tickets::default();
-    handed.watch(pipeline.watch());
-    pipeline.input().push_iter((0..10).map(|n| handed.ticket(n))).unwrap();
-    let error = pipeline.drain().expect_err("the flush failed");
+    let (error, log, flushes) = run_a_failing_flush(|| String::from("the flush fails"));
     assert!(matches!(error, PipelineError::StageFailed { .. }), "{error:?}");
-    let log = handed.learned();
     assert_eq!(log.len(), 10);
     assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
-    assert_eq!(flushes.load(Ordering::SeqCst), 1, "flushed again after its flush failed");
-}
-
-/// Holds every ticket until its flush, which drops them and fails with a `LoudDrop`.
-struct HoldsThenFailsLoudly(Vec<Ticket>);
-
-impl backflow::Stage<Ticket> for HoldsThenFailsLoudly {
-    type Out = u64;
-    type Error = LoudDrop;
-
-    fn process(&mut self, t: Ticket, _out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
-        self.0.push(t);
-        Ok(())
-    }
-
-    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), LoudDrop> {
-        self.0.clear();
-        Err(LoudDrop)
-    }
+    assert_eq!(flushes, 1, "flushed again after its flush failed");
 }
 
 /// The flush's error panics as the runtime drops it: what the flush dropped still learns the
 /// pipeline stopped, each ticket once.
 #[test]
 fn what_a_flush_drops_learns_its_outcome_though_its_error_panics_when_dropped() {
-    let pipeline = Pipeline::<Ticket>::builder()
-        .stage("hold", || HoldsThenFailsLoudly(Vec::new()))
-        .on_error(ErrorPolicy::FailFast)
-        .sink(|_| {})
-        .build()
-        .unwrap();
-    let handed = Tickets::default();
-    handed.watch(pipeline.watch());
-    pipeline.input().push_iter((0..10).map(|n| handed.ticket(n))).unwrap();
-    let error = pipeline.drain().expect_err("the flush failed");
+    let (error, log, _) = run_a_failing_flush(|| LoudDrop);
     assert!(error.report().is_balanced(), "{error:?}");
-    let log = handed.learned();
     assert_eq!(log.len(), 10, "{log:?}");
     assert!(log.iter().all(|&(_, going)| !going), "{log:?}");
 }

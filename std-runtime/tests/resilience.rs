@@ -523,10 +523,12 @@ fn a_run_whose_failures_cannot_be_handled_still_counts_every_item() {
 }
 
 /// Holds the last item back until the end of the stream; its flush fails while it holds one
-/// (with an error, or a panic).
+/// (with an error, or a panic if `panics`). With `five_panicked`, it panics the first time it
+/// sees 5 (of all the stage values sharing the flag).
 struct HoldsTheLast {
     held: Option<u64>,
     panics: bool,
+    five_panicked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl backflow::Stage<u64> for HoldsTheLast {
@@ -534,6 +536,11 @@ impl backflow::Stage<u64> for HoldsTheLast {
     type Error = String;
 
     fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), String> {
+        if x == 5
+            && self.five_panicked.as_ref().is_some_and(|done| !done.swap(true, Ordering::SeqCst))
+        {
+            panic!("five, the first time");
+        }
         if let Some(held) = self.held.replace(x) {
             out.emit(held);
         }
@@ -553,7 +560,7 @@ impl backflow::Stage<u64> for HoldsTheLast {
 fn a_failed_flush_under_fail_fast_fails_the_pipeline() {
     for (panics, expected) in [(false, "cannot flush 2"), (true, "panicked: cannot flush 2")] {
         let pipeline = Pipeline::<u64>::builder()
-            .stage("hold", move || HoldsTheLast { held: None, panics })
+            .stage("hold", move || HoldsTheLast { held: None, panics, five_panicked: None })
             .on_error(ErrorPolicy::FailFast)
             .sink(|_| {})
             .build()
@@ -569,42 +576,17 @@ fn a_failed_flush_under_fail_fast_fails_the_pipeline() {
     }
 }
 
-/// Holds the last item back; panics the first time it sees 5; its flush fails while it holds
-/// an item.
-struct PanicsOnceOnFive {
-    held: Option<u64>,
-    panicked: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl backflow::Stage<u64> for PanicsOnceOnFive {
-    type Out = u64;
-    type Error = String;
-
-    fn process(&mut self, x: u64, out: &mut impl stage::Emit<u64>) -> Result<(), String> {
-        if x == 5 && !self.panicked.swap(true, Ordering::SeqCst) {
-            panic!("five, the first time");
-        }
-        if let Some(held) = self.held.replace(x) {
-            out.emit(held);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, _out: &mut impl stage::Emit<u64>) -> Result<(), String> {
-        match self.held.take() {
-            Some(x) => Err(format!("cannot flush {x}")),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Under fail-fast with retries, a panic rebuilds the stage and the item is tried again; the
 /// old stage value's flush failing (what it held lost) fails the pipeline too.
 #[test]
 fn a_failed_flush_of_a_stage_rebuilt_for_a_retry_fails_a_fail_fast_pipeline() {
     let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pipeline = Pipeline::<u64>::builder()
-        .stage("hold", move || PanicsOnceOnFive { held: None, panicked: Arc::clone(&panicked) })
+        .stage("hold", move || HoldsTheLast {
+            held: None,
+            panics: false,
+            five_panicked: Some(Arc::clone(&panicked)),
+        })
         .retry(RetrySchedule::new(Duration::from_millis(1), Duration::from_millis(1), 3).unwrap())
         .on_error(ErrorPolicy::FailFast)
         .sink(|_| {})

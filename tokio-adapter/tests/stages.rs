@@ -470,17 +470,22 @@ impl Drop for PanicsOnDrop {
     }
 }
 
-#[test]
-fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_is() {
-    let rt = runtime();
-    let handle = rt.handle().clone();
+/// A pipeline whose stage `name` starts three futures that never finish: `start` runs as each
+/// item's future is made, and what it returns is owned by the future. Returned once all three
+/// have started, with the runtime they run against.
+fn three_never_finishing<H: Send + 'static>(
+    name: &'static str,
+    start: fn(u64) -> H,
+) -> (Pipeline<u64>, Runtime) {
+    let runtime = runtime();
+    let handle = runtime.handle().clone();
     let (started, began) = std::sync::mpsc::channel::<u64>();
     let started = Mutex::new(started);
     let pipeline = Pipeline::<u64>::builder()
-        .stage("pod", move || {
+        .stage(name, move || {
             let started = started.lock().unwrap().clone();
             map_async(move |x: u64| {
-                let (owned, started) = (PanicsOnDrop, started.clone());
+                let (owned, started) = (start(x), started.clone());
                 async move {
                     let _owned = owned;
                     started.send(x).unwrap();
@@ -494,11 +499,17 @@ fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_
         .sink(|_| {})
         .build()
         .unwrap();
-    let watch = pipeline.watch();
     pipeline.input().push_iter(0..3).unwrap();
     for _ in 0..3 {
         began.recv().unwrap();
     }
+    (pipeline, runtime)
+}
+
+#[test]
+fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_is() {
+    let (pipeline, _runtime) = three_never_finishing("pod", |_| PanicsOnDrop);
+    let watch = pipeline.watch();
     // Three futures in flight, each of whose drops panics: a second panic while the first
     // unwinds would abort the process.
     drop(pipeline);
@@ -510,33 +521,10 @@ fn futures_in_flight_whose_drops_panic_are_dropped_one_by_one_when_the_pipeline_
 
 #[test]
 fn held_items_whose_deferred_work_panics_are_let_go_one_by_one_when_the_pipeline_is() {
-    let runtime = runtime();
-    let handle = runtime.handle().clone();
-    let (started, began) = std::sync::mpsc::channel();
-    let started = Mutex::new(started);
-    let pipeline = Pipeline::<u64>::builder()
-        .stage("defers", move || {
-            let started = started.lock().unwrap().clone();
-            map_async(move |x: u64| {
-                // Held with the item until its outcome is reported, which never comes.
-                backflow::stage::after_outcome(move || panic!("the deferred work of {x} panics"));
-                let started = started.clone();
-                async move {
-                    started.send(x).unwrap();
-                    std::future::pending::<()>().await;
-                    Ok::<u64, Infallible>(x)
-                }
-            })
-            .concurrency(4)
-            .on(handle.clone())
-        })
-        .sink(|_| {})
-        .build()
-        .unwrap();
-    pipeline.input().push_iter(0..3).unwrap();
-    for _ in 0..3 {
-        began.recv().unwrap();
-    }
+    // Held with the item until its outcome is reported, which never comes.
+    let (pipeline, _runtime) = three_never_finishing("defers", |x| {
+        backflow::stage::after_outcome(move || panic!("the deferred work of {x} panics"));
+    });
     // Three items held, each with work that panics when let go: a second panic while the
     // first unwinds would abort the process.
     pipeline.cancel();
