@@ -201,6 +201,20 @@ pub struct Deferred {
 impl Deferred {
     /// Runs `f`, holding back the work it defers with [`after_outcome`]. If `f` panics, what
     /// it deferred is deferred again here as the panic passes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use backflow::stage::{Deferred, after_outcome};
+    ///
+    /// let (len, deferred) = Deferred::collect(|| {
+    ///     after_outcome(|| println!("settled"));
+    ///     "abc".len()
+    /// });
+    /// assert_eq!(len, 3);
+    /// assert_eq!(format!("{deferred:?}"), "Deferred { work: 1 }");
+    /// # deferred.defer();
+    /// ```
     pub fn collect<R>(f: impl FnOnce() -> R) -> (R, Self) {
         /// Closes the batch on the way out, also when `f` panics.
         struct Open(Option<Batch>);
@@ -235,6 +249,25 @@ impl Deferred {
 
     /// Defers the work on this thread, as [`after_outcome`] does each piece (dropping a
     /// `Deferred` does the same).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use backflow::stage::{Deferred, after_outcome};
+    ///
+    /// let ran = Arc::new(AtomicUsize::new(0));
+    /// let counted = Arc::clone(&ran);
+    /// let ((), deferred) = Deferred::collect(|| {
+    ///     after_outcome(move || {
+    ///         counted.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    /// });
+    /// // On a thread outside a worker's batch: it runs now.
+    /// std::thread::spawn(move || deferred.defer()).join().unwrap();
+    /// assert_eq!(ran.load(Ordering::Relaxed), 1);
+    /// ```
     pub fn defer(self) {
         drop(self);
     }
